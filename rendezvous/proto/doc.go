@@ -1,0 +1,68 @@
+// Package proto is the wire codec of the rendezvous control protocol: the
+// frames a Client and the rendezvous server exchange on QUIC streams (ALPN
+// "agentnet-rendezvous/1"). It is a leaf package: standard library and
+// addressing only, no reflection, no I/O beyond ReadFrame.
+//
+// # Streams
+//
+// Each request is one bidirectional QUIC stream: the client writes one frame
+// and closes its side, the server answers one frame and closes its side.
+// Request → answer:
+//
+//	Lookup       → LookupResult | NotFound | Error
+//	SetHostname  → OK | Error
+//	TrustSend    → OK | Error
+//
+// Besides these, every client keeps one long-lived "session" stream, opened
+// right after the handshake. The client writes Register on it and the server
+// answers Registered (or Error, and closes). After that the server pushes
+// Deliver frames on it and the client answers each with an Ack frame once the
+// message is safely handled. The session ends with the connection.
+//
+// # Frame
+//
+// All integers are big endian.
+//
+//	+---------+------+-------------+-----------------+
+//	| version | type | length      | body            |
+//	| 1 byte  | 1    | uint16      | length bytes    |
+//	+---------+------+-------------+-----------------+
+//
+// version is 1. length is at most MaxBody (8 KiB); a reader may impose a
+// smaller limit. A body is parsed strictly (every length is checked, every
+// value validated), but bytes after the last field this version knows are
+// ignored, so later versions can append fields.
+//
+// # Field encodings
+//
+//	str      uint8 length | bytes                  (hostnames, error text)
+//	bytes16  uint16 length | bytes                 (trust messages, ≤ 1 KiB)
+//	addr     8 bytes: uint16 network | 6-byte NodeID  (addressing.Addr binary form)
+//	key      32 bytes Ed25519 public key
+//	ipport   uint8 family (4 or 6) | 4 or 16 address bytes | uint16 port
+//	         (zones are not carried; an IPv4-mapped IPv6 address stays family 6)
+//	ipports  uint8 count (≤ 8) | count × ipport
+//	time     int64 Unix nanoseconds; 0 is the zero time
+//	target   uint8 kind | kind 1: addr; kind 2: str (a valid hostname)
+//
+// # Bodies
+//
+//	type  name          body
+//	0x01  Register      str hostname ("" = none) | ipports local candidates
+//	0x02  Registered    addr | ipport reflexive | time server clock | str hostname bound to the key
+//	0x03  Lookup        target
+//	0x04  LookupResult  key | addr | uint8 flags (bit 0: online; others ignored) | str hostname | ipports locators
+//	0x05  NotFound      (empty)
+//	0x06  SetHostname   str hostname ("" releases the current one)
+//	0x07  TrustSend     bytes16 encoded trustdb.Message
+//	0x08  Deliver       uint64 mailbox id | bytes16 encoded trustdb.Message
+//	0x09  Ack           uint64 mailbox id
+//	0x0a  OK            (empty)
+//	0x0b  Error         uint16 code | str text (≤ 255 bytes, informational)
+//
+// Error codes are stable; ErrorCode.String gives their names ("rate_limited",
+// "hostname_taken", …), which clients and logs use.
+//
+// NotFound has an empty body on purpose: the answer for an agent that does
+// not exist and for one the asker may not see is the same four bytes.
+package proto

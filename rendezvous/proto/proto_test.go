@@ -1,0 +1,224 @@
+package proto
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentnet/agentnet/addressing"
+)
+
+var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz seed corpora")
+
+func testKey(b byte) addressing.PublicKey {
+	var k addressing.PublicKey
+	for i := range k {
+		k[i] = b + byte(i)
+	}
+	return k
+}
+
+// sampleMessages is one valid value of every message type, several for some.
+func sampleMessages() []Message {
+	k := testKey(1)
+	a := addressing.AddrFrom(0, k.NodeID())
+	v4 := netip.MustParseAddrPort("198.18.0.7:4242")
+	v6 := netip.MustParseAddrPort("[2001:db8::1]:65535")
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(netip.MustParseAddr("10.0.0.1").As16()), 1)
+	return []Message{
+		&Register{},
+		&Register{Hostname: "alice", LocalAddrs: []netip.AddrPort{v4, v6, mapped}},
+		&Registered{Addr: a, Reflexive: v4, Time: time.Unix(0, 1_700_000_000_123_456_789), Hostname: "alice"},
+		&Registered{Addr: a, Reflexive: v6},
+		&Lookup{Target: addressing.TargetAddr(a)},
+		&Lookup{Target: mustTarget("bob-2")},
+		&LookupResult{Key: k, Addr: a, Hostname: "bob", Online: true, Locators: []netip.AddrPort{v4, v6}},
+		&LookupResult{Key: k, Addr: a},
+		&NotFound{},
+		&SetHostname{Hostname: "carol"},
+		&SetHostname{},
+		&TrustSend{Msg: []byte("signed trust message")},
+		&Deliver{ID: 1<<64 - 1, Msg: bytes.Repeat([]byte{7}, MaxTrustMessage)},
+		&Ack{ID: 42},
+		&OK{},
+		&Error{Code: CodeRateLimited, Text: "slow down"},
+		&Error{Code: 999},
+	}
+}
+
+func mustTarget(s string) addressing.Target {
+	t, err := addressing.ParseTarget(s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range sampleMessages() {
+		t.Run(m.FrameType().String(), func(t *testing.T) {
+			b, err := AppendMessage([]byte("prefix"), m)
+			require.NoError(t, err)
+			require.Equal(t, "prefix", string(b[:6]))
+			f, n, err := ParseFrame(b[6:])
+			require.NoError(t, err)
+			require.Equal(t, len(b)-6, n)
+			require.Equal(t, m.FrameType(), f.Type)
+			got, err := ParseMessage(f)
+			require.NoError(t, err)
+			require.Equal(t, m, got)
+
+			// Forward compatibility: trailing bytes in a body are ignored.
+			body := append(append([]byte(nil), f.Body...), 0xde, 0xad)
+			got2, err := ParseMessage(Frame{Type: f.Type, Body: body})
+			require.NoError(t, err)
+			require.Equal(t, m, got2)
+
+			// Every strict prefix of a non-empty body fails, never panics.
+			if _, empty := m.(*NotFound); !empty {
+				for i := 0; i < len(f.Body); i++ {
+					_, err := ParseMessage(Frame{Type: f.Type, Body: f.Body[:i]})
+					if _, ok := m.(*OK); ok {
+						continue
+					}
+					require.ErrorIs(t, err, ErrMalformed, "prefix %d", i)
+				}
+			}
+
+			rf, err := ReadFrame(bytes.NewReader(b[6:]), 0)
+			require.NoError(t, err)
+			require.Equal(t, f, rf)
+		})
+	}
+}
+
+func TestNotFoundBytes(t *testing.T) {
+	b, err := AppendMessage(nil, &NotFound{})
+	require.NoError(t, err)
+	require.Equal(t, []byte{Version, byte(TypeNotFound), 0, 0}, b)
+}
+
+func TestMalformed(t *testing.T) {
+	k := testKey(3)
+	a := addressing.AddrFrom(0, k.NodeID())
+	ab, _ := a.AppendBinary(nil)
+	for _, tc := range []struct {
+		name string
+		typ  Type
+		body []byte
+	}{
+		{"register bad hostname", TypeRegister, []byte{3, 'A', 'b', 'c', 0}},
+		{"register hostname with dash", TypeRegister, []byte{2, 'a', '-', 0}},
+		{"register too many addrs", TypeRegister, []byte{0, 9}},
+		{"register bad family", TypeRegister, []byte{0, 1, 5, 1, 2, 3, 4, 0, 1}},
+		{"register truncated addr", TypeRegister, []byte{0, 1, 4, 1, 2}},
+		{"lookup bad kind", TypeLookup, []byte{3}},
+		{"lookup zero addr", TypeLookup, append([]byte{1}, make([]byte, 8)...)},
+		{"lookup empty hostname", TypeLookup, []byte{2, 0}},
+		{"lookup short addr", TypeLookup, append([]byte{1}, ab[:7]...)},
+		{"trust send empty", TypeTrustSend, []byte{0, 0}},
+		{"trust send too long", TypeTrustSend, []byte{0x04, 0x01}},
+		{"trust send short", TypeTrustSend, []byte{0, 5, 1, 2}},
+		{"deliver short id", TypeDeliver, []byte{1, 2, 3}},
+		{"ack short", TypeAck, []byte{1}},
+		{"error short text", TypeError, []byte{0, 1, 5, 'a'}},
+		{"unknown type", Type(0x7f), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseMessage(Frame{Type: tc.typ, Body: tc.body})
+			require.ErrorIs(t, err, ErrMalformed)
+		})
+	}
+}
+
+func TestFrameLimits(t *testing.T) {
+	_, _, err := ParseFrame([]byte{2, 1, 0, 0})
+	require.ErrorIs(t, err, ErrMalformed)
+	_, _, err = ParseFrame([]byte{1, 1, 0xff, 0xff})
+	require.ErrorIs(t, err, ErrTooLarge)
+	_, _, err = ParseFrame([]byte{1, 1, 0, 2, 0})
+	require.ErrorIs(t, err, ErrMalformed)
+	_, err = AppendFrame(nil, TypeOK, make([]byte, MaxBody+1))
+	require.ErrorIs(t, err, ErrTooLarge)
+
+	big, err := AppendFrame(nil, TypeTrustSend, make([]byte, 2000))
+	require.NoError(t, err)
+	_, err = ReadFrame(bytes.NewReader(big), 1024)
+	require.ErrorIs(t, err, ErrTooLarge)
+	_, err = ReadFrame(bytes.NewReader(big[:10]), 0)
+	require.ErrorIs(t, err, ErrMalformed)
+	_, err = ReadFrame(bytes.NewReader(big[:2]), 0)
+	require.ErrorIs(t, err, ErrMalformed)
+
+	_, err = AppendMessage(nil, &Register{LocalAddrs: make([]netip.AddrPort, 9)})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Register{Hostname: "Bad"})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &TrustSend{Msg: make([]byte, MaxTrustMessage+1)})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Lookup{})
+	require.Error(t, err)
+}
+
+func TestErrorCodeNames(t *testing.T) {
+	require.Equal(t, "rate_limited", CodeRateLimited.String())
+	require.Equal(t, "hostname_taken", CodeHostnameTaken.String())
+	require.Equal(t, "code_999", ErrorCode(999).String())
+	e := &Error{Code: CodeReplay, Text: "seen"}
+	require.Equal(t, "rendezvous: replay: seen", e.Error())
+	var pe *Error
+	require.True(t, errors.As(fmt.Errorf("wrap: %w", e), &pe))
+	long := &Error{Code: CodeInternal, Text: strings.Repeat("x", 400)}
+	b, err := AppendMessage(nil, long)
+	require.NoError(t, err)
+	f, _, err := ParseFrame(b)
+	require.NoError(t, err)
+	got, err := ParseError(f.Body)
+	require.NoError(t, err)
+	require.Len(t, got.Text, MaxText)
+}
+
+// TestWriteFuzzSeeds rewrites testdata/fuzz from sampleMessages when run with
+// -update-seeds.
+func TestWriteFuzzSeeds(t *testing.T) {
+	if !*updateSeeds {
+		t.Skip("run with -update-seeds to rewrite the seed corpora")
+	}
+	write := func(target, name string, data []byte) {
+		dir := filepath.Join("testdata", "fuzz", target)
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		content := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
+	}
+	for i, m := range sampleMessages() {
+		b, err := AppendMessage(nil, m)
+		require.NoError(t, err)
+		name := fmt.Sprintf("seed-%02d-%s", i, m.FrameType())
+		write("FuzzParseFrame", name, b)
+		write("FuzzReadFrame", name, b)
+		if fz, ok := bodyFuzzers[m.FrameType()]; ok {
+			write(fz, name, b[HeaderSize:])
+		}
+	}
+}
+
+var bodyFuzzers = map[Type]string{
+	TypeRegister:     "FuzzParseRegister",
+	TypeRegistered:   "FuzzParseRegistered",
+	TypeLookup:       "FuzzParseLookup",
+	TypeLookupResult: "FuzzParseLookupResult",
+	TypeSetHostname:  "FuzzParseSetHostname",
+	TypeTrustSend:    "FuzzParseTrustSend",
+	TypeDeliver:      "FuzzParseDeliver",
+	TypeAck:          "FuzzParseAck",
+	TypeError:        "FuzzParseError",
+}
