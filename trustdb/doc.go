@@ -1,0 +1,90 @@
+// Package trustdb holds an agent's identity and its trust records: who it has
+// consented to talk to, and the signed messages that carry that consent.
+//
+// # Identity
+//
+// An Identity is the agent's Ed25519 key pair. LoadOrCreateIdentity keeps it
+// in a small versioned text file (mode 0600, written atomically); a file
+// readable by group or others is refused. The private key is never printed.
+//
+// # Messages
+//
+// Consent travels as signed Messages: a request, an approve or reject that
+// answers a request (ReplyTo = the request's nonce), and a revoke. Every
+// receiver verifies the signature itself; the rendezvous that stores and
+// forwards them cannot forge consent. The canonical encoding (big endian):
+//
+//	+---------+------+---------------+--------+-------------------+
+//	| version | kind | from (32)     | to     | nonce (16)        |
+//	|   0x01  |  1   | Ed25519 key   | type.. |                   |
+//	+---------+------+---------------+--------+-------------------+
+//	| reply to (16)  | time (8, int64 unix ns) | hostname len (1) |
+//	+----------------+-------------------------+------------------+
+//	| hostname (0-63)| note len (2)            | note (0-256)     |
+//	+----------------+-------------------------+------------------+
+//	| signature (64)                                              |
+//	+-------------------------------------------------------------+
+//
+//	to:  0x01 | address (8: network 2, NodeID 6)
+//	     0x02 | len (1) | hostname (1-63)    (requests only)
+//
+// The signature is Ed25519 by "from" over "agentnet trust v1\x00" followed by
+// every byte before the signature. A message is at most 525 bytes (parsers
+// refuse more than MaxMessageSize = 1024). Parsing is strict and, unlike
+// agentnet's other codecs, refuses trailing bytes: the signature covers exact
+// bytes, and every message has exactly one encoding, so re-encoding a parsed
+// message reproduces its input.
+//
+// # Records and states
+//
+// The Store keeps one Record per peer key, plus the pending-out requests we
+// sent to a peer whose key we do not know yet (we asked for an address, which
+// names only a NodeID, or for a hostname). Those are keyed by the request's
+// nonce until the approval reveals the key.
+//
+//	A (requester)                               B (addressee)
+//	local Request ──────── request ────────► pending-in
+//	pending-out                              local Approve / Reject
+//	trusted / rejected ◄── approve / reject ── trusted / rejected
+//	local Revoke ───────── revoke ─────────► revoked      (either way round)
+//
+// Every transition (anything else is refused with ErrUnexpected):
+//
+//	state          event                          next state
+//	(none)         local Request                  pending-out (keyed by nonce)
+//	pending-out    approve in, ReplyTo = nonce    trusted (re-keyed by peer key)
+//	pending-out    reject in, ReplyTo = nonce     rejected (re-keyed by peer key)
+//	(none)         request in                     pending-in
+//	revoked        request in                     pending-in (fresh consent needed)
+//	rejected       request in                     pending-in (fresh consent needed)
+//	pending-in     request in                     pending-in (the newer request)
+//	trusted        request in                     trusted, and an approve is queued
+//	pending-in     local Approve                  trusted
+//	pending-in     local Reject                   rejected
+//	trusted        local Revoke                   revoked
+//	pending-in     local Revoke                   revoked
+//	any            revoke in                      revoked
+//
+// If the request named an address, the approver's key must hash to that
+// address's NodeID. A trusted peer that sends a request has lost its record,
+// so the queued approve tells it again.
+//
+// Incoming messages are accepted only if the signature verifies, the time is
+// within MaxMessageAge in the past and MaxClockSkew in the future, it is
+// strictly newer than the last message accepted from the same sender
+// (Record.PeerTime), its (sender, nonce) pair was not seen before (a bounded
+// set pruned by time), and To names us. A message that fails any check
+// changes nothing.
+//
+// # Storage
+//
+// Records live in a bbolt database. Every local action commits the state
+// change and queues its signed message in a persistent outbox in one
+// transaction; the node delivers the outbox to the rendezvous and acks each
+// item, so a crash in between loses nothing. The keys the Store trusts are
+// mirrored in memory (an immutable map behind an atomic pointer) so that
+// IsTrusted, called in every TLS handshake, never touches the disk.
+//
+// Subscribers are told of every committed change, in commit order, by one
+// delivery goroutine per Store (see Subscribe).
+package trustdb

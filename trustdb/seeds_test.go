@@ -1,0 +1,29 @@
+package trustdb
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestWriteFuzzSeeds regenerates the checked-in fuzz seed corpora under
+// testdata/fuzz when TRUSTDB_WRITE_SEEDS=1 (go test -run=TestWriteFuzzSeeds).
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("TRUSTDB_WRITE_SEEDS") != "1" {
+		t.Skip("set TRUSTDB_WRITE_SEEDS=1 to regenerate testdata/fuzz seeds")
+	}
+	write := func(target string, seeds [][]byte) {
+		dir := filepath.Join("testdata", "fuzz", target)
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		for _, s := range seeds {
+			name := fmt.Sprintf("seed-%x", sha256.Sum256(s))[:21]
+			data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
+			require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644))
+		}
+	}
+	write("FuzzParseMessage", validMessageSeeds(t))
+}
