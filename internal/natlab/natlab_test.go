@@ -1,0 +1,286 @@
+package natlab_test
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentnet/agentnet/internal/natlab"
+)
+
+// quiet is how long a test waits to conclude that a packet was dropped.
+const quiet = 300 * time.Millisecond
+
+// TestKinds proves that each kind maps and filters as its name says.
+func TestKinds(t *testing.T) {
+	natlab.Require(t)
+	type want struct {
+		eim        bool // same mapping towards two servers
+		filterOpen bool // a host never contacted may send to the mapping
+		public     bool // the server sees the host's own address
+		layers     int  // routers between the LAN and the internet
+	}
+	cases := []struct {
+		kind natlab.Kind
+		want want
+	}{
+		{natlab.KindNone, want{eim: true, filterOpen: true, public: true, layers: 1}},
+		{natlab.KindHome, want{eim: true, layers: 1}},
+		{natlab.KindSymmetric, want{eim: false, layers: 1}},
+		{natlab.KindCone, want{eim: true, filterOpen: true, layers: 1}},
+		{natlab.KindDouble, want{eim: true, layers: 2}},
+	}
+	for _, tc := range cases {
+		t.Run(string(tc.kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, tc.kind)
+			c := listen(t, w.host)
+
+			m1 := mustObserve(t, c, w.r1)
+			if tc.want.public {
+				require.Equal(t, localAddr(c).Port(), m1.Port(), "no NAT keeps the port")
+				require.Equal(t, w.host.IP(), m1.Addr(), "no NAT shows the host's address")
+			} else {
+				require.Equal(t, w.site.PublicIP(), m1.Addr(), "mapped to the site's public address")
+				require.NotEqual(t, w.host.IP(), m1.Addr())
+			}
+			if tc.want.layers == 2 {
+				require.NotEqual(t, w.site.Gateway().IP(), w.site.PublicIP(), "two layers of NAT")
+				require.True(t, netip.MustParsePrefix("10.0.0.0/8").Contains(w.site.Gateway().IP()),
+					"home router's WAN is on the carrier's private network")
+			}
+
+			// Filtering, before anyone but r1 was contacted: the same server
+			// from another port, and another server.
+			w.r1b.poke(t, m1, "from-r1b")
+			require.Equal(t, tc.want.filterOpen, received(c, "from-r1b", quiet), "other port of the same host")
+			w.r2.poke(t, m1, "from-r2")
+			require.Equal(t, tc.want.filterOpen, received(c, "from-r2", quiet), "other host")
+			w.r1.poke(t, m1, "from-r1")
+			require.True(t, received(c, "from-r1", quiet), "the contacted server always gets through")
+
+			// Mapping: same public endpoint towards a second server?
+			m2 := mustObserve(t, c, w.r2)
+			require.Equal(t, m1.Addr(), m2.Addr(), "one public address")
+			if tc.want.eim {
+				require.Equal(t, m1, m2, "endpoint-independent mapping")
+			} else {
+				require.NotEqual(t, m1.Port(), m2.Port(), "endpoint-dependent mapping")
+			}
+			m3 := mustObserve(t, c, w.r1b)
+			if tc.want.eim {
+				require.Equal(t, m1, m3)
+			} else {
+				require.NotEqual(t, m1.Port(), m3.Port(), "a new port per destination port too")
+			}
+			t.Logf("%s: %v via r1, %v via r2, %v via r1:3479", tc.kind, m1, m2, m3)
+		})
+	}
+}
+
+func TestFlushConntrackKeepsPort(t *testing.T) {
+	natlab.Require(t)
+	for _, kind := range []natlab.Kind{natlab.KindHome, natlab.KindCone, natlab.KindDouble} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind)
+			c := listen(t, w.host)
+			m1 := mustObserve(t, c, w.r1)
+			require.NoError(t, w.site.FlushConntrack())
+			m2 := mustObserve(t, c, w.r1)
+			require.Equal(t, m1, m2, "masquerade hands the same mapping back")
+		})
+	}
+}
+
+func TestRebindChangesPort(t *testing.T) {
+	natlab.Require(t)
+	for _, kind := range []natlab.Kind{natlab.KindHome, natlab.KindSymmetric, natlab.KindCone, natlab.KindDouble} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind)
+			c := listen(t, w.host)
+			m := mustObserve(t, c, w.r1)
+			seen := map[uint16]bool{m.Port(): true}
+			for range 3 {
+				require.NoError(t, w.site.Rebind())
+				m2 := mustObserve(t, c, w.r1)
+				require.Equal(t, m.Addr(), m2.Addr(), "rebinding keeps the public address")
+				require.False(t, seen[m2.Port()], "rebinding must give a new port, got %v again", m2)
+				seen[m2.Port()] = true
+				if kind != natlab.KindSymmetric {
+					require.Equal(t, m2, mustObserve(t, c, w.r2), "still endpoint-independent after rebinding")
+				}
+				if kind == natlab.KindCone {
+					w.r1b.poke(t, m2, "cone")
+					require.True(t, received(c, "cone", quiet), "full cone relearns the new port")
+				}
+			}
+			require.Error(t, natlab.New(t).AddSite("pub", natlab.KindNone).Rebind(), "no NAT, nothing to rebind")
+		})
+	}
+}
+
+func TestLoss(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	w := newWorld(t, natlab.KindHome)
+	c := listen(t, w.host)
+	mustObserve(t, c, w.r1)
+
+	require.NoError(t, w.site.SetLoss(100))
+	_, err := observe(c, w.r1.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "100%% loss drops everything")
+
+	// 40% each way: about 36% of round trips survive.
+	require.NoError(t, w.site.SetLoss(40))
+	const n = 200
+	for range n {
+		_, err := c.WriteToUDPAddrPort([]byte("who x"), w.r1.addr)
+		require.NoError(t, err)
+		time.Sleep(200 * time.Microsecond)
+	}
+	got := countReplies(c, quiet)
+	require.Greater(t, got, n*10/100, "some round trips survive 40%% loss")
+	require.Less(t, got, n*70/100, "many round trips die at 40%% loss")
+	t.Logf("40%% loss each way: %d/%d round trips", got, n)
+
+	require.NoError(t, w.site.SetLoss(0))
+	mustObserve(t, c, w.r1)
+}
+
+// countReplies counts reflector answers arriving within d of each other.
+func countReplies(c interface {
+	SetReadDeadline(time.Time) error
+	ReadFromUDPAddrPort([]byte) (int, netip.AddrPort, error)
+}, d time.Duration) int {
+	buf := make([]byte, 1500)
+	n := 0
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		k, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			_ = c.SetReadDeadline(time.Time{})
+			return n
+		}
+		if strings.HasPrefix(string(buf[:k]), "seen ") {
+			n++
+		}
+	}
+}
+
+func TestUDPTimeout(t *testing.T) {
+	natlab.Require(t)
+	for _, kind := range []natlab.Kind{natlab.KindHome, natlab.KindCone, natlab.KindDouble} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind)
+			require.NoError(t, w.site.SetUDPTimeout(time.Second))
+			c := listen(t, w.host)
+			m := mustObserve(t, c, w.r1)
+			w.r1.poke(t, m, "alive")
+			require.True(t, received(c, "alive", quiet), "mapping open right after use")
+			time.Sleep(2200 * time.Millisecond)
+			w.r1.poke(t, m, "expired")
+			require.False(t, received(c, "expired", quiet), "mapping must expire after the UDP timeout")
+			if kind == natlab.KindCone {
+				w.r2.poke(t, m, "expired-cone")
+				require.False(t, received(c, "expired-cone", quiet), "full-cone mapping must expire too")
+			}
+		})
+	}
+}
+
+func TestLinkDownUp(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	w := newWorld(t, natlab.KindDouble)
+	c := listen(t, w.host)
+	mustObserve(t, c, w.r1)
+	require.NoError(t, w.site.LinkDown())
+	_, err := observe(c, w.r1.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "no traffic while the link is down")
+	require.NoError(t, w.site.LinkUp())
+	m := mustObserve(t, c, w.r1)
+	require.Equal(t, w.site.PublicIP(), m.Addr())
+	out, err := w.site.Router().Run(context.Background(), "ip", "route", "show", "default")
+	require.NoError(t, err)
+	require.Contains(t, string(out), "default via 198.18.0.1")
+}
+
+func TestBlockUDP(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	w := newWorld(t, natlab.KindHome)
+	c := listen(t, w.host)
+	r1 := netip.PrefixFrom(w.r1.addr.Addr(), 32)
+	r2 := netip.PrefixFrom(w.r2.addr.Addr(), 32)
+	m := mustObserve(t, c, w.r2)
+
+	require.NoError(t, w.site.BlockUDPTo(r2))
+	_, err := observe(c, w.r2.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "blocked peer")
+	mustObserve(t, c, w.r1)
+	require.NoError(t, w.site.Unblock())
+	require.Equal(t, m, mustObserve(t, c, w.r2), "blocking keeps the NAT state")
+
+	require.NoError(t, w.site.BlockUDPExcept(r1))
+	mustObserve(t, c, w.r1)
+	_, err = observe(c, w.r2.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "everything but the allowed prefix is blocked")
+	require.NoError(t, w.site.Unblock())
+	mustObserve(t, c, w.r2)
+}
+
+func TestLabBasics(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	start := time.Now()
+	a := natlab.New(t)
+	a.AddPublicHost("rdv")
+	for _, k := range []natlab.Kind{natlab.KindHome, natlab.KindCone} {
+		s := a.AddSite(string(k), k)
+		s.AddHost(string(k) + "-1")
+	}
+	t.Logf("lab of 6 namespaces built in %v", time.Since(start))
+
+	// A second lab with the same names, side by side.
+	b := natlab.New(t)
+	rb := b.AddPublicHost("rdv")
+	sb := b.AddSite("home", natlab.KindHome)
+	hb := sb.AddHost("home-1")
+	require.NotEqual(t, a.ID(), b.ID())
+	require.NotEqual(t, a.Internet().Namespace(), b.Internet().Namespace())
+
+	// TCP and Run across the NAT of lab b.
+	ln, err := rb.ListenTCP(":8080")
+	require.NoError(t, err)
+	defer ln.Close()
+	done := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		done <- c.RemoteAddr().String()
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := hb.DialContext(ctx, "tcp4", netip.AddrPortFrom(rb.IP(), 8080).String())
+	require.NoError(t, err)
+	conn.Close()
+	require.Contains(t, <-done, sb.PublicIP().String()+":")
+
+	out, err := hb.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	require.NoError(t, err)
+	require.Contains(t, string(out), hb.IP().String()+"/24")
+
+	_, err = hb.Run(ctx, "false")
+	require.Error(t, err)
+}

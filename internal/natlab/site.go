@@ -1,0 +1,298 @@
+package natlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Site is a router of some Kind with a LAN behind it. Its event and
+// impairment methods act on the WAN side of the site's outermost router (the
+// carrier router for KindDouble), except where noted, and are safe for
+// concurrent use.
+type Site struct {
+	lab   *Lab
+	name  string
+	kind  Kind
+	lan   netip.Prefix
+	outer *router // owns the public address
+	gw    *router // the LAN's default gateway; == outer unless KindDouble
+
+	hosts int // guarded by lab.mu
+}
+
+// router is a router namespace and the state of its nftables impairments.
+type router struct {
+	host    *Host
+	kind    Kind // KindNone, KindHome, KindSymmetric or KindCone
+	gw      netip.Addr
+	lanAddr netip.Addr
+
+	mu         sync.Mutex // serialises changes to the ruleset
+	loss       int
+	blocks     []block
+	rebinds    int
+	mapTimeout time.Duration
+}
+
+// Name returns the site's name.
+func (s *Site) Name() string { return s.name }
+
+// Kind returns the site's NAT kind.
+func (s *Site) Kind() Kind { return s.kind }
+
+// LAN returns the prefix of the site's LAN.
+func (s *Site) LAN() netip.Prefix { return s.lan }
+
+// Router returns the site's outermost router, whose WAN address is
+// PublicIP (for KindDouble, the carrier router).
+func (s *Site) Router() *Host { return s.outer.host }
+
+// Gateway returns the router on the site's LAN, the hosts' default gateway.
+// It is Router except for KindDouble, where it is the home router behind the
+// carrier.
+func (s *Site) Gateway() *Host { return s.gw.host }
+
+// PublicIP returns the site's address on the internet: what a server there
+// sees as the source of the site's hosts. For KindNone the hosts keep their
+// own public addresses and this is the router's WAN address.
+func (s *Site) PublicIP() netip.Addr { return s.outer.host.ip }
+
+func (s *Site) routers() []*router {
+	if s.gw == s.outer {
+		return []*router{s.outer}
+	}
+	return []*router{s.gw, s.outer}
+}
+
+// AddHost adds a host to the site's LAN (192.168.S.10 and up; public
+// 198.19.S.10 and up for KindNone). Host names are unique in the lab. It fails
+// the test on error.
+func (s *Site) AddHost(name string) *Host {
+	s.lab.tb.Helper()
+	h, err := s.addHost(name)
+	if err != nil {
+		s.lab.tb.Fatal(err)
+	}
+	return h
+}
+
+func (s *Site) addHost(name string) (*Host, error) {
+	l := s.lab
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.reserve(name); err != nil {
+		return nil, err
+	}
+	if s.hosts >= maxHostsPerSite {
+		return nil, fmt.Errorf("natlab: site %s is full", s.name)
+	}
+	a := s.lan.Addr().As4()
+	a[3] = byte(10 + s.hosts)
+	s.hosts++
+	ip := netip.AddrFrom4(a)
+	ns := l.nsName(name)
+	port := l.port()
+	gw := s.gw.host
+	err := runIP(context.Background(), "", []string{
+		"netns add " + ns,
+		fmt.Sprintf("link add %s netns %s type veth peer name eth0 netns %s", port, gw.ns.name, ns),
+	})
+	if err != nil {
+		return nil, err
+	}
+	h, err := l.open(ns, name, ip)
+	if err != nil {
+		return nil, err
+	}
+	err = parallel(
+		func() error { return attachPort(gw, port) },
+		func() error {
+			if err := h.ns.baseSysctls(false); err != nil {
+				return err
+			}
+			return runIP(context.Background(), ns, hostLines("eth0", netip.PrefixFrom(ip, s.lan.Bits()), s.gw.lanAddr))
+		},
+	)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// FlushConntrack empties the connection tracking table of every router of
+// the site (conntrack -F). Masquerade keeps the public port of a flow that
+// resumes: this is the benign "NAT reboot", not a rebinding.
+func (s *Site) FlushConntrack() error {
+	for _, r := range s.routers() {
+		if err := r.flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *router) flush() error {
+	_, err := r.host.ns.exec(context.Background(), "", "conntrack", "-F")
+	return err
+}
+
+var portRE = regexp.MustCompile(`(?:sport|dport)=(\d+)`)
+
+// Rebind forces new public ports for the site's existing flows: masquerade is
+// restricted to a port range that excludes every port in use, then the
+// conntrack table is flushed (and, for KindCone, the learnt mappings
+// forgotten). The public address stays. It fails for KindNone.
+func (s *Site) Rebind() error {
+	r := s.outer
+	if r.kind == KindNone {
+		return fmt.Errorf("natlab: site %s has no NAT to rebind", s.name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx := context.Background()
+	out, err := r.host.ns.exec(ctx, "", "conntrack", "-L")
+	if err != nil {
+		return err
+	}
+	var used []int
+	for _, m := range portRE.FindAllSubmatch(out, -1) {
+		if p, err := strconv.Atoi(string(m[1])); err == nil {
+			used = append(used, p)
+		}
+	}
+	const width, first, slots = 2000, 10000, 27 // ranges 10000-11999 .. 62000-63999
+	lo := 0
+	for i := range slots {
+		c := first + ((r.rebinds+i)%slots)*width
+		if !slices.ContainsFunc(used, func(p int) bool { return p >= c && p < c+width }) {
+			lo = c
+			r.rebinds += i + 1
+			break
+		}
+	}
+	if lo == 0 {
+		return fmt.Errorf("natlab: rebind %s: no free port range", s.name)
+	}
+	if _, err := r.host.ns.exec(ctx, replaceChain("postrouting", masqueradeRules(r.kind, lo, lo+width-1)), "nft", "-f", "-"); err != nil {
+		return err
+	}
+	if err := r.flush(); err != nil {
+		return err
+	}
+	if r.kind == KindCone {
+		if _, err := r.host.ns.exec(ctx, "flush map "+nftTable+" cone\n", "nft", "-f", "-"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LinkDown takes the site's WAN link down. The kernel drops the
+// masquerade mappings of the link and the routes through it.
+func (s *Site) LinkDown() error {
+	return runIP(context.Background(), s.outer.host.ns.name, []string{"link set " + wanIf + " down"})
+}
+
+// LinkUp brings the site's WAN link back and restores its default route.
+func (s *Site) LinkUp() error {
+	return runIP(context.Background(), s.outer.host.ns.name, []string{
+		"link set " + wanIf + " up",
+		"route replace default via " + s.outer.gw.String(),
+	})
+}
+
+// SetLoss drops percent of the packets crossing the site's WAN link, in each
+// direction independently (nft numgen). 0 removes the loss.
+func (s *Site) SetLoss(percent int) error {
+	if percent < 0 || percent > 100 {
+		return fmt.Errorf("natlab: loss %d%% out of range", percent)
+	}
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loss = percent
+	return r.applyImpairLocked()
+}
+
+// BlockUDPTo drops UDP between the site and peers in prefix, both ways,
+// keeping the NAT state (unlike LinkDown). Use it to force traffic to a
+// relay; Unblock lifts it.
+func (s *Site) BlockUDPTo(prefix netip.Prefix) error {
+	if !prefix.IsValid() || !prefix.Addr().Is4() {
+		return fmt.Errorf("natlab: bad prefix %v", prefix)
+	}
+	return s.addBlock(block{prefix: []netip.Prefix{prefix}})
+}
+
+// BlockUDPExcept drops all UDP between the site and the internet except with
+// the allowed prefixes (typically the rendezvous host): direct paths to peers
+// fail while the rendezvous and its relay keep working. Unblock lifts it.
+func (s *Site) BlockUDPExcept(allow ...netip.Prefix) error {
+	for _, p := range allow {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return fmt.Errorf("natlab: bad prefix %v", p)
+		}
+	}
+	return s.addBlock(block{except: true, prefix: slices.Clone(allow)})
+}
+
+func (s *Site) addBlock(b block) error {
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.blocks = append(r.blocks, b)
+	return r.applyImpairLocked()
+}
+
+// Unblock removes every block set by BlockUDPTo and BlockUDPExcept. Loss
+// stays.
+func (s *Site) Unblock() error {
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.blocks = nil
+	return r.applyImpairLocked()
+}
+
+func (r *router) applyImpairLocked() error {
+	_, err := r.host.ns.exec(context.Background(), replaceChain("impair", impairRules(r.loss, r.blocks)), "nft", "-f", "-")
+	return err
+}
+
+// SetUDPTimeout sets how long an idle UDP mapping lives on every router of
+// the site: both nf_conntrack_udp_timeout (flows without replies) and
+// nf_conntrack_udp_timeout_stream (flows that saw replies, 120 s by
+// default), and the lifetime of full-cone mappings. The new value applies
+// from each flow's next packet. d is rounded to whole seconds, at least 1.
+func (s *Site) SetUDPTimeout(d time.Duration) error {
+	if d <= 0 {
+		return errors.New("natlab: udp timeout must be positive")
+	}
+	secs := strconv.Itoa(max(int(d.Round(time.Second)/time.Second), 1))
+	for _, r := range s.routers() {
+		err := r.host.ns.sysctl([][2]string{
+			{"net.netfilter.nf_conntrack_udp_timeout", secs},
+			{"net.netfilter.nf_conntrack_udp_timeout_stream", secs},
+		}, false)
+		if err != nil {
+			return err
+		}
+		if r.kind == KindCone {
+			r.mu.Lock()
+			r.mapTimeout = d
+			_, err := r.host.ns.exec(context.Background(), replaceChain("learn", learnRules(d)), "nft", "-f", "-")
+			r.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
