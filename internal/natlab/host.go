@@ -78,16 +78,22 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 }
 
 // Command returns a command that runs name inside the host's namespace
-// (through "ip netns exec", which also mounts the namespace's /sys). Processes
-// still running when the lab is torn down are killed.
+// (through "ip netns exec", which also mounts the namespace's /sys). The
+// lab's teardown kills it if it still runs.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := h.command(ctx, name, args...)
+	h.lab.track(cmd)
+	return cmd
+}
+
+func (h *Host) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns.name, name}, args...)...)
 }
 
 // Run runs a command inside the host's namespace and returns its combined
 // standard output and standard error.
 func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	out, err := h.Command(ctx, name, args...).CombinedOutput()
+	out, err := h.command(ctx, name, args...).CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("natlab: %s on %s: %w", name, h.name, err)
 	}

@@ -73,7 +73,7 @@ var available = sync.OnceValue(func() error {
 	if os.Geteuid() != 0 {
 		return errors.New("natlab: needs root (network namespaces, nftables)")
 	}
-	for _, tool := range []string{"ip", "nft", "conntrack"} {
+	for _, tool := range []string{"ip", "tc", "nft", "conntrack"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("natlab: %s not found (apt-get install -y iproute2 nftables conntrack): %w", tool, err)
 		}
@@ -120,6 +120,7 @@ type Lab struct {
 	mu       sync.Mutex
 	names    map[string]bool // lab-unique host and site names
 	all      []*netns        // every namespace, for teardown
+	cmds     []*exec.Cmd     // from Host.Command, killed at teardown
 	nextWAN  int
 	nextSite int
 	nextPort int
@@ -374,16 +375,17 @@ func (l *Lab) addSite(name string, kind Kind) (*Site, error) {
 		if err != nil {
 			return nil, err
 		}
-		routers[i] = &router{host: h, kind: sp.kind, gw: sp.gw, lanAddr: sp.lan.Addr(), mapTimeout: defaultMapTimeout}
+		up := l.inet
+		if sp.parent == nil {
+			up = routers[i-1].host
+		}
+		routers[i] = &router{host: h, kind: sp.kind, gw: sp.gw, lanAddr: sp.lan.Addr(),
+			uplink: up, uplinkPort: ports[i], mapTimeout: defaultMapTimeout}
 	}
 	var jobs []func() error
 	for i, sp := range specs {
 		r := routers[i]
-		parent := l.inet
-		if sp.parent == nil {
-			parent = routers[i-1].host
-		}
-		port := ports[i]
+		parent, port := r.uplink, r.uplinkPort
 		jobs = append(jobs, func() error {
 			if err := attachPort(parent, port); err != nil {
 				return err
@@ -427,13 +429,27 @@ func parallel(fns ...func() error) error {
 	return errors.Join(errs...)
 }
 
+func (l *Lab) track(cmd *exec.Cmd) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cmds = append(l.cmds, cmd)
+}
+
 // close tears the lab down: kill what runs inside, delete the namespaces.
 func (l *Lab) close() {
 	l.mu.Lock()
 	l.closed = true
-	all := l.all
-	l.all = nil
+	all, cmds := l.all, l.cmds
+	l.all, l.cmds = nil, nil
 	l.mu.Unlock()
+
+	// A command may not have entered its namespace yet ("ip netns exec"
+	// joins it after starting), so kill the ones we know of by process.
+	for _, c := range cmds {
+		if c.Process != nil { // Kill after Wait is harmless (os.ErrProcessDone)
+			_ = c.Process.Kill()
+		}
+	}
 
 	inos := map[uint64]bool{}
 	for _, n := range all {

@@ -2,6 +2,8 @@ package natlab_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -283,4 +285,74 @@ func TestLabBasics(t *testing.T) {
 
 	_, err = hb.Run(ctx, "false")
 	require.Error(t, err)
+}
+
+func TestSetRate(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	lab := natlab.New(t)
+	srv := lab.AddPublicHost("srv")
+	site := lab.AddSite("home", natlab.KindHome)
+	cli := site.AddHost("cli")
+
+	ln, err := srv.ListenTCP(":9000")
+	require.NoError(t, err)
+	defer ln.Close()
+	const size = 150 << 10
+	// The server sends size bytes to a client that says "d" and drains one
+	// that says "u".
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				cmd := make([]byte, 1)
+				if _, err := io.ReadFull(c, cmd); err != nil {
+					return
+				}
+				if cmd[0] == 'd' {
+					_, _ = c.Write(make([]byte, size))
+					return
+				}
+				_, _ = io.Copy(io.Discard, c)
+				_, _ = c.Write([]byte("k"))
+			}()
+		}
+	}()
+	transfer := func(dir byte) time.Duration {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		c, err := cli.DialContext(ctx, "tcp4", netip.AddrPortFrom(srv.IP(), 9000).String())
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = c.Write([]byte{dir})
+		require.NoError(t, err)
+		if dir == 'u' {
+			_, err = c.Write(make([]byte, size))
+			require.NoError(t, err)
+			require.NoError(t, c.(*net.TCPConn).CloseWrite())
+		}
+		n, err := io.Copy(io.Discard, c)
+		require.NoError(t, err)
+		if dir == 'd' {
+			require.EqualValues(t, size, n)
+		} else {
+			require.EqualValues(t, 1, n)
+		}
+		return time.Since(start)
+	}
+	for _, dir := range []byte{'d', 'u'} {
+		require.NoError(t, site.SetRate(0))
+		fast := transfer(dir)
+		require.NoError(t, site.SetRate(4_000_000)) // 500 kB/s: size takes about 0.3 s
+		slow := transfer(dir)
+		t.Logf("150 KiB %c: %v unlimited, %v at 4 Mbit/s", dir, fast, slow)
+		require.Greater(t, slow, 200*time.Millisecond)
+		require.Less(t, fast, slow/2)
+	}
 }

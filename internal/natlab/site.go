@@ -34,11 +34,15 @@ type router struct {
 	gw      netip.Addr
 	lanAddr netip.Addr
 
-	mu         sync.Mutex // serialises changes to the ruleset
+	uplink     *Host  // namespace at the other end of wan0
+	uplinkPort string // name of wan0's peer in uplink
+
+	mu         sync.Mutex // serialises changes to the ruleset and qdiscs
 	loss       int
 	blocks     []block
 	rebinds    int
 	mapTimeout time.Duration
+	rate       int64 // bit/s, 0 = unlimited
 }
 
 // Name returns the site's name.
@@ -294,5 +298,40 @@ func (s *Site) SetUDPTimeout(d time.Duration) error {
 			}
 		}
 	}
+	return nil
+}
+
+// SetRate limits the site's WAN link to bitsPerSecond in each direction
+// with a token bucket (tc tbf on both ends of the link; packets that wait
+// more than 50 ms are dropped). 0 removes the limit.
+func (s *Site) SetRate(bitsPerSecond int64) error {
+	if bitsPerSecond < 0 {
+		return fmt.Errorf("natlab: rate %d out of range", bitsPerSecond)
+	}
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx := context.Background()
+	ends := []struct {
+		h   *Host
+		dev string
+	}{{r.host, wanIf}, {r.uplink, r.uplinkPort}}
+	for _, e := range ends {
+		var err error
+		switch {
+		case bitsPerSecond > 0:
+			// The bucket must hold at least one full packet and a tick's worth of tokens.
+			burst := max(bitsPerSecond/8/100, 16<<10)
+			_, err = e.h.ns.exec(ctx, "", "tc", "qdisc", "replace", "dev", e.dev, "root", "tbf",
+				"rate", strconv.FormatInt(bitsPerSecond, 10)+"bit",
+				"burst", strconv.FormatInt(burst, 10), "latency", "50ms")
+		case r.rate > 0:
+			_, err = e.h.ns.exec(ctx, "", "tc", "qdisc", "del", "dev", e.dev, "root")
+		}
+		if err != nil {
+			return err
+		}
+	}
+	r.rate = bitsPerSecond
 	return nil
 }
