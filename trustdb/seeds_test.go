@@ -19,6 +19,11 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	write := func(target string, seeds [][]byte) {
 		dir := filepath.Join("testdata", "fuzz", target)
 		require.NoError(t, os.MkdirAll(dir, 0o755))
+		old, err := filepath.Glob(filepath.Join(dir, "seed-*"))
+		require.NoError(t, err)
+		for _, name := range old {
+			require.NoError(t, os.Remove(name))
+		}
 		for _, s := range seeds {
 			name := fmt.Sprintf("seed-%x", sha256.Sum256(s))[:21]
 			data := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
@@ -26,4 +31,5 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		}
 	}
 	write("FuzzParseMessage", validMessageSeeds(t))
+	write("FuzzParseRecord", validRecordSeeds(t))
 }
