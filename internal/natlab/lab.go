@@ -40,7 +40,7 @@ const (
 	KindDouble Kind = "double"
 )
 
-// Kinds lists every Kind, in a stable order.
+// Kinds lists every Kind, in a stable order. Callers must not modify it.
 var Kinds = []Kind{KindNone, KindHome, KindSymmetric, KindCone, KindDouble}
 
 func (k Kind) valid() bool {
@@ -85,7 +85,7 @@ var available = sync.OnceValue(func() error {
 })
 
 // Available reports whether labs can be built here: nil if the process is
-// root and ip, nft and conntrack are installed.
+// root and ip, tc (iproute2), nft and conntrack are installed.
 func Available() error { return available() }
 
 // Require skips the test when labs cannot be built here. When the
@@ -221,7 +221,8 @@ func (l *Lab) port() string {
 }
 
 // AddPublicHost adds a host directly on the internet, with a public address
-// (198.18.x.y), such as a rendezvous server. It fails the test on error.
+// (198.18.x.y), such as a rendezvous server. It fails the test given to New
+// on error, so call it from that test's goroutine.
 func (l *Lab) AddPublicHost(name string) *Host {
 	l.tb.Helper()
 	h, err := l.addPublicHost(name)
@@ -289,7 +290,8 @@ func hostLines(dev string, addr netip.Prefix, gw netip.Addr) []string {
 // AddSite adds a site: a router of the given kind on the internet and an
 // empty LAN behind it (192.168.S.0/24, or public 198.19.S.0/24 for
 // KindNone). KindDouble adds a carrier router (10.S.0.0/24 on its inside) in
-// front of the home router. It fails the test on error.
+// front of the home router. It fails the test given to New on error, so
+// call it from that test's goroutine.
 func (l *Lab) AddSite(name string, kind Kind) *Site {
 	l.tb.Helper()
 	s, err := l.addSite(name, kind)
@@ -451,20 +453,35 @@ func (l *Lab) close() {
 		}
 	}
 
-	inos := map[uint64]bool{}
 	for _, n := range all {
-		inos[n.ino] = true
+		n.close()
+	}
+	if err := removeLab(l.id); err != nil {
+		l.tb.Errorf("natlab: teardown of lab %s: %v", l.id, err)
+	}
+}
+
+// removeLab kills every process in the namespaces of lab id and deletes
+// them (all of them, including any a failed build left unopened), then its
+// claim.
+func removeLab(id string) error {
+	names, _ := filepath.Glob(filepath.Join(netnsDir, "nl"+id+"-*"))
+	inos := map[uint64]bool{}
+	for _, name := range names {
+		if n, err := openNetns(filepath.Base(name)); err == nil {
+			inos[n.ino] = true
+			n.close()
+		}
 	}
 	killIn(inos)
 	var errs []error
-	for _, n := range all {
-		n.close()
-		errs = append(errs, deleteNetns(n.name))
+	for _, name := range names {
+		errs = append(errs, deleteNetns(filepath.Base(name)))
 	}
-	errs = append(errs, os.Remove(filepath.Join(claimDir, l.id)))
-	if err := errors.Join(errs...); err != nil {
-		l.tb.Errorf("natlab: teardown of lab %s: %v", l.id, err)
+	if err := os.Remove(filepath.Join(claimDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
+	return errors.Join(errs...)
 }
 
 // killIn kills every process in the given namespaces and waits briefly for
@@ -533,18 +550,6 @@ func sweepStale() {
 		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
 			continue // owner still alive
 		}
-		names, _ := filepath.Glob(filepath.Join(netnsDir, "nl"+e.Name()+"-*"))
-		inos := map[uint64]bool{}
-		for _, name := range names {
-			if n, err := openNetns(filepath.Base(name)); err == nil {
-				inos[n.ino] = true
-				n.close()
-			}
-		}
-		killIn(inos)
-		for _, name := range names {
-			_ = deleteNetns(filepath.Base(name))
-		}
-		_ = os.Remove(p)
+		_ = removeLab(e.Name())
 	}
 }

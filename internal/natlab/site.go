@@ -76,8 +76,9 @@ func (s *Site) routers() []*router {
 }
 
 // AddHost adds a host to the site's LAN (192.168.S.10 and up; public
-// 198.19.S.10 and up for KindNone). Host names are unique in the lab. It fails
-// the test on error.
+// 198.19.S.10 and up for KindNone). Host names are unique in the lab. It
+// fails the test given to New on error, so call it from that test's
+// goroutine.
 func (s *Site) AddHost(name string) *Host {
 	s.lab.tb.Helper()
 	h, err := s.addHost(name)
