@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -768,4 +769,18 @@ func BenchmarkIsTrusted(b *testing.B) {
 			}
 		})
 	})
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for range 3 {
+		s, err := Open(t.TempDir())
+		require.NoError(t, err)
+		s.Subscribe(func(Event) {})
+		_, err = s.Request(mustTarget(t, "x"), "", "")
+		require.NoError(t, err)
+		require.NoError(t, s.Close())
+	}
+	// Close waits for the delivery goroutine, so nothing is left at all.
+	require.LessOrEqual(t, runtime.NumGoroutine(), before)
 }
