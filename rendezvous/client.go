@@ -1,0 +1,531 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// Client timing.
+const (
+	// KeepAlivePeriod keeps the NAT mapping of the node's socket open.
+	KeepAlivePeriod = 15 * time.Second
+	minBackoff      = 100 * time.Millisecond
+	maxBackoff      = 2 * time.Second
+	// permanentBackoff paces retries after a refusal that only the operator
+	// can fix (hostname or NodeID taken).
+	permanentBackoff = 30 * time.Second
+	dialTimeout      = 10 * time.Second
+)
+
+// PinStore remembers the server key a client trusted on first use.
+// Implementations must be safe for concurrent use; trustdb.Store's Meta
+// settings are a natural backing.
+type PinStore interface {
+	// Pin returns the key pinned for server ("host:port" as configured).
+	Pin(server string) (addressing.PublicKey, bool)
+	// SetPin pins k for server.
+	SetPin(server string, k addressing.PublicKey) error
+}
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Identity is the agent's key; the client authenticates with it. Required.
+	Identity *trustdb.Identity
+	// Transport is the node's own QUIC transport: dialling from the node's
+	// socket makes the server see that socket's NAT mapping (the reflexive
+	// address). Required. The client never closes it.
+	Transport *quic.Transport
+	// ServerAddr is the server's UDP address, "host:port". Required. It is
+	// resolved again on every connection attempt.
+	ServerAddr string
+	// ServerKey is the server's pinned key. If zero, Pins decides: a key
+	// pinned for ServerAddr is required, and with none the first key seen is
+	// trusted and pinned (trust on first use).
+	ServerKey addressing.PublicKey
+	// Pins stores the trust-on-first-use pin; it may be nil when ServerKey
+	// is set.
+	Pins PinStore
+	// Hostname is claimed at registration if not empty.
+	Hostname string
+	// LocalAddrs are the node socket's host candidates (LAN addresses), at
+	// most proto.MaxLocators.
+	LocalAddrs []netip.AddrPort
+	// Deliver receives each trust message (an encoded trustdb.Message)
+	// from the agent's mailbox, one at a time, in order. The message is
+	// acknowledged (deleted at the server) only after Deliver returns
+	// nil; otherwise it is delivered again on the next connection. The slice
+	// is the callee's. nil leaves every message in the mailbox.
+	Deliver func(ctx context.Context, msg []byte) error
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// PeerInfo is what Lookup learns about an agent.
+type PeerInfo struct {
+	Key      addressing.PublicKey
+	Addr     addressing.Addr // network 0
+	Hostname string
+	Online   bool
+	Locators []netip.AddrPort // reflexive first, then local; last known if offline
+}
+
+// Client is a node's connection to the rendezvous: it registers, keeps the
+// registration alive across server restarts and network changes, receives
+// its mailbox, and makes requests. Its methods are safe for concurrent use.
+type Client struct {
+	cfg  ClientConfig
+	log  *slog.Logger
+	cert tls.Certificate
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	started   bool
+	closed    bool
+	conn      *quic.Conn    // registered connection; nil when not registered
+	changed   chan struct{} // closed and replaced on every change of conn or lastErr
+	self      addressing.Addr
+	reflexive netip.AddrPort
+	hostname  string // to claim on (re)registration
+	lastErr   error  // the last registration refusal that only the operator can fix
+}
+
+// NewClient checks cfg and returns a client that is not yet connected. It
+// does no I/O.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	switch {
+	case cfg.Identity == nil:
+		return nil, errors.New("rendezvous: ClientConfig.Identity is required")
+	case cfg.Transport == nil:
+		return nil, errors.New("rendezvous: ClientConfig.Transport is required")
+	case cfg.ServerAddr == "":
+		return nil, errors.New("rendezvous: ClientConfig.ServerAddr is required")
+	case cfg.ServerKey.IsZero() && cfg.Pins == nil:
+		return nil, errors.New("rendezvous: ClientConfig: set ServerKey or Pins")
+	case len(cfg.LocalAddrs) > proto.MaxLocators:
+		return nil, fmt.Errorf("rendezvous: ClientConfig.LocalAddrs: %d addresses, max %d", len(cfg.LocalAddrs), proto.MaxLocators)
+	}
+	if _, _, err := net.SplitHostPort(cfg.ServerAddr); err != nil {
+		return nil, fmt.Errorf("rendezvous: ClientConfig.ServerAddr: %w", err)
+	}
+	if cfg.Hostname != "" {
+		if err := addressing.ValidateHostname(cfg.Hostname); err != nil {
+			return nil, fmt.Errorf("rendezvous: ClientConfig.Hostname: %w", err)
+		}
+	}
+	for _, ap := range cfg.LocalAddrs {
+		if !ap.IsValid() {
+			return nil, fmt.Errorf("rendezvous: ClientConfig.LocalAddrs: invalid address %v", ap)
+		}
+	}
+	cert, err := certs.Certificate(cfg.Identity.PrivateKey())
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: client certificate: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg.LocalAddrs = append([]netip.AddrPort(nil), cfg.LocalAddrs...)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{
+		cfg:      cfg,
+		log:      log,
+		cert:     cert,
+		ctx:      ctx,
+		cancel:   cancel,
+		changed:  make(chan struct{}),
+		hostname: cfg.Hostname,
+	}, nil
+}
+
+// Start runs the session loop in the background: connect, register, receive
+// the mailbox, and on any failure reconnect with backoff (100 ms doubling to
+// 2 s). Calling it again, or after Close, does nothing.
+func (c *Client) Start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started || c.closed {
+		return
+	}
+	c.started = true
+	c.wg.Add(1)
+	go c.sessionLoop()
+}
+
+// WaitReady blocks until the client is registered, ctx ends, the client is
+// closed (an error wrapping net.ErrClosed) or the server refused the
+// registration for a reason only the operator can fix (ErrHostnameTaken,
+// ErrNodeIDTaken; the client keeps retrying slowly).
+func (c *Client) WaitReady(ctx context.Context) error {
+	_, err := c.readyConn(ctx)
+	return err
+}
+
+func (c *Client) readyConn(ctx context.Context) (*quic.Conn, error) {
+	for {
+		c.mu.Lock()
+		conn, closed, lastErr, ch := c.conn, c.closed, c.lastErr, c.changed
+		c.mu.Unlock()
+		switch {
+		case closed:
+			return nil, fmt.Errorf("rendezvous: client: %w", net.ErrClosed)
+		case conn != nil:
+			return conn, nil
+		case lastErr != nil:
+			return nil, lastErr
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("rendezvous: waiting for registration: %w", ctx.Err())
+		}
+	}
+}
+
+// setStateLocked updates the connection state and wakes waiters.
+func (c *Client) setStateLocked(conn *quic.Conn, lastErr error) {
+	c.conn = conn
+	c.lastErr = lastErr
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Close stops the session loop, closes the connection to the server and
+// waits for every goroutine of the client. It is idempotent. Later calls
+// fail with an error wrapping net.ErrClosed. The node's Transport stays open.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conn := c.conn
+	c.setStateLocked(nil, nil)
+	c.mu.Unlock()
+	c.cancel()
+	if conn != nil {
+		conn.CloseWithError(0, "client closing")
+	}
+	c.wg.Wait()
+	return nil
+}
+
+// Self returns the agent's address and its reflexive address as last
+// registered (zero values before the first registration).
+func (c *Client) Self() (addressing.Addr, netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.self, c.reflexive
+}
+
+func (c *Client) sessionLoop() {
+	defer c.wg.Done()
+	backoff := minBackoff
+	for {
+		registered, err := c.runSession()
+		if c.ctx.Err() != nil {
+			return
+		}
+		wait := backoff
+		switch {
+		case registered:
+			backoff, wait = minBackoff, minBackoff
+		case errors.Is(err, ErrHostnameTaken) || errors.Is(err, ErrNodeIDTaken):
+			wait = permanentBackoff
+		default:
+			backoff = min(2*backoff, maxBackoff)
+		}
+		c.log.Debug("rendezvous session ended", "server", c.cfg.ServerAddr, "err", err, "retry_in", wait)
+		// Jitter in [wait/2, wait) spreads reconnects after a server restart.
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// runSession makes one connection and serves it until it fails. It reports
+// whether the agent got registered on it.
+func (c *Client) runSession() (registered bool, err error) {
+	qc, err := c.dial()
+	if err != nil {
+		return false, err
+	}
+	defer qc.CloseWithError(0, "")
+	ctx := qc.Context()
+
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return false, fmt.Errorf("rendezvous: open session stream: %w", err)
+	}
+	c.mu.Lock()
+	reg := &proto.Register{Hostname: c.hostname, LocalAddrs: c.cfg.LocalAddrs}
+	c.mu.Unlock()
+	b, err := proto.AppendMessage(nil, reg)
+	if err != nil {
+		return false, fmt.Errorf("rendezvous: register: %w", err)
+	}
+	str.SetDeadline(time.Now().Add(requestTimeout))
+	if _, err := str.Write(b); err != nil {
+		return false, fmt.Errorf("rendezvous: register: %w", err)
+	}
+	f, err := proto.ReadFrame(str, proto.MaxBody)
+	if err != nil {
+		return false, fmt.Errorf("rendezvous: register: %w", err)
+	}
+	m, err := proto.ParseMessage(f)
+	if err != nil {
+		return false, fmt.Errorf("rendezvous: register: %w", err)
+	}
+	switch m := m.(type) {
+	case *proto.Registered:
+		if m.Addr != c.cfg.Identity.Addr() {
+			return false, fmt.Errorf("rendezvous: register: server gave address %s, ours is %s", m.Addr, c.cfg.Identity.Addr())
+		}
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return false, fmt.Errorf("rendezvous: %w", net.ErrClosed)
+		}
+		c.self, c.reflexive = m.Addr, m.Reflexive
+		c.setStateLocked(qc, nil)
+		c.mu.Unlock()
+		c.log.Info("rendezvous registered", "server", c.cfg.ServerAddr, "addr", m.Addr.String(),
+			"reflexive", m.Reflexive.String(), "hostname", m.Hostname)
+	case *proto.Error:
+		err := &ServerError{Code: m.Code, Text: m.Text}
+		c.mu.Lock()
+		if errors.Is(err, ErrHostnameTaken) || errors.Is(err, ErrNodeIDTaken) {
+			c.setStateLocked(nil, fmt.Errorf("rendezvous: register: %w", err))
+		}
+		c.mu.Unlock()
+		return false, err
+	default:
+		return false, fmt.Errorf("rendezvous: register: unexpected %s", f.Type)
+	}
+	defer func() {
+		c.mu.Lock()
+		if c.conn == qc {
+			c.setStateLocked(nil, nil)
+		}
+		c.mu.Unlock()
+	}()
+	str.SetDeadline(time.Time{})
+	return true, c.receive(ctx, str)
+}
+
+// dial connects to the server, pinning its key (or pinning it on first use).
+func (c *Client) dial() (*quic.Conn, error) {
+	raddr, err := net.ResolveUDPAddr("udp", c.cfg.ServerAddr)
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: resolve %s: %w", c.cfg.ServerAddr, err)
+	}
+	want := c.cfg.ServerKey
+	tofu := false
+	if want.IsZero() {
+		if k, ok := c.cfg.Pins.Pin(c.cfg.ServerAddr); ok && !k.IsZero() {
+			want = k
+		} else {
+			tofu = true
+		}
+	}
+	tlsConf := certs.ClientConfig(c.cert, ALPN, want, nil)
+	ctx, cancel := context.WithTimeout(c.ctx, dialTimeout)
+	defer cancel()
+	qc, err := c.cfg.Transport.Dial(ctx, raddr, tlsConf, &quic.Config{
+		KeepAlivePeriod:       KeepAlivePeriod,
+		MaxIdleTimeout:        30 * time.Second,
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
+	}
+	if tofu {
+		k, err := certs.PeerKey(qc.ConnectionState().TLS)
+		if err == nil {
+			err = c.cfg.Pins.SetPin(c.cfg.ServerAddr, k)
+		}
+		if err != nil {
+			qc.CloseWithError(0, "")
+			return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
+		}
+		c.log.Info("rendezvous server key pinned on first use", "server", c.cfg.ServerAddr, "key", k.String())
+	}
+	return qc, nil
+}
+
+// receive reads Deliver frames from the session stream, hands them to
+// Deliver and acks the ones it accepted.
+func (c *Client) receive(ctx context.Context, str *quic.Stream) error {
+	var buf []byte
+	for {
+		f, err := proto.ReadFrame(str, proto.MaxBody)
+		if err != nil {
+			return fmt.Errorf("rendezvous: session: %w", err)
+		}
+		if f.Type != proto.TypeDeliver {
+			return fmt.Errorf("rendezvous: session: unexpected %s", f.Type)
+		}
+		d, err := proto.ParseDeliver(f.Body)
+		if err != nil {
+			return fmt.Errorf("rendezvous: session: %w", err)
+		}
+		if c.cfg.Deliver == nil {
+			continue
+		}
+		if err := c.cfg.Deliver(c.ctx, d.Msg); err != nil {
+			c.log.Warn("rendezvous: mailbox message not accepted; kept for redelivery", "mailbox_id", d.ID, "err", err)
+			continue
+		}
+		buf, _ = proto.AppendMessage(buf[:0], &proto.Ack{ID: d.ID})
+		str.SetWriteDeadline(time.Now().Add(requestTimeout))
+		if _, err := str.Write(buf); err != nil {
+			return fmt.Errorf("rendezvous: session: ack: %w", err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// roundTrip sends req on a fresh stream of the registered connection and
+// returns the answer; an Error answer becomes a *ServerError.
+func (c *Client) roundTrip(ctx context.Context, req proto.Message) (proto.Message, error) {
+	b, err := proto.AppendMessage(nil, req)
+	if err != nil {
+		return nil, err
+	}
+	qc, err := c.readyConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: open stream: %w", err)
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(requestTimeout)
+	}
+	str.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() {
+		str.CancelRead(streamCodeDone)
+		str.CancelWrite(streamCodeDone)
+	})
+	defer stop()
+	defer str.CancelRead(streamCodeDone)
+	if _, err := str.Write(b); err != nil {
+		return nil, c.requestErr(ctx, err)
+	}
+	str.Close()
+	f, err := proto.ReadFrame(str, proto.MaxBody)
+	if err != nil {
+		return nil, c.requestErr(ctx, err)
+	}
+	m, err := proto.ParseMessage(f)
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: answer: %w", err)
+	}
+	if e, ok := m.(*proto.Error); ok {
+		return nil, &ServerError{Code: e.Code, Text: e.Text}
+	}
+	return m, nil
+}
+
+func (c *Client) requestErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("rendezvous: request: %w", ctx.Err())
+	}
+	if c.ctx.Err() != nil {
+		return fmt.Errorf("rendezvous: request: %w", net.ErrClosed)
+	}
+	return fmt.Errorf("rendezvous: request: %w", err)
+}
+
+// Lookup returns the record of the agent t names. It fails with ErrNotFound
+// both when the agent does not exist and when it does not trust us: the
+// server's answers are identical. When t is an address, the key answered is
+// checked against it (addresses are self-certifying), so a lying server
+// cannot substitute another key.
+func (c *Client) Lookup(ctx context.Context, t addressing.Target) (PeerInfo, error) {
+	m, err := c.roundTrip(ctx, &proto.Lookup{Target: t})
+	if err != nil {
+		return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: %w", t, err)
+	}
+	switch m := m.(type) {
+	case *proto.NotFound:
+		return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: %w", t, ErrNotFound)
+	case *proto.LookupResult:
+		if m.Addr.Node() != m.Key.NodeID() {
+			return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: server answered address %s for a key whose address differs", t, m.Addr)
+		}
+		if a, ok := t.Addr(); ok && a.Node() != m.Key.NodeID() {
+			return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: server answered a key that does not own the address", t)
+		}
+		if h, ok := t.Hostname(); ok && h != m.Hostname {
+			return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: server answered hostname %q", t, m.Hostname)
+		}
+		return PeerInfo{Key: m.Key, Addr: m.Addr, Hostname: m.Hostname, Online: m.Online, Locators: m.Locators}, nil
+	}
+	return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: unexpected answer %s", t, m.FrameType())
+}
+
+// Send relays a signed trust message (an encoded trustdb.Message) through
+// the server. For a request the answer is the same whether the target
+// exists or not. Errors: ErrBadMessage, ErrReplay, ErrNoRequest (permanent:
+// drop the message), ErrRateLimited, ErrLimit (retry later).
+func (c *Client) Send(ctx context.Context, msg []byte) error {
+	m, err := c.roundTrip(ctx, &proto.TrustSend{Msg: msg})
+	if err != nil {
+		return fmt.Errorf("rendezvous: send trust message: %w", err)
+	}
+	if _, ok := m.(*proto.OK); !ok {
+		return fmt.Errorf("rendezvous: send trust message: unexpected answer %s", m.FrameType())
+	}
+	return nil
+}
+
+// SetHostname claims name for the agent ("" releases its hostname). It fails
+// with ErrHostnameTaken if another key holds it. The name is also claimed on
+// later re-registrations.
+func (c *Client) SetHostname(ctx context.Context, name string) error {
+	if name != "" {
+		if err := addressing.ValidateHostname(name); err != nil {
+			return fmt.Errorf("rendezvous: set hostname: %w", err)
+		}
+	}
+	m, err := c.roundTrip(ctx, &proto.SetHostname{Hostname: name})
+	if err != nil {
+		return fmt.Errorf("rendezvous: set hostname %q: %w", name, err)
+	}
+	if _, ok := m.(*proto.OK); !ok {
+		return fmt.Errorf("rendezvous: set hostname: unexpected answer %s", m.FrameType())
+	}
+	c.mu.Lock()
+	c.hostname = name
+	c.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,134 @@
+package rendezvous
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// ALPN is the TLS application protocol of the rendezvous.
+const ALPN = "agentnet-rendezvous/1"
+
+// ServerConfig configures a Server. The zero value serves on an ephemeral
+// port with a fresh identity and a temporary store.
+type ServerConfig struct {
+	// Identity is the server's key, which clients pin. If nil, it is loaded
+	// from (or created in) DataDir/identity.key, so it survives restarts; with
+	// no DataDir a fresh one is generated.
+	Identity *trustdb.Identity
+	// Addr is the UDP address to listen on ("host:port") when Conn is nil;
+	// "" means ":0".
+	Addr string
+	// Conn, if set, is the socket to serve on. The caller keeps ownership:
+	// Close stops using it but does not close it.
+	Conn *net.UDPConn
+	// DataDir holds the identity and the state (DataDir/rendezvous.db,
+	// bbolt). "" keeps state in a temporary file deleted on Close (tests).
+	DataDir string
+	// Store, if set, replaces the bbolt file in DataDir. The caller keeps
+	// ownership: Close does not close it.
+	Store Store
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+	// Limits bounds what clients can make the server do.
+	Limits Limits
+}
+
+// Limits bounds the server's work and memory per client. A zero field takes
+// its default.
+type Limits struct {
+	// MaxFrameSize is the largest request frame body accepted, in bytes
+	// (default and maximum proto.MaxBody).
+	MaxFrameSize int
+	// KeyRate and KeyBurst are the token bucket of requests per second per
+	// agent key (default 20/s, burst 40). A request is one stream:
+	// Register, Lookup, SetHostname, TrustSend.
+	KeyRate  float64
+	KeyBurst int
+	// AddrRate and AddrBurst are the token bucket of requests and new
+	// connections per second per source address (IPv6: per /64) (default
+	// 100/s, burst 200).
+	AddrRate  float64
+	AddrBurst int
+	// RateTableSize bounds the number of keys and addresses whose buckets
+	// are remembered (least recently used evicted; default 65536 each).
+	RateTableSize int
+	// MaxPendingPerTarget is the number of unanswered trust requests an agent
+	// can have waiting (default 64). Further requests are dropped (counted),
+	// and the requester gets the same answer as ever.
+	MaxPendingPerTarget int
+	// MaxMailbox is the number of undelivered messages kept per agent
+	// (default 256).
+	MaxMailbox int
+	// MaxStreamsPerConn is the number of concurrent request streams per
+	// connection (QUIC MaxIncomingStreams; default 16).
+	MaxStreamsPerConn int
+	// MaxConns is the number of concurrent client connections (default 10000).
+	MaxConns int
+	// MaxAgents is the number of registered agents; 0 means no limit.
+	MaxAgents int
+}
+
+// Defaults of Limits.
+const (
+	DefaultKeyRate             = 20
+	DefaultKeyBurst            = 40
+	DefaultAddrRate            = 100
+	DefaultAddrBurst           = 200
+	DefaultRateTableSize       = 1 << 16
+	DefaultMaxPendingPerTarget = 64
+	DefaultMaxMailbox          = 256
+	DefaultMaxStreamsPerConn   = 16
+	DefaultMaxConns            = 10000
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxFrameSize == 0 {
+		l.MaxFrameSize = proto.MaxBody
+	}
+	if l.KeyRate == 0 {
+		l.KeyRate = DefaultKeyRate
+	}
+	if l.KeyBurst == 0 {
+		l.KeyBurst = DefaultKeyBurst
+	}
+	if l.AddrRate == 0 {
+		l.AddrRate = DefaultAddrRate
+	}
+	if l.AddrBurst == 0 {
+		l.AddrBurst = DefaultAddrBurst
+	}
+	if l.RateTableSize == 0 {
+		l.RateTableSize = DefaultRateTableSize
+	}
+	if l.MaxPendingPerTarget == 0 {
+		l.MaxPendingPerTarget = DefaultMaxPendingPerTarget
+	}
+	if l.MaxMailbox == 0 {
+		l.MaxMailbox = DefaultMaxMailbox
+	}
+	if l.MaxStreamsPerConn == 0 {
+		l.MaxStreamsPerConn = DefaultMaxStreamsPerConn
+	}
+	if l.MaxConns == 0 {
+		l.MaxConns = DefaultMaxConns
+	}
+	return l
+}
+
+func (l Limits) validate() error {
+	switch {
+	case l.MaxFrameSize < 0 || l.MaxFrameSize > proto.MaxBody:
+		return fmt.Errorf("rendezvous: Limits.MaxFrameSize %d: want 0-%d", l.MaxFrameSize, proto.MaxBody)
+	case l.KeyRate < 0 || l.KeyBurst < 0 || l.AddrRate < 0 || l.AddrBurst < 0:
+		return errors.New("rendezvous: Limits: rates and bursts must not be negative")
+	case l.RateTableSize < 0 || l.MaxPendingPerTarget < 0 || l.MaxMailbox < 0 ||
+		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0:
+		return errors.New("rendezvous: Limits: sizes must not be negative")
+	}
+	return nil
+}

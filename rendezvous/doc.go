@@ -1,0 +1,54 @@
+// Package rendezvous is agentnet's meeting point: a server that agents
+// register with, and the Client a node uses to talk to it.
+//
+// The server speaks QUIC with its own ALPN ("agentnet-rendezvous/1") on one
+// UDP port. Agents authenticate with their identity key (the TLS client
+// certificate); they pin the server's key, configured or trusted on first use.
+// The wire format of the control messages is package proto.
+//
+// # Registry
+//
+// A key registers with its NodeID (derived from the key: addresses are
+// self-certifying, and a second key with a taken NodeID is refused), an
+// optional hostname (first come, first served, bound to the key), and its
+// locators: the reflexive address (the connection's remote address as the
+// server sees it) first, then the local candidates the node reports. An
+// agent is online while its session stream is up.
+//
+// # Privacy (REQ-10, REQ-11)
+//
+// Lookup by address or hostname answers only when the asker may see the
+// agent (canSee: the pair trusts each other; shared networks will come). For
+// anyone else the answer is the NotFound frame, byte for byte the one for an
+// agent that does not exist. A trust request is answered OK whether its
+// target exists or not, is online, or is over its limits; the requester
+// never learns the target's locator.
+//
+// # Trust mailbox
+//
+// Trust request, approve, reject and revoke messages (trustdb.Message) are
+// signed by their sender. The server verifies each (signature, sender is the
+// connection's key, time window, replay cache), applies it to its own view
+// (pending requests, trusted pairs with both signed messages) and queues it
+// in the recipient's persistent mailbox. A mailbox is pushed on the
+// recipient's session stream at once if it is online, or when it next
+// connects, and a message is deleted only when the recipient acks it.
+// Recipients verify every message again themselves: the server cannot forge
+// consent.
+//
+// # State and limits
+//
+// State lives behind Store, by default a bbolt file in DataDir: a restart
+// loses no registration, pair, pending request or queued message, and the
+// server's identity is kept there too, so pinned keys stay valid. Clients
+// reconnect by themselves. Every input is bounded (Limits): frame size,
+// requests per key and per source address (token buckets in bounded LRU
+// tables), pending requests per target, mailbox size, streams per
+// connection, connections. Going over gets an Error frame with a stable code
+// (proto.CodeRateLimited, ...) or a silent, counted drop where an error would
+// be an oracle; never unbounded memory.
+//
+// # Log keys
+//
+// addr, err, hostname, key, mailbox_id, op, reflexive, retry_in, server, type.
+package rendezvous

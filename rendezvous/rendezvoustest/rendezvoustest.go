@@ -1,0 +1,129 @@
+// Package rendezvoustest runs an in-process rendezvous server for tests, on
+// 127.0.0.1 with real sockets and a temporary data directory.
+package rendezvoustest
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/agentnet/agentnet/rendezvous"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// Server is a running rendezvous server owned by a test. Close runs in the
+// test's Cleanup. Not safe for concurrent Restart.
+type Server struct {
+	*rendezvous.Server
+	t   testing.TB
+	cfg rendezvous.ServerConfig
+}
+
+// New starts a server on 127.0.0.1:0 with a temporary DataDir.
+func New(t testing.TB) *Server {
+	t.Helper()
+	return NewWithConfig(t, rendezvous.ServerConfig{})
+}
+
+// NewWithConfig starts a server with cfg; an empty Addr becomes
+// 127.0.0.1:0 and an empty DataDir a temporary directory.
+func NewWithConfig(t testing.TB, cfg rendezvous.ServerConfig) *Server {
+	t.Helper()
+	if cfg.Addr == "" && cfg.Conn == nil {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.DataDir == "" && cfg.Store == nil {
+		cfg.DataDir = t.TempDir()
+	}
+	s := &Server{t: t, cfg: cfg}
+	s.start()
+	t.Cleanup(func() { s.Server.Close() })
+	return s
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	srv, err := rendezvous.NewServer(s.cfg)
+	if err != nil {
+		s.t.Fatalf("rendezvoustest: %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		s.t.Fatalf("rendezvoustest: %v", err)
+	}
+	s.Server = srv
+	// Restart on the same port, so clients find the server again.
+	s.cfg.Addr = srv.Addr().String()
+}
+
+// AddrPort returns the server's UDP address.
+func (s *Server) AddrPort() netip.AddrPort { return s.Addr().AddrPort() }
+
+// Restart closes the server and starts a new one with the same port and
+// DataDir (so the same identity and state).
+func (s *Server) Restart() {
+	s.t.Helper()
+	if err := s.Server.Close(); err != nil {
+		s.t.Fatalf("rendezvoustest: close: %v", err)
+	}
+	s.start()
+}
+
+// ClientConfig returns a client configuration for id that dials from tr and
+// pins this server's key.
+func (s *Server) ClientConfig(id *trustdb.Identity, tr *quic.Transport) rendezvous.ClientConfig {
+	return rendezvous.ClientConfig{
+		Identity:   id,
+		Transport:  tr,
+		ServerAddr: s.Addr().String(),
+		ServerKey:  s.PublicKey(),
+	}
+}
+
+// NewTransport returns a QUIC transport on a fresh 127.0.0.1 UDP socket,
+// closed in Cleanup.
+func NewTransport(t testing.TB) *quic.Transport {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatalf("rendezvoustest: listen: %v", err)
+	}
+	tr := &quic.Transport{Conn: conn}
+	t.Cleanup(func() {
+		tr.Close()
+		conn.Close()
+	})
+	return tr
+}
+
+// NewClient starts a registered client for id (a fresh identity if nil) with
+// its own transport, waits until it is registered, and closes it in Cleanup.
+// Adjust the configuration with edit (may be nil) before the client starts.
+func (s *Server) NewClient(id *trustdb.Identity, edit func(*rendezvous.ClientConfig)) *rendezvous.Client {
+	s.t.Helper()
+	if id == nil {
+		var err error
+		if id, err = trustdb.GenerateIdentity(); err != nil {
+			s.t.Fatalf("rendezvoustest: %v", err)
+		}
+	}
+	cfg := s.ClientConfig(id, NewTransport(s.t))
+	if edit != nil {
+		edit(&cfg)
+	}
+	c, err := rendezvous.NewClient(cfg)
+	if err != nil {
+		s.t.Fatalf("rendezvoustest: %v", err)
+	}
+	s.t.Cleanup(func() { c.Close() })
+	c.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		s.t.Fatalf("rendezvoustest: client not ready: %v", err)
+	}
+	return c
+}

@@ -1,0 +1,896 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// Timeouts of the server.
+const (
+	// requestTimeout bounds reading a request frame and writing its answer.
+	requestTimeout = 10 * time.Second
+	// registerTimeout is how long a connection may stay unregistered.
+	registerTimeout = 10 * time.Second
+	// pruneInterval is how often expired replay-cache entries, pending
+	// requests and mailbox messages are deleted.
+	pruneInterval = time.Hour
+	// mailBatch is how many mailbox messages a session reads per store read.
+	mailBatch = 32
+)
+
+// QUIC application error codes the server closes connections with.
+const (
+	closeShutdown     quic.ApplicationErrorCode = 0x100 // server shutting down
+	closeReplaced     quic.ApplicationErrorCode = 0x101 // a newer connection registered the same key
+	closeSessionEnded quic.ApplicationErrorCode = 0x102 // the session stream ended or broke
+	closeNoRegister   quic.ApplicationErrorCode = 0x103 // no Register in time
+	closeInternal     quic.ApplicationErrorCode = 0x104
+)
+
+// Stream error codes for CancelRead/CancelWrite.
+const streamCodeDone quic.StreamErrorCode = 0
+
+// Server is the rendezvous server: registry, trust mailbox and lookup, over
+// QUIC on one UDP port. Create it with NewServer, run it with Start, stop it
+// with Close or Shutdown. Its methods are safe for concurrent use.
+type Server struct {
+	cfg    ServerConfig
+	limits Limits
+	log    *slog.Logger
+
+	keyLimit  *rateLimiter[addressing.PublicKey]
+	addrLimit *rateLimiter[netip.Addr]
+
+	// Set by Start, read-only afterwards.
+	id       *trustdb.Identity
+	store    Store
+	ownStore bool
+	conn     *net.UDPConn
+	ownConn  bool
+	tr       *quic.Transport
+	ln       *quic.Listener
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the server starts
+	reqWG  sync.WaitGroup // in-flight request streams (Shutdown waits for them)
+
+	mu       sync.Mutex
+	started  bool
+	draining bool // Shutdown: no new request streams
+	closed   bool
+	conns    map[*serverConn]struct{}
+	sessions map[addressing.PublicKey]*session
+
+	nconns atomic.Int64
+	stats  counters
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// counters are the server's event counters (per-request events are counted,
+// not logged).
+type counters struct {
+	connsRefused       atomic.Uint64
+	rateLimited        atomic.Uint64
+	badFrames          atomic.Uint64
+	requestsDropped    atomic.Uint64
+	mailboxDropped     atomic.Uint64
+	delivered          atomic.Uint64
+	acked              atomic.Uint64
+	trustMessages      atomic.Uint64
+	trustRefused       atomic.Uint64
+	sessionsReplaced   atomic.Uint64
+	storeErrors        atomic.Uint64
+	prunedStoreEntries atomic.Uint64
+}
+
+// Stats is a snapshot of the server's counters.
+type Stats struct {
+	Conns            int    // open client connections
+	Sessions         int    // registered (online) agents
+	ConnsRefused     uint64 // connections refused before the handshake (rate, MaxConns)
+	RateLimited      uint64 // requests answered rate_limited
+	BadFrames        uint64 // malformed, oversized or unexpected frames
+	RequestsDropped  uint64 // trust requests dropped: target over MaxPendingPerTarget or mailbox full
+	MailboxDropped   uint64 // other mailbox messages dropped because a mailbox was full
+	Delivered        uint64 // mailbox messages written to sessions (including redeliveries)
+	Acked            uint64 // mailbox messages acked and deleted
+	TrustMessages    uint64 // trust messages accepted
+	TrustRefused     uint64 // trust messages refused (malformed, forged, replayed, unexpected)
+	SessionsReplaced uint64 // sessions closed because the key registered again elsewhere
+	StoreErrors      uint64
+}
+
+// serverConn is one client connection.
+type serverConn struct {
+	qc         *quic.Conn
+	key        addressing.PublicKey
+	remote     netip.AddrPort // the reflexive address
+	registered atomic.Bool
+	sessionOn  atomic.Bool // a Register stream was accepted (only one per connection)
+}
+
+// session is an online agent: its registered connection and locators.
+type session struct {
+	c        *serverConn
+	locators []netip.AddrPort // reflexive first, then local
+	wake     chan struct{}    // capacity 1: new mail
+}
+
+// NewServer checks cfg and returns a server that is not yet serving. It does
+// no I/O.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.Limits.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Conn != nil && cfg.Addr != "" {
+		return nil, errors.New("rendezvous: ServerConfig: set Addr or Conn, not both")
+	}
+	limits := cfg.Limits.withDefaults()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		limits:    limits,
+		log:       log,
+		keyLimit:  newRateLimiter[addressing.PublicKey](limits.KeyRate, limits.KeyBurst, limits.RateTableSize),
+		addrLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
+		id:        cfg.Identity,
+		ctx:       ctx,
+		cancel:    cancel,
+		conns:     make(map[*serverConn]struct{}),
+		sessions:  make(map[addressing.PublicKey]*session),
+	}, nil
+}
+
+// Start loads the identity and the store, binds the socket and starts
+// serving in the background. It may be called once.
+func (s *Server) Start() (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("rendezvous: start: %w", net.ErrClosed)
+	}
+	if s.started {
+		return errors.New("rendezvous: start: already started")
+	}
+	s.started = true
+	defer func() {
+		if err != nil {
+			s.releaseLocked()
+		}
+	}()
+
+	if s.cfg.DataDir != "" {
+		if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("rendezvous: data dir: %w", err)
+		}
+	}
+	if s.id == nil {
+		if s.cfg.DataDir != "" {
+			s.id, _, err = trustdb.LoadOrCreateIdentity(filepath.Join(s.cfg.DataDir, "identity.key"))
+		} else {
+			s.id, err = trustdb.GenerateIdentity()
+		}
+		if err != nil {
+			return fmt.Errorf("rendezvous: server identity: %w", err)
+		}
+	}
+	switch {
+	case s.cfg.Store != nil:
+		s.store = s.cfg.Store
+	case s.cfg.DataDir != "":
+		s.store, err = OpenBoltStore(filepath.Join(s.cfg.DataDir, "rendezvous.db"))
+		s.ownStore = true
+	default:
+		s.store, err = openTempStore()
+		s.ownStore = true
+	}
+	if err != nil {
+		return err
+	}
+
+	if s.cfg.Conn != nil {
+		s.conn = s.cfg.Conn
+	} else {
+		addr := s.cfg.Addr
+		if addr == "" {
+			addr = ":0"
+		}
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return fmt.Errorf("rendezvous: listen address %q: %w", addr, err)
+		}
+		if s.conn, err = net.ListenUDP("udp", ua); err != nil {
+			return fmt.Errorf("rendezvous: listen: %w", err)
+		}
+		s.ownConn = true
+	}
+
+	cert, err := certs.Certificate(s.id.PrivateKey())
+	if err != nil {
+		return fmt.Errorf("rendezvous: server certificate: %w", err)
+	}
+	// A reset key derived from the identity lets a restarted server reset the
+	// connections of its previous run at once, so clients reconnect without
+	// waiting for an idle timeout.
+	resetKey := quic.StatelessResetKey(sha256.Sum256(append([]byte("agentnet rendezvous stateless reset v1\x00"), s.id.PrivateKey().Seed()...)))
+	s.tr = &quic.Transport{
+		Conn:              s.conn,
+		StatelessResetKey: &resetKey,
+		ConnContext:       s.admit,
+	}
+	tlsConf := certs.ServerConfig(cert, ALPN, func(addressing.PublicKey) error { return nil })
+	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
+		MaxIncomingStreams:    int64(s.limits.MaxStreamsPerConn),
+		MaxIncomingUniStreams: -1,
+		MaxIdleTimeout:        30 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("rendezvous: listen: %w", err)
+	}
+
+	s.wg.Add(2)
+	go s.acceptLoop()
+	go s.pruneLoop()
+	s.log.Info("rendezvous serving", "addr", s.conn.LocalAddr().String(), "key", s.id.PublicKey().String())
+	return nil
+}
+
+// releaseLocked closes what Start opened (on a failed Start or on Close).
+func (s *Server) releaseLocked() error {
+	var errs []error
+	if s.ln != nil {
+		errs = append(errs, s.ln.Close())
+	}
+	if s.tr != nil {
+		errs = append(errs, s.tr.Close())
+	}
+	if s.ownConn && s.conn != nil {
+		if err := s.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if s.ownStore && s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	s.ln, s.tr = nil, nil
+	s.ownConn, s.ownStore = false, false
+	return errors.Join(errs...)
+}
+
+// Addr returns the UDP address the server serves on (nil before Start).
+func (s *Server) Addr() *net.UDPAddr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return nil
+	}
+	return s.conn.LocalAddr().(*net.UDPAddr)
+}
+
+// PublicKey returns the server's key, the one clients pin. It is zero before
+// Start unless ServerConfig.Identity was set.
+func (s *Server) PublicKey() addressing.PublicKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.id == nil {
+		return addressing.PublicKey{}
+	}
+	return s.id.PublicKey()
+}
+
+// Transport returns the QUIC transport the server listens on (nil before
+// Start), for roles that share the socket: a STUN responder reads its
+// packets with ReadNonQUICPacket and answers with WriteTo. The server owns
+// the transport; callers must not close it.
+func (s *Server) Transport() *quic.Transport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tr
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	conns, sessions := len(s.conns), len(s.sessions)
+	s.mu.Unlock()
+	c := &s.stats
+	return Stats{
+		Conns: conns, Sessions: sessions,
+		ConnsRefused: c.connsRefused.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
+		RequestsDropped: c.requestsDropped.Load(), MailboxDropped: c.mailboxDropped.Load(),
+		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
+		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
+	}
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests to be
+// answered (or ctx to end), then closes like Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	ln := s.ln
+	s.draining = true
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	done := make(chan struct{})
+	go func() { s.reqWG.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if cerr := s.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	<-done
+	return err
+}
+
+// Close closes every client connection, stops serving and waits for every
+// goroutine of the server to exit. It is idempotent; afterwards Start fails
+// with an error wrapping net.ErrClosed.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		conns := make([]*serverConn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		s.cancel()
+		for _, c := range conns {
+			c.qc.CloseWithError(closeShutdown, "server shutting down")
+		}
+		s.mu.Lock()
+		ln, tr := s.ln, s.tr
+		s.mu.Unlock()
+		// Stop the listener and transport first so every loop ends, then wait,
+		// then release the store the loops used.
+		if ln != nil {
+			ln.Close()
+		}
+		if tr != nil {
+			tr.Close()
+		}
+		s.wg.Wait()
+		s.mu.Lock()
+		s.closeErr = s.releaseLocked()
+		s.mu.Unlock()
+	})
+	return s.closeErr
+}
+
+// admit runs for every new connection attempt before its handshake: it
+// refuses over MaxConns and over the source address's rate.
+func (s *Server) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	if s.nconns.Load() >= int64(s.limits.MaxConns) {
+		s.stats.connsRefused.Add(1)
+		return nil, errors.New("rendezvous: too many connections")
+	}
+	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
+		if !s.addrLimit.allow(addrKey(ua.AddrPort().Addr()), time.Now()) {
+			s.stats.connsRefused.Add(1)
+			return nil, errors.New("rendezvous: rate limited")
+		}
+	}
+	return ctx, nil
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		qc, err := s.ln.Accept(s.ctx)
+		if err != nil {
+			if s.ctx.Err() == nil && !errors.Is(err, quic.ErrServerClosed) {
+				s.log.Warn("rendezvous accept failed", "err", err)
+			}
+			return
+		}
+		key, err := certs.PeerKey(qc.ConnectionState().TLS)
+		if err != nil {
+			qc.CloseWithError(closeInternal, "no client key")
+			continue
+		}
+		ua, _ := qc.RemoteAddr().(*net.UDPAddr)
+		var remote netip.AddrPort
+		if ua != nil {
+			ap := ua.AddrPort()
+			remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		c := &serverConn{qc: qc, key: key, remote: remote}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			qc.CloseWithError(closeShutdown, "server shutting down")
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.nconns.Add(1)
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.connLoop(c)
+	}
+}
+
+// connLoop accepts c's streams until the connection ends.
+func (s *Server) connLoop(c *serverConn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.nconns.Add(-1)
+		if sess := s.sessions[c.key]; sess != nil && sess.c == c {
+			delete(s.sessions, c.key)
+		}
+		s.mu.Unlock()
+	}()
+	ctx := c.qc.Context()
+	unregistered := time.AfterFunc(registerTimeout, func() {
+		if !c.registered.Load() {
+			c.qc.CloseWithError(closeNoRegister, "no register in time")
+		}
+	})
+	defer unregistered.Stop()
+	for {
+		str, err := c.qc.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if s.closed || s.draining {
+			s.mu.Unlock()
+			str.CancelRead(streamCodeDone)
+			str.CancelWrite(streamCodeDone)
+			continue
+		}
+		s.wg.Add(1)
+		s.reqWG.Add(1)
+		s.mu.Unlock()
+		go s.handleStream(c, str)
+	}
+}
+
+// handleStream serves one stream: a request, or the session stream.
+func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
+	defer s.wg.Done()
+	inFlight := true
+	doneRequest := func() {
+		if inFlight {
+			inFlight = false
+			s.reqWG.Done()
+		}
+	}
+	defer doneRequest()
+
+	str.SetReadDeadline(time.Now().Add(requestTimeout))
+	f, err := proto.ReadFrame(str, s.limits.MaxFrameSize)
+	if err != nil {
+		switch {
+		case errors.Is(err, proto.ErrTooLarge):
+			s.stats.badFrames.Add(1)
+			s.answer(str, &proto.Error{Code: proto.CodeTooLarge, Text: "frame too large"})
+		case errors.Is(err, proto.ErrMalformed):
+			s.stats.badFrames.Add(1)
+			s.answer(str, &proto.Error{Code: proto.CodeBadRequest, Text: "malformed frame"})
+		default: // timeout, reset, connection gone
+			str.CancelRead(streamCodeDone)
+			str.CancelWrite(streamCodeDone)
+		}
+		return
+	}
+	now := time.Now()
+	if !s.addrLimit.allow(addrKey(c.remote.Addr()), now) || !s.keyLimit.allow(c.key, now) {
+		s.stats.rateLimited.Add(1)
+		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests"})
+		return
+	}
+	msg, err := proto.ParseMessage(f)
+	if err != nil {
+		s.stats.badFrames.Add(1)
+		s.answer(str, &proto.Error{Code: proto.CodeBadRequest, Text: "malformed " + f.Type.String()})
+		return
+	}
+	if reg, ok := msg.(*proto.Register); ok {
+		if !c.sessionOn.CompareAndSwap(false, true) {
+			s.stats.badFrames.Add(1)
+			s.answer(str, &proto.Error{Code: proto.CodeBadRequest, Text: "already registered"})
+			return
+		}
+		doneRequest() // the session stream lives as long as the connection
+		s.serveSession(c, str, reg)
+		return
+	}
+	if !c.registered.Load() {
+		s.answer(str, &proto.Error{Code: proto.CodeNotRegistered, Text: "register first"})
+		return
+	}
+	var resp proto.Message
+	switch m := msg.(type) {
+	case *proto.Lookup:
+		resp = s.lookup(c.key, m.Target)
+	case *proto.SetHostname:
+		resp = s.setHostname(c.key, m.Hostname)
+	case *proto.TrustSend:
+		resp = s.trustSend(c.key, m.Msg)
+	default:
+		s.stats.badFrames.Add(1)
+		resp = &proto.Error{Code: proto.CodeBadRequest, Text: "unexpected " + f.Type.String()}
+	}
+	s.answer(str, resp)
+}
+
+// answer writes resp as the only frame of a request stream and finishes the
+// stream in both directions.
+func (s *Server) answer(str *quic.Stream, resp proto.Message) {
+	b, err := proto.AppendMessage(make([]byte, 0, 64), resp)
+	if err != nil {
+		s.log.Error("rendezvous: encode answer", "type", resp.FrameType().String(), "err", err)
+		b, _ = proto.AppendMessage(nil, &proto.Error{Code: proto.CodeInternal})
+	}
+	str.SetWriteDeadline(time.Now().Add(requestTimeout))
+	if _, err := str.Write(b); err != nil {
+		str.CancelWrite(streamCodeDone)
+	} else {
+		str.Close()
+	}
+	str.CancelRead(streamCodeDone)
+}
+
+// serveSession registers c's agent and runs its session: mailbox deliveries
+// out (deliveryLoop), acks in (here), until the stream or connection ends.
+func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Register) {
+	resp, sess := s.register(c, reg)
+	if sess == nil {
+		s.answer(str, resp)
+		c.sessionOn.Store(false) // the client may try again on this connection
+		return
+	}
+	b, _ := proto.AppendMessage(nil, resp)
+	str.SetWriteDeadline(time.Now().Add(requestTimeout))
+	if _, err := str.Write(b); err != nil {
+		c.qc.CloseWithError(closeSessionEnded, "session write failed")
+		return
+	}
+	str.SetWriteDeadline(time.Time{})
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	old := s.sessions[c.key]
+	s.sessions[c.key] = sess
+	s.wg.Add(1)
+	s.mu.Unlock()
+	c.registered.Store(true)
+	if old != nil && old.c != c {
+		s.stats.sessionsReplaced.Add(1)
+		old.c.qc.CloseWithError(closeReplaced, "replaced by a newer connection")
+	}
+	go s.deliveryLoop(sess, str)
+
+	// Acks in.
+	str.SetReadDeadline(time.Time{})
+	for {
+		f, err := proto.ReadFrame(str, 64)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && c.qc.Context().Err() == nil {
+				s.stats.badFrames.Add(1)
+			}
+			break
+		}
+		if f.Type != proto.TypeAck {
+			s.stats.badFrames.Add(1)
+			break
+		}
+		ack, err := proto.ParseAck(f.Body)
+		if err != nil {
+			s.stats.badFrames.Add(1)
+			break
+		}
+		s.ack(c.key, ack.ID)
+	}
+	c.qc.CloseWithError(closeSessionEnded, "session stream ended")
+}
+
+// register records c's agent and returns the answer, with the new session
+// if registration succeeded.
+func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *session) {
+	locators := make([]netip.AddrPort, 0, 1+len(reg.LocalAddrs))
+	if c.remote.IsValid() {
+		locators = append(locators, c.remote)
+	}
+	for _, ap := range reg.LocalAddrs {
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if ap.IsValid() && ap != c.remote {
+			locators = append(locators, ap)
+		}
+	}
+	now := time.Now()
+	var rec AgentRecord
+	err := s.store.Update(func(tx Tx) error {
+		old, had, err := tx.Agent(c.key)
+		if err != nil {
+			return err
+		}
+		if had {
+			rec = old
+		} else {
+			if s.limits.MaxAgents > 0 {
+				n, err := tx.AgentCount()
+				if err != nil {
+					return err
+				}
+				if n >= s.limits.MaxAgents {
+					return ErrLimit
+				}
+			}
+			rec = AgentRecord{Key: c.key, Created: now}
+		}
+		if reg.Hostname != "" {
+			rec.Hostname = reg.Hostname
+		}
+		rec.Locators = locators
+		rec.LastSeen = now
+		return tx.PutAgent(rec)
+	})
+	if err != nil {
+		return s.errorAnswer("register", err), nil
+	}
+	return &proto.Registered{
+		Addr:      addressing.AddrFrom(0, c.key.NodeID()),
+		Reflexive: c.remote,
+		Time:      now,
+		Hostname:  rec.Hostname,
+	}, &session{c: c, locators: locators, wake: make(chan struct{}, 1)}
+}
+
+// errorAnswer maps a store or logic error to an Error frame.
+func (s *Server) errorAnswer(op string, err error) *proto.Error {
+	switch {
+	case errors.Is(err, ErrHostnameTaken):
+		return &proto.Error{Code: proto.CodeHostnameTaken}
+	case errors.Is(err, ErrNodeIDTaken):
+		return &proto.Error{Code: proto.CodeNodeIDTaken}
+	case errors.Is(err, ErrLimit):
+		return &proto.Error{Code: proto.CodeLimit}
+	case errors.Is(err, ErrReplay):
+		return &proto.Error{Code: proto.CodeReplay}
+	case errors.Is(err, ErrNoRequest):
+		return &proto.Error{Code: proto.CodeNoRequest}
+	case errors.Is(err, ErrBadMessage):
+		return &proto.Error{Code: proto.CodeBadMessage, Text: err.Error()}
+	}
+	s.stats.storeErrors.Add(1)
+	s.log.Error("rendezvous: store", "op", op, "err", err)
+	return &proto.Error{Code: proto.CodeInternal}
+}
+
+// deliveryLoop writes sess's mailbox to its session stream: everything
+// queued now, then each message as it arrives. Messages stay in the store
+// until acked; a new session starts again from the oldest.
+func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
+	defer s.wg.Done()
+	ctx := sess.c.qc.Context()
+	var last uint64
+	var buf []byte
+	for {
+		var items []MailItem
+		err := s.store.View(func(tx Tx) (err error) {
+			items, err = tx.Mail(sess.c.key, last, mailBatch)
+			return err
+		})
+		if err != nil {
+			s.stats.storeErrors.Add(1)
+			s.log.Error("rendezvous: read mailbox", "err", err)
+			sess.c.qc.CloseWithError(closeInternal, "mailbox unavailable")
+			return
+		}
+		for _, it := range items {
+			buf, err = proto.AppendMessage(buf[:0], &proto.Deliver{ID: it.ID, Msg: it.Msg})
+			if err != nil { // cannot happen for a stored message; skip it
+				last = it.ID
+				continue
+			}
+			str.SetWriteDeadline(time.Now().Add(requestTimeout))
+			if _, err := str.Write(buf); err != nil {
+				sess.c.qc.CloseWithError(closeSessionEnded, "session write failed")
+				return
+			}
+			s.stats.delivered.Add(1)
+			last = it.ID
+		}
+		if len(items) == mailBatch {
+			continue
+		}
+		select {
+		case <-sess.wake:
+		case <-ctx.Done():
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// ack deletes a delivered message from k's mailbox.
+func (s *Server) ack(k addressing.PublicKey, id uint64) {
+	// A read first, so that a flood of bogus acks costs no disk writes.
+	var exists bool
+	_ = s.store.View(func(tx Tx) error {
+		items, err := tx.Mail(k, id-1, 1)
+		exists = err == nil && len(items) == 1 && items[0].ID == id
+		return err
+	})
+	if !exists {
+		return
+	}
+	var deleted bool
+	err := s.store.Update(func(tx Tx) (err error) {
+		deleted, err = tx.Ack(k, id)
+		return err
+	})
+	if err != nil {
+		s.stats.storeErrors.Add(1)
+		s.log.Error("rendezvous: ack", "err", err)
+		return
+	}
+	if deleted {
+		s.stats.acked.Add(1)
+	}
+}
+
+// wake tells k's session, if online, that it has new mail.
+func (s *Server) wake(k addressing.PublicKey) {
+	s.mu.Lock()
+	sess := s.sessions[k]
+	s.mu.Unlock()
+	if sess != nil {
+		select {
+		case sess.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// resolve returns the key a target names. The network part of an address is
+// ignored: an agent has the same NodeID in every network, and who may see
+// whom is canSee's decision.
+func resolve(tx Tx, t addressing.Target) (addressing.PublicKey, bool, error) {
+	if h, ok := t.Hostname(); ok {
+		return tx.AgentByHostname(h)
+	}
+	if a, ok := t.Addr(); ok {
+		return tx.AgentByNode(a.Node())
+	}
+	return addressing.PublicKey{}, false, nil
+}
+
+// canSee reports whether agent a may learn agent b's record (existence,
+// hostname, locators): b itself, or a peer b trusts. Networks (shared
+// membership) will add to this.
+func (s *Server) canSee(tx Tx, a, b addressing.PublicKey) (bool, error) {
+	if a == b {
+		return true, nil
+	}
+	_, ok, err := tx.Pair(a, b)
+	return ok, err
+}
+
+// lookup answers a Lookup from key from. For an agent that does not exist
+// and for one from may not see the answer is the same NotFound.
+func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Message {
+	var rec AgentRecord
+	var found bool
+	err := s.store.View(func(tx Tx) error {
+		k, ok, err := resolve(tx, t)
+		if err != nil || !ok {
+			return err
+		}
+		if ok, err = s.canSee(tx, from, k); err != nil || !ok {
+			return err
+		}
+		rec, found, err = tx.Agent(k)
+		return err
+	})
+	if err != nil {
+		return s.errorAnswer("lookup", err)
+	}
+	if !found {
+		return &proto.NotFound{}
+	}
+	s.mu.Lock()
+	sess := s.sessions[rec.Key]
+	s.mu.Unlock()
+	locators := rec.Locators
+	if sess != nil {
+		locators = sess.locators
+	}
+	if len(locators) > proto.MaxLocators {
+		locators = locators[:proto.MaxLocators]
+	}
+	return &proto.LookupResult{
+		Key:      rec.Key,
+		Addr:     addressing.AddrFrom(0, rec.Key.NodeID()),
+		Hostname: rec.Hostname,
+		Online:   sess != nil,
+		Locators: locators,
+	}
+}
+
+// setHostname binds (or with "" releases) k's hostname.
+func (s *Server) setHostname(k addressing.PublicKey, name string) proto.Message {
+	err := s.store.Update(func(tx Tx) error {
+		rec, ok, err := tx.Agent(k)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("registered agent has no record")
+		}
+		rec.Hostname = name
+		return tx.PutAgent(rec)
+	})
+	if err != nil {
+		return s.errorAnswer("set hostname", err)
+	}
+	return &proto.OK{}
+}
+
+func (s *Server) pruneLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(pruneInterval)
+	defer t.Stop()
+	for {
+		s.prune(time.Now())
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// prune deletes what is older than any trust message may be.
+func (s *Server) prune(now time.Time) {
+	cutoff := now.Add(-trustdb.MaxMessageAge - trustdb.MaxClockSkew)
+	var n int
+	err := s.store.Update(func(tx Tx) (err error) {
+		n, err = tx.Prune(cutoff)
+		return err
+	})
+	if err != nil {
+		s.stats.storeErrors.Add(1)
+		s.log.Error("rendezvous: prune", "err", err)
+		return
+	}
+	s.stats.prunedStoreEntries.Add(uint64(n))
+}
