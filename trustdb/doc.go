@@ -78,13 +78,41 @@
 //
 // # Storage
 //
-// Records live in a bbolt database. Every local action commits the state
-// change and queues its signed message in a persistent outbox in one
-// transaction; the node delivers the outbox to the rendezvous and acks each
-// item, so a crash in between loses nothing. The keys the Store trusts are
-// mirrored in memory (an immutable map behind an atomic pointer) so that
-// IsTrusted, called in every TLS handshake, never touches the disk.
+// dir/identity.key holds the identity; dir/trust.db is a bbolt database
+// (opened with a one-second lock timeout, so a second process gets a clear
+// "in use" error rather than a hang). Its buckets:
 //
-// Subscribers are told of every committed change, in commit order, by one
-// delivery goroutine per Store (see Subscribe).
+//	records    peer key (32)          -> Record (versioned binary, ParseRecord)
+//	pending    our request nonce (16) -> pending-out Record whose key is unknown
+//	outbox     sequence (8, BE)       -> encoded Message waiting for delivery
+//	seen       from (32) ‖ nonce (16) -> message time      (replay guard)
+//	seen_time  time (8) ‖ from ‖ nonce -> empty            (its prune index)
+//	meta       caller's key           -> caller's value    (Meta, SetMeta)
+//	info       schema version, identity key, time of our last message
+//
+// Pending-out requests live in their own bucket, keyed by nonce, because an
+// address names only a NodeID; the approval that reveals the key moves the
+// record to the records bucket in the same transaction that accepts it.
+//
+// Every local action commits the state change and queues its signed message
+// in the outbox in one transaction; the node delivers the outbox to the
+// rendezvous and acks each item, so a crash in between loses nothing. Our own
+// message times strictly increase, even across restarts and clock steps,
+// because peers refuse a message not newer than the last one from us.
+//
+// The keys the Store trusts are mirrored in memory (an immutable map behind
+// an atomic pointer, replaced after each commit that changes it) so that
+// IsTrusted, called in every TLS handshake, never touches the disk and sees a
+// change as soon as the method making it returns.
+//
+// # Events
+//
+// Subscribers are told of every committed change by one delivery goroutine
+// per Store, fed by a queue that writers append to in commit order. Trust
+// changes are rare, so the queue is unbounded and nothing is ever dropped;
+// because callbacks run on that goroutine, outside every Store lock, a
+// callback may call back into the Store, writes included (an auto-approve
+// policy). Delivery is asynchronous: Flush waits until every event committed
+// so far has been handled, and Close delivers what is queued and returns only
+// when no callback is running.
 package trustdb

@@ -23,4 +23,7 @@ var (
 	// (an approve for no request of ours, a revoke from a peer we have no
 	// record of, approving a peer that is not pending-in, ...).
 	ErrUnexpected = errors.New("trustdb: unexpected in this state")
+	// ErrOutboxFull: MaxOutbox messages wait for delivery; a local action
+	// fails until the node delivers and acks some.
+	ErrOutboxFull = errors.New("trustdb: outbox full")
 )

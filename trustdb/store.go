@@ -31,8 +31,8 @@ const openTimeout = time.Second
 // Limits.
 const (
 	// MaxOutbox is the most messages the outbox holds. A local action that
-	// would exceed it fails; the automatic approve answering a request from
-	// a peer already trusted is skipped instead.
+	// would exceed it fails with ErrOutboxFull; the automatic approve
+	// answering a request from a peer already trusted is skipped instead.
 	MaxOutbox = 4096
 	// maxSeen bounds the seen-nonce set; beyond it the oldest entries go
 	// first (PeerTime still refuses their replays).
@@ -326,7 +326,10 @@ type OutboxItem struct {
 	Msg []byte
 }
 
-// Outbox returns the queued messages, oldest first.
+// Outbox returns the queued messages, oldest first. Every change that queues
+// a message (each local action, and the automatic approve answering a request
+// from a peer already trusted) also publishes an Event, so a subscriber can
+// take events as the cue to deliver the outbox.
 func (s *Store) Outbox() []OutboxItem {
 	var out []OutboxItem
 	s.view(func(tx *bolt.Tx) error {
@@ -577,7 +580,7 @@ func (s *Store) stampLocked() time.Time {
 // queueMessage makes, signs and queues a message in tx.
 func (s *Store) queueMessage(tx *bolt.Tx, c *change, kind Kind, to addressing.Target, replyTo [NonceSize]byte, hostname, note string) (*Message, error) {
 	if s.outboxLen+c.outbox >= MaxOutbox {
-		return nil, fmt.Errorf("outbox full (%d messages): deliver and ack them first", MaxOutbox)
+		return nil, fmt.Errorf("%d messages queued: %w", MaxOutbox, ErrOutboxFull)
 	}
 	m, err := newMessageAt(s.id, kind, to, replyTo, hostname, note, s.stampLocked())
 	if err != nil {

@@ -351,7 +351,7 @@ func TestOutboxFull(t *testing.T) {
 	require.NoError(t, err)
 	before := s.List()
 	_, err = s.Request(mustTarget(t, "b"), "", "")
-	require.ErrorContains(t, err, "outbox full")
+	require.ErrorIs(t, err, ErrOutboxFull)
 	require.Equal(t, before, s.List())
 }
 
