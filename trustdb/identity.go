@@ -17,7 +17,9 @@ import (
 
 // Identity is an agent's Ed25519 key pair. It is immutable and safe for
 // concurrent use. Its String, GoString and Format methods print only public
-// information: the private key is never printed, whatever the verb.
+// information: the private key is never printed, whatever the verb. The zero
+// Identity is not usable; get one from GenerateIdentity,
+// IdentityFromPrivateKey or LoadOrCreateIdentity.
 type Identity struct {
 	pub  addressing.PublicKey
 	node addressing.NodeID
