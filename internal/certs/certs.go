@@ -64,7 +64,7 @@ func LeafKey(cert *x509.Certificate) (addressing.PublicKey, error) {
 	if !ok {
 		return addressing.PublicKey{}, ErrNoPeerKey
 	}
-	if err := cert.CheckSignatureFrom(cert); err != nil {
+	if err := cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature); err != nil {
 		return addressing.PublicKey{}, fmt.Errorf("certs: certificate not self-signed: %w", err)
 	}
 	k, ok := addressing.PublicKeyFrom(pub)
