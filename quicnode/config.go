@@ -1,0 +1,108 @@
+package quicnode
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/trustdb"
+	"github.com/quic-go/quic-go"
+)
+
+// Config configures a Node. The zero value of every optional field is a
+// sensible default. A Config must not be modified after it is passed to New.
+type Config struct {
+	// Store holds the node's identity and trust records. Required. The
+	// caller opens it and closes it after the Node.
+	Store *trustdb.Store
+
+	// RendezvousAddr is the rendezvous server's UDP address, "host:port".
+	// Empty means no rendezvous: only peers already connected are reachable.
+	RendezvousAddr string
+	// RendezvousKey pins the server's key. Zero means trust on first use:
+	// the key seen on the first connection is stored in Store and required
+	// from then on.
+	RendezvousKey addressing.PublicKey
+
+	// ListenAddr is the local UDP address; default "0.0.0.0:0".
+	ListenAddr string
+	// Conn, if set, is used instead of opening ListenAddr (for example a
+	// socket opened inside a network namespace). The Node takes ownership.
+	Conn *net.UDPConn
+
+	// Hostname is claimed at the rendezvous (first come, first served).
+	Hostname string
+
+	// DisableEcho turns off the built-in echo service on port 7.
+	DisableEcho bool
+
+	// HandshakeTimeout bounds each QUIC handshake plus welcome; default 10 s.
+	HandshakeTimeout time.Duration
+
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// Well-known virtual ports.
+const (
+	PortEcho uint16 = 7
+)
+
+// MaxDatagramPayload is the largest payload WriteTo accepts.
+const MaxDatagramPayload = 1146
+
+const (
+	alpn              = "agentnet/1"
+	defaultListenAddr = "0.0.0.0:0"
+	listenBacklog     = 128
+	datagramQueueLen  = 256
+	headerTimeout     = 10 * time.Second
+	firstEphemeral    = 49152
+	maxIncomingStream = 4096
+)
+
+func (c *Config) validate() error {
+	if c.Store == nil {
+		return errors.New("quicnode: Config.Store is required")
+	}
+	if c.Hostname != "" {
+		if err := addressing.ValidateHostname(c.Hostname); err != nil {
+			return fmt.Errorf("quicnode: Config.Hostname: %w", err)
+		}
+	}
+	if c.RendezvousAddr != "" {
+		if _, _, err := net.SplitHostPort(c.RendezvousAddr); err != nil {
+			return fmt.Errorf("quicnode: Config.RendezvousAddr: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) listenAddr() string {
+	if c.ListenAddr == "" {
+		return defaultListenAddr
+	}
+	return c.ListenAddr
+}
+
+func (c *Config) handshakeTimeout() time.Duration {
+	if c.HandshakeTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.HandshakeTimeout
+}
+
+// quicConfig is shared by the listener and peer dials.
+func (c *Config) quicConfig() *quic.Config {
+	return &quic.Config{
+		EnableDatagrams:       true,
+		MaxIncomingStreams:    maxIncomingStream,
+		MaxIncomingUniStreams: 16,
+		KeepAlivePeriod:       15 * time.Second,
+		MaxIdleTimeout:        30 * time.Second,
+		HandshakeIdleTimeout:  c.handshakeTimeout(),
+	}
+}

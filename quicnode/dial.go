@@ -1,0 +1,356 @@
+package quicnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/vport"
+	"github.com/agentnet/agentnet/rendezvous"
+	"github.com/quic-go/quic-go"
+)
+
+// Dial opens a stream to port on target, an address ("0:3f2a.91c0.0b17") or
+// a hostname. It fails with ErrNotTrusted, before any packet is sent, when
+// the local trust store does not mark the target trusted, and with
+// ErrNotTrusted when the target's gate refuses us; with ErrPortClosed when
+// nothing listens on port. The returned net.Conn is a QUIC stream on the
+// connection shared with every other stream and datagram to that peer.
+func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, error) {
+	t, err := addressing.ParseTarget(target)
+	if err != nil {
+		return nil, fmt.Errorf("quicnode: dial %q: %w", target, err)
+	}
+	return n.DialTarget(ctx, t, port)
+}
+
+// DialTarget is Dial with a parsed target.
+func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
+	key, err := n.resolve(ctx, t)
+	if err != nil {
+		return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
+	}
+	for attempt := 0; ; attempt++ {
+		p, err := n.getPeer(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
+		}
+		c, err := n.openStream(ctx, p, port)
+		if err != nil && attempt == 0 && p.conn.Context().Err() != nil && ctx.Err() == nil {
+			// The cached connection died under us; dial afresh once.
+			n.removePeer(p)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("quicnode: dial %s port %d: %w", t, port, err)
+		}
+		return c, nil
+	}
+}
+
+func (n *Node) openStream(ctx context.Context, p *peer, port uint16) (*streamConn, error) {
+	s, err := p.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, classify(err)
+	}
+	src := n.ephemeralStreamPort()
+	var hdr [vport.StreamHeaderLen]byte
+	if _, err := s.Write(vport.AppendStreamHeader(hdr[:0], vport.StreamHeader{Dst: port, Src: src})); err != nil {
+		s.CancelRead(StreamClosed)
+		return nil, classify(err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetReadDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { s.SetReadDeadline(time.Now()) })
+	var status [1]byte
+	_, err = io.ReadFull(s, status[:])
+	stop()
+	s.SetReadDeadline(time.Time{})
+	if err != nil {
+		s.CancelRead(StreamClosed)
+		s.CancelWrite(StreamClosed)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, classify(err)
+	}
+	if status[0] != vport.StatusOK {
+		s.CancelRead(StreamClosed)
+		s.CancelWrite(StreamClosed)
+		return nil, fmt.Errorf("quicnode: unknown stream status %d", status[0])
+	}
+	return &streamConn{
+		s:      s,
+		local:  addressing.SockAddrFrom(n.addr, src),
+		remote: addressing.SockAddrFrom(p.addr, port),
+	}, nil
+}
+
+func (n *Node) ephemeralStreamPort() uint16 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p := n.nextPort
+	n.nextPort++
+	if n.nextPort < firstEphemeral {
+		n.nextPort = firstEphemeral
+	}
+	return p
+}
+
+// resolve maps a target to the key of a trusted peer. Only trusted peers
+// resolve: everything else is ErrNotTrusted, decided locally.
+func (n *Node) resolve(ctx context.Context, t addressing.Target) (addressing.PublicKey, error) {
+	if a, ok := t.Addr(); ok {
+		return n.resolveAddr(a)
+	}
+	h, _ := t.Hostname()
+	n.mu.Lock()
+	k, ok := n.byHostname[h]
+	n.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	if n.rdv == nil {
+		return addressing.PublicKey{}, ErrNotTrusted
+	}
+	info, err := n.rdv.Lookup(ctx, t)
+	if err != nil {
+		if errors.Is(err, rendezvous.ErrNotFound) {
+			return addressing.PublicKey{}, ErrNotTrusted
+		}
+		return addressing.PublicKey{}, err
+	}
+	if !n.store.IsTrusted(info.Key) {
+		return addressing.PublicKey{}, ErrNotTrusted
+	}
+	return info.Key, nil
+}
+
+// resolveAddr maps an address to the key of a trusted peer, locally.
+func (n *Node) resolveAddr(a addressing.Addr) (addressing.PublicKey, error) {
+	if a.Node() == n.addr.Node() {
+		return addressing.PublicKey{}, errors.New("quicnode: cannot dial ourselves")
+	}
+	n.mu.Lock()
+	k, ok := n.byNode[a.Node()]
+	n.mu.Unlock()
+	if !ok {
+		return addressing.PublicKey{}, ErrNotTrusted
+	}
+	return k, nil
+}
+
+// livePeer returns the live connection to key, or nil.
+func (n *Node) livePeer(key addressing.PublicKey) *peer {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if p := n.peers[key]; p != nil && p.conn.Context().Err() == nil {
+		return p
+	}
+	return nil
+}
+
+// getPeer returns the live connection to key, dialling it if needed.
+// Concurrent callers share one dial.
+func (n *Node) getPeer(ctx context.Context, key addressing.PublicKey) (*peer, error) {
+	for {
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			return nil, net.ErrClosed
+		}
+		if p := n.peers[key]; p != nil && p.conn.Context().Err() == nil {
+			n.mu.Unlock()
+			return p, nil
+		}
+		if !n.store.IsTrusted(key) {
+			n.mu.Unlock()
+			return nil, ErrNotTrusted
+		}
+		changed := n.peersChanged
+		if d := n.dialing[key]; d != nil {
+			n.mu.Unlock()
+			select {
+			case <-d.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if d.err == nil {
+				return d.p, nil
+			}
+			if !errors.Is(d.err, errDuplicate) {
+				return nil, d.err
+			}
+			continue
+		}
+		d := &dialCall{done: make(chan struct{})}
+		n.dialing[key] = d
+		n.mu.Unlock()
+
+		d.p, d.err = n.dialPeer(ctx, key)
+		n.mu.Lock()
+		delete(n.dialing, key)
+		n.mu.Unlock()
+		close(d.done)
+		if d.err == nil {
+			return d.p, nil
+		}
+		if !errors.Is(d.err, errDuplicate) {
+			return nil, d.err
+		}
+		// The peer's simultaneous dial won the tie-break: its connection
+		// is (about to be) registered; wait for it.
+		select {
+		case <-changed:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// dialPeer looks key up at the rendezvous and connects to its locators.
+func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*peer, error) {
+	cands, err := n.candidates(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := n.dialCandidates(ctx, key, cands)
+	if err != nil {
+		return nil, err
+	}
+	return n.addPeer(conn, key, true)
+}
+
+// candidates returns the UDP addresses to try for key: what the rendezvous
+// says, then the address the peer last connected to us from.
+func (n *Node) candidates(ctx context.Context, key addressing.PublicKey) ([]netip.AddrPort, error) {
+	var cands []netip.AddrPort
+	var lookupErr error
+	if n.rdv != nil {
+		info, err := n.rdv.Lookup(ctx, addressing.TargetAddr(addressing.AddrFrom(0, key.NodeID())))
+		switch {
+		case err == nil && info.Key != key:
+			return nil, fmt.Errorf("%w: rendezvous returned another key for %s", ErrUnreachable, key.NodeID())
+		case err == nil:
+			cands = append(cands, info.Locators...)
+			if !info.Online && len(cands) == 0 {
+				lookupErr = fmt.Errorf("%w: peer is offline", ErrUnreachable)
+			}
+		case errors.Is(err, rendezvous.ErrNotFound):
+			// The rendezvous does not (or no longer) see us as a trusted
+			// pair: the peer has not approved us, or revoked us.
+			lookupErr = fmt.Errorf("%w: the rendezvous reports no trust from the peer", ErrNotTrusted)
+		default:
+			lookupErr = fmt.Errorf("%w: rendezvous lookup: %w", ErrUnreachable, err)
+		}
+	}
+	n.mu.Lock()
+	if h, ok := n.hints[key]; ok && !containsAddrPort(cands, h) {
+		cands = append(cands, h)
+	}
+	n.mu.Unlock()
+	if len(cands) == 0 {
+		if lookupErr == nil {
+			lookupErr = fmt.Errorf("%w: no locator known", ErrUnreachable)
+		}
+		return nil, lookupErr
+	}
+	return cands, nil
+}
+
+func containsAddrPort(s []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range s {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// dialCandidates races handshakes to every candidate and returns the first
+// connection whose welcome arrives; the others are closed.
+func (n *Node) dialCandidates(ctx context.Context, key addressing.PublicKey, cands []netip.AddrPort) (*quic.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.handshakeTimeout())
+	defer cancel()
+	type result struct {
+		conn *quic.Conn
+		err  error
+	}
+	results := make(chan result, len(cands))
+	for _, c := range cands {
+		go func() {
+			conn, err := n.dialOne(ctx, key, c)
+			results <- result{conn, err}
+		}()
+	}
+	var winner *quic.Conn
+	var errs []error
+	for range cands {
+		r := <-results
+		switch {
+		case r.err != nil:
+			errs = append(errs, r.err)
+		case winner == nil:
+			winner = r.conn
+			cancel()
+		default:
+			r.conn.CloseWithError(CodeDuplicate, "duplicate connection")
+		}
+	}
+	if winner != nil {
+		return winner, nil
+	}
+	// Prefer the most telling error: a trust refusal beats a timeout.
+	for _, e := range errs {
+		if errors.Is(e, ErrNotTrusted) || errors.Is(e, errDuplicate) {
+			return nil, e
+		}
+	}
+	return nil, fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
+}
+
+// dialOne runs one handshake plus welcome.
+func (n *Node) dialOne(ctx context.Context, key addressing.PublicKey, to netip.AddrPort) (*quic.Conn, error) {
+	tlsConf := certs.ClientConfig(n.cert, alpn, key, n.gate)
+	conn, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(to), tlsConf, n.qconf)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if err := awaitWelcome(ctx, conn); err != nil {
+		conn.CloseWithError(CodeBadWelcome, "no welcome")
+		return nil, err
+	}
+	return conn, nil
+}
+
+// awaitWelcome waits for the accepting side's welcome: a TLS 1.3 client
+// finishes its handshake before the server has judged its certificate, so
+// only the welcome proves the peer admitted us.
+func awaitWelcome(ctx context.Context, conn *quic.Conn) error {
+	s, err := conn.AcceptUniStream(ctx)
+	if err != nil {
+		if ctx.Err() != nil && conn.Context().Err() == nil {
+			return ctx.Err()
+		}
+		return classify(err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetReadDeadline(dl)
+	}
+	var b [2]byte
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		return classify(err)
+	}
+	if b != [2]byte(welcome) {
+		return fmt.Errorf("quicnode: bad welcome %x", b)
+	}
+	return nil
+}

@@ -1,0 +1,28 @@
+// Package quicnode is the per-agent endpoint of agentnet: a Node owns one UDP
+// socket and one quic.Transport, keeps one QUIC connection per trusted peer,
+// and carries virtual-port streams (net.Conn) and datagrams (net.PacketConn)
+// over it.
+//
+// Reaching an agent takes, in order: the local trust store must mark the peer
+// trusted (otherwise ErrNotTrusted, before any packet is sent); the
+// rendezvous must answer the lookup (it answers only for mutually trusted
+// pairs); the QUIC handshake must pass both trust gates (the listener's
+// VerifyConnection admits only trusted keys, the dialer pins the expected
+// key); and the accepting side must send its welcome. Only then does Dial
+// return a connection. Session tickets are disabled so no handshake skips the
+// gate. Revoking trust closes every live connection to that peer at once.
+//
+// Streams begin with a virtual-port header (see internal/vport); the acceptor
+// answers with one status byte, or resets the stream with StreamPortClosed.
+// Datagrams carry a 4-byte port header and at most vport.MaxPayload bytes.
+//
+// When both sides dial each other at once, the connection dialled by the
+// lower NodeID is kept and the other is closed with CodeDuplicate.
+//
+// Goroutines: per node an accept loop, a non-QUIC packet reader, an outbox
+// sender and the rendezvous session; per peer a stream-accept loop and a
+// datagram loop (plus quic-go's own); per incoming stream a short-lived
+// header reader. Close stops and waits for all of them.
+//
+// Log keys: peer, addr, port, err, remote, code.
+package quicnode

@@ -1,0 +1,81 @@
+package quicnode
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/quic-go/quic-go"
+)
+
+var (
+	// ErrNotTrusted is returned when the peer is not trusted by us, or does
+	// not trust us (its handshake gate refused us, or it revoked us). Streams
+	// cut by a revocation fail with an error that wraps it too.
+	ErrNotTrusted = errors.New("peer not trusted")
+	// ErrPortClosed is returned by Dial when nothing listens on the virtual port.
+	ErrPortClosed = errors.New("virtual port closed")
+	// ErrPortInUse is returned by Listen and ListenPacket for a taken port.
+	ErrPortInUse = errors.New("virtual port in use")
+	// ErrDatagramTooLarge is returned by WriteTo for payloads over MaxDatagramPayload.
+	ErrDatagramTooLarge = errors.New("datagram too large")
+	// ErrUnreachable is returned when a trusted peer has no usable locator
+	// (offline, or no candidate answered).
+	ErrUnreachable = errors.New("peer unreachable")
+	// ErrBusy is returned by Dial when the peer's listener backlog is full.
+	ErrBusy = errors.New("peer listener backlog full")
+
+	errDuplicate = errors.New("duplicate connection")
+)
+
+// Application error codes on peer connections.
+const (
+	CodeClosing    quic.ApplicationErrorCode = 0x0 // the node is shutting down
+	CodeRevoked    quic.ApplicationErrorCode = 0x1 // trust was revoked
+	CodeDuplicate  quic.ApplicationErrorCode = 0x2 // a simultaneous dial lost the tie-break
+	CodeNotTrusted quic.ApplicationErrorCode = 0x3 // the peer is not (or no longer) trusted
+	CodeBadWelcome quic.ApplicationErrorCode = 0x4 // the peer spoke an unknown protocol
+)
+
+// Stream error codes (RESET_STREAM / STOP_SENDING).
+const (
+	StreamClosed     quic.StreamErrorCode = 0x0  // the application closed the stream
+	StreamPortClosed quic.StreamErrorCode = 0x10 // nothing listens on the port
+	StreamBusy       quic.StreamErrorCode = 0x11 // the listener's backlog is full
+	StreamBadHeader  quic.StreamErrorCode = 0x12 // malformed or late port header
+)
+
+// tlsBadCertificate is the QUIC CRYPTO_ERROR for TLS alert bad_certificate,
+// which crypto/tls sends when VerifyConnection refuses the peer.
+const tlsBadCertificate = 0x100 + 42
+
+// classify maps QUIC errors from a peer connection to our sentinels.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
+		// Either gate refused: the peer's (remote) or ours (local, the
+		// peer presented a key we do not trust or did not expect).
+		return fmt.Errorf("%w: %w", ErrNotTrusted, err)
+	}
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode {
+		case CodeRevoked, CodeNotTrusted:
+			return fmt.Errorf("%w: %w", ErrNotTrusted, err)
+		case CodeDuplicate:
+			return fmt.Errorf("%w: %w", errDuplicate, err)
+		}
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		switch se.ErrorCode {
+		case StreamPortClosed:
+			return fmt.Errorf("%w: %w", ErrPortClosed, err)
+		case StreamBusy:
+			return fmt.Errorf("%w: %w", ErrBusy, err)
+		}
+	}
+	return err
+}
