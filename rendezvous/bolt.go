@@ -28,6 +28,7 @@ import (
 //	pending:   target key ‖ requester key → pending request
 //	pairs:     lower key ‖ higher key → trust pair
 //	mail:      recipient key → bucket{ uint64 id → time ‖ message }
+//	meta:      "agent_count" → uint64
 type BoltStore struct {
 	db     *bolt.DB
 	remove string // file to delete on Close ("" = keep)
@@ -41,6 +42,9 @@ var (
 	bucketPending   = []byte("pending")
 	bucketPairs     = []byte("pairs")
 	bucketMail      = []byte("mail")
+	bucketMeta      = []byte("meta")
+
+	metaAgentCount = []byte("agent_count")
 )
 
 // recordVersion is the first byte of every encoded record.
@@ -57,7 +61,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		return nil, fmt.Errorf("rendezvous: open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail} {
+		for _, name := range [][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -140,7 +144,16 @@ func keyValue(v []byte) (addressing.PublicKey, bool, error) {
 	return k, true, nil
 }
 
-func (t boltTx) AgentCount() (int, error) { return t.b(bucketAgents).Stats().KeyN, nil }
+func (t boltTx) AgentCount() (int, error) {
+	v := t.b(bucketMeta).Get(metaAgentCount)
+	if v == nil {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, errors.New("rendezvous: store: corrupt agent count")
+	}
+	return int(binary.BigEndian.Uint64(v)), nil
+}
 
 func (t boltTx) PutAgent(r AgentRecord) error {
 	node := r.Key.NodeID()
@@ -172,6 +185,15 @@ func (t boltTx) PutAgent(r AgentRecord) error {
 	}
 	if err := t.b(bucketNodes).Put(node[:], r.Key[:]); err != nil {
 		return err
+	}
+	if !had {
+		n, err := t.AgentCount()
+		if err != nil {
+			return err
+		}
+		if err := t.b(bucketMeta).Put(metaAgentCount, binary.BigEndian.AppendUint64(nil, uint64(n+1))); err != nil {
+			return err
+		}
 	}
 	return t.b(bucketAgents).Put(r.Key[:], encodeAgent(r))
 }

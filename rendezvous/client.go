@@ -69,7 +69,8 @@ type ClientConfig struct {
 	// from the agent's mailbox, one at a time, in order. The message is
 	// acknowledged (deleted at the server) only after Deliver returns
 	// nil; otherwise it is delivered again on the next connection. The slice
-	// is the callee's. nil leaves every message in the mailbox.
+	// is the callee's. Deliver must return soon after ctx is cancelled (Close
+	// waits for it). nil leaves every message in the mailbox.
 	Deliver func(ctx context.Context, msg []byte) error
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
@@ -437,12 +438,17 @@ func (c *Client) roundTrip(ctx context.Context, req proto.Message) (proto.Messag
 	})
 	defer stop()
 	defer str.CancelRead(streamCodeDone)
-	if _, err := str.Write(b); err != nil {
-		return nil, c.requestErr(ctx, err)
+	_, werr := str.Write(b)
+	if werr == nil {
+		str.Close()
 	}
-	str.Close()
+	// Read the answer even if the write failed: the server may have refused
+	// the request early (too large) and said why.
 	f, err := proto.ReadFrame(str, proto.MaxBody)
 	if err != nil {
+		if werr != nil {
+			err = werr
+		}
 		return nil, c.requestErr(ctx, err)
 	}
 	m, err := proto.ParseMessage(f)

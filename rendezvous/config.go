@@ -69,7 +69,8 @@ type Limits struct {
 	MaxStreamsPerConn int
 	// MaxConns is the number of concurrent client connections (default 10000).
 	MaxConns int
-	// MaxAgents is the number of registered agents; 0 means no limit.
+	// MaxAgents is the number of registrations kept (default 1<<20); a new
+	// key over it is refused with proto.CodeLimit.
 	MaxAgents int
 }
 
@@ -84,6 +85,7 @@ const (
 	DefaultMaxMailbox          = 256
 	DefaultMaxStreamsPerConn   = 16
 	DefaultMaxConns            = 10000
+	DefaultMaxAgents           = 1 << 20
 )
 
 func (l Limits) withDefaults() Limits {
@@ -116,6 +118,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxConns == 0 {
 		l.MaxConns = DefaultMaxConns
+	}
+	if l.MaxAgents == 0 {
+		l.MaxAgents = DefaultMaxAgents
 	}
 	return l
 }

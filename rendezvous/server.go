@@ -573,14 +573,8 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 		c.sessionOn.Store(false) // the client may try again on this connection
 		return
 	}
-	b, _ := proto.AppendMessage(nil, resp)
-	str.SetWriteDeadline(time.Now().Add(requestTimeout))
-	if _, err := str.Write(b); err != nil {
-		c.qc.CloseWithError(closeSessionEnded, "session write failed")
-		return
-	}
-	str.SetWriteDeadline(time.Time{})
-
+	// The session is live before the client learns it is registered, so
+	// its first request never finds it unregistered.
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -595,6 +589,12 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 		s.stats.sessionsReplaced.Add(1)
 		old.c.qc.CloseWithError(closeReplaced, "replaced by a newer connection")
 	}
+	b, _ := proto.AppendMessage(nil, resp)
+	str.SetWriteDeadline(time.Now().Add(requestTimeout))
+	if _, err := str.Write(b); err != nil {
+		c.qc.CloseWithError(closeSessionEnded, "session write failed")
+	}
+	str.SetWriteDeadline(time.Time{})
 	go s.deliveryLoop(sess, str)
 
 	// Acks in.
@@ -644,14 +644,12 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 		if had {
 			rec = old
 		} else {
-			if s.limits.MaxAgents > 0 {
-				n, err := tx.AgentCount()
-				if err != nil {
-					return err
-				}
-				if n >= s.limits.MaxAgents {
-					return ErrLimit
-				}
+			n, err := tx.AgentCount()
+			if err != nil {
+				return err
+			}
+			if n >= s.limits.MaxAgents {
+				return ErrLimit
 			}
 			rec = AgentRecord{Key: c.key, Created: now}
 		}
