@@ -33,6 +33,9 @@ func (n *Node) rebuildIndex() {
 // the peer's live connections at once.
 func (n *Node) onTrustEvent(ev trustdb.Event) {
 	n.rebuildIndex()
+	// Some changes queue a message without a local action (an automatic
+	// approve for a peer we already trust): every change kicks the outbox.
+	n.kickOutbox()
 	if ev.Old == trustdb.StateTrusted && ev.Record.State != trustdb.StateTrusted {
 		n.closePeer(ev.Key, CodeRevoked, "trust revoked")
 	}
@@ -194,8 +197,8 @@ func (n *Node) RevokeTrust(ctx context.Context, peer string) error {
 	if _, err := n.store.Revoke(k, n.cfg.Hostname); err != nil {
 		return fmt.Errorf("quicnode: revoke: %w", err)
 	}
-	// The store's subscriber has closed the connections by now; make sure
-	// even if the record was not in the trusted state.
+	// Subscribers run asynchronously: close the connections here so that
+	// they are gone when RevokeTrust returns.
 	n.closePeer(k, CodeRevoked, "trust revoked")
 	return n.sendNow(ctx)
 }

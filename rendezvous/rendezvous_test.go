@@ -479,6 +479,36 @@ func TestRestartKeepsState(t *testing.T) {
 	require.ErrorIs(t, other.SetHostname(ctx, "carol"), rendezvous.ErrHostnameTaken)
 }
 
+// TestCrashRestart: the server dies without closing its connections and a
+// new one starts on the same port and DataDir. The new server's stateless
+// resets (keyed by the server identity) end the clients' stale connections
+// at their next packet, far sooner than the 30 s idle timeout.
+func TestCrashRestart(t *testing.T) {
+	checkGoroutines(t)
+	dir := t.TempDir()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	srv := rendezvoustest.NewWithConfig(t, rendezvous.ServerConfig{Conn: conn, DataDir: dir})
+	key := srv.PublicKey()
+	alice := newAgent(t, srv, nil, "alice")
+	bob := newAgent(t, srv, nil, "bob")
+	trust(t, alice, bob)
+
+	addr := conn.LocalAddr().String()
+	require.NoError(t, conn.Close()) // the crash: nothing more reaches the clients
+	require.NoError(t, srv.Close())
+	srv2 := rendezvoustest.NewWithConfig(t, rendezvous.ServerConfig{Addr: addr, DataDir: dir})
+	require.Equal(t, key, srv2.PublicKey())
+
+	ctx := ctxT(t)
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		info, err := alice.c.Lookup(ctx, target(t, "bob"))
+		return err == nil && info.Online
+	}, 10*time.Second, 20*time.Millisecond)
+	t.Logf("clients back after %v", time.Since(start).Round(time.Millisecond))
+}
+
 func TestHostnameTaken(t *testing.T) {
 	checkGoroutines(t)
 	srv := rendezvoustest.New(t)
