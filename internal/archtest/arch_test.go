@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"internal/certs":   {"addressing"},
 	"trustdb":          {"addressing"},
 	"rendezvous/proto": {"addressing"},
-	"rendezvous":       {"addressing", "trustdb", "rendezvous", "internal/certs"},
+	"rendezvous":       {"addressing", "trustdb", "rendezvous", "internal/"},
 	"quicnode":         {"addressing", "trustdb", "rendezvous", "internal/"},
 }
 
