@@ -1,0 +1,472 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	chunkSize   = 64 << 10 // bytes per Write in bulk transfers
+	messageSize = 1 << 10
+	// datagramTimeout is how long a datagram ping waits for its pong before
+	// it counts as lost.
+	datagramTimeout = 200 * time.Millisecond
+)
+
+// Transfer is the outcome of moving bytes: how many, the wall time and the
+// process CPU time (both ends) it took.
+type Transfer struct {
+	Bytes int64
+	Wall  time.Duration
+	CPU   time.Duration
+}
+
+// MBps returns the throughput in MB/s (10^6 bytes per second).
+func (t Transfer) MBps() float64 { return float64(t.Bytes) / t.Wall.Seconds() / 1e6 }
+
+// CPUPerGiB returns process CPU seconds (both ends) per GiB moved.
+func (t Transfer) CPUPerGiB() float64 { return t.CPU.Seconds() / (float64(t.Bytes) / (1 << 30)) }
+
+// Rate is a count of operations done in a wall time.
+type Rate struct {
+	N    int
+	Wall time.Duration
+}
+
+// PerSecond returns N per second.
+func (r Rate) PerSecond() float64 { return float64(r.N) / r.Wall.Seconds() }
+
+// sendSink writes the sink op and size bytes on c in chunkSize writes, sends
+// EOF and waits for the server's acknowledgement (so every byte has been
+// read by the server).
+func sendSink(c net.Conn, size int64, buf []byte) error {
+	if _, err := c.Write([]byte{opSink}); err != nil {
+		return err
+	}
+	for left := size; left > 0; {
+		n := min(left, int64(len(buf)))
+		if _, err := c.Write(buf[:n]); err != nil {
+			return fmt.Errorf("bench: write: %w", err)
+		}
+		left -= n
+	}
+	return finishSink(c)
+}
+
+// finishSink sends EOF and waits for the sink's acknowledgement.
+func finishSink(c net.Conn) error {
+	if err := closeWrite(c); err != nil {
+		return err
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		return fmt.Errorf("bench: read ack: %w", err)
+	}
+	if ack[0] != ackByte {
+		return fmt.Errorf("bench: bad ack %q", ack[0])
+	}
+	return nil
+}
+
+// Bulk sends size bytes on one stream and measures until the server has read
+// them all.
+func Bulk(ctx context.Context, r *Rig, size int64) (Transfer, error) {
+	c, err := r.Env.Dial(ctx)
+	if err != nil {
+		return Transfer{}, err
+	}
+	defer c.Close()
+	stop := closeOnDone(ctx, c)
+	defer stop()
+	buf := make([]byte, chunkSize)
+	m := startMeter()
+	if err := sendSink(c, size, buf); err != nil {
+		return Transfer{}, err
+	}
+	wall, cpu := m.stop()
+	return Transfer{Bytes: size, Wall: wall, CPU: cpu}, nil
+}
+
+// closeOnDone closes c when ctx ends, so a scenario never outlives its
+// context; the returned function stops that.
+func closeOnDone(ctx context.Context, c io.Closer) func() bool {
+	return context.AfterFunc(ctx, func() { c.Close() })
+}
+
+// echoStream is an open stream to the echo service.
+type echoStream struct {
+	c   net.Conn
+	buf [1]byte
+}
+
+func openEcho(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*echoStream, error) {
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write([]byte{opEcho}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &echoStream{c: c}, nil
+}
+
+// roundTrip sends one byte and waits for it to come back.
+func (e *echoStream) roundTrip(b byte) error {
+	e.buf[0] = b
+	if _, err := e.c.Write(e.buf[:]); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(e.c, e.buf[:]); err != nil {
+		return err
+	}
+	if e.buf[0] != b {
+		return fmt.Errorf("bench: echo returned %d, want %d", e.buf[0], b)
+	}
+	return nil
+}
+
+// PingPong measures n one-byte round trips on one open stream, after a
+// warm-up of n/10 (at least 10).
+func PingPong(ctx context.Context, r *Rig, n int) (Latency, error) {
+	e, err := openEcho(ctx, r.Env.Dial)
+	if err != nil {
+		return nil, err
+	}
+	defer e.c.Close()
+	stop := closeOnDone(ctx, e.c)
+	defer stop()
+	for i := range max(10, n/10) {
+		if err := e.roundTrip(byte(i)); err != nil {
+			return nil, err
+		}
+	}
+	lat := make(Latency, 0, n)
+	for i := range n {
+		t := time.Now()
+		if err := e.roundTrip(byte(i)); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return lat, nil
+}
+
+// pinger sends one-byte datagrams to the echo service.
+type pinger struct {
+	pc  net.PacketConn
+	to  net.Addr
+	buf [64]byte
+}
+
+func newPinger(ctx context.Context, r *Rig) (*pinger, error) {
+	pc, to, err := r.datagrams(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pinger{pc: pc, to: to}, nil
+}
+
+// ping sends b and waits up to datagramTimeout for it to come back; ok is
+// false if it did not.
+func (p *pinger) ping(b byte) (rtt time.Duration, ok bool, err error) {
+	t := time.Now()
+	if _, err := p.pc.WriteTo([]byte{b}, p.to); err != nil {
+		return 0, false, err
+	}
+	p.pc.SetReadDeadline(t.Add(datagramTimeout))
+	for {
+		m, _, err := p.pc.ReadFrom(p.buf[:])
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return 0, false, nil
+			}
+			return 0, false, err
+		}
+		if m == 1 && p.buf[0] == b {
+			return time.Since(t), true, nil
+		}
+		// A late pong of an earlier ping: keep waiting.
+	}
+}
+
+// DatagramPingPong measures n one-byte datagram round trips, one at a time,
+// after a warm-up. A pong that has not come back within 200 ms counts as
+// lost; late pongs are recognized by their byte and skipped.
+func DatagramPingPong(ctx context.Context, r *Rig, n int) (lat Latency, lost int, err error) {
+	p, err := newPinger(ctx, r)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := range max(10, n/10) {
+		if _, _, err := p.ping(byte(i)); err != nil {
+			return nil, 0, err
+		}
+	}
+	lat = make(Latency, 0, n)
+	for i := range n {
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		d, ok, err := p.ping(byte(i))
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			lost++
+			continue
+		}
+		lat = append(lat, d)
+	}
+	return lat, lost, nil
+}
+
+// Messages sends n messages of 1 KiB, one Write each, on one stream, and
+// measures until the server has read them all.
+func Messages(ctx context.Context, r *Rig, n int) (Rate, error) {
+	c, err := r.Env.Dial(ctx)
+	if err != nil {
+		return Rate{}, err
+	}
+	defer c.Close()
+	stop := closeOnDone(ctx, c)
+	defer stop()
+	if _, err := c.Write([]byte{opSink}); err != nil {
+		return Rate{}, err
+	}
+	msg := make([]byte, messageSize)
+	m := startMeter()
+	for range n {
+		if _, err := c.Write(msg); err != nil {
+			return Rate{}, err
+		}
+	}
+	if err := finishSink(c); err != nil {
+		return Rate{}, err
+	}
+	wall, _ := m.stop()
+	return Rate{N: n, Wall: wall}, nil
+}
+
+// StreamPerMessage sends 1 KiB messages, each on a new stream (on TCP and
+// TLS a new connection), one after another without waiting for the server,
+// until n are sent or maxDur has passed, and measures until the server has
+// read every one.
+func StreamPerMessage(ctx context.Context, r *Rig, n int, maxDur time.Duration) (Rate, error) {
+	msg := make([]byte, 1+messageSize)
+	msg[0] = opSink
+	base := r.sunk.Load()
+	m := startMeter()
+	sent := 0
+	for sent < n && (sent == 0 || time.Since(m.start) < maxDur) {
+		c, err := r.Env.Dial(ctx)
+		if err != nil {
+			return Rate{}, err
+		}
+		_, err = c.Write(msg)
+		c.Close()
+		if err != nil {
+			return Rate{}, err
+		}
+		sent++
+	}
+	if err := r.waitSunk(ctx, base+int64(sent)); err != nil {
+		return Rate{}, err
+	}
+	wall, _ := m.stop()
+	return Rate{N: sent, Wall: wall}, nil
+}
+
+// SetupFirst measures first contact n times: a new peer (prepared untimed)
+// dials the server, and the time runs until the first byte has come back
+// from the echo service. For agentnet that is rendezvous lookup, handshake,
+// welcome, stream open and echo.
+func SetupFirst(ctx context.Context, r *Rig, n int) (Latency, error) {
+	lat := make(Latency, 0, n)
+	for i := range n {
+		p, err := r.Env.NewPeer(ctx)
+		if err != nil {
+			return nil, err
+		}
+		t := time.Now()
+		e, err := openEcho(ctx, p.Dial)
+		if err == nil {
+			err = e.roundTrip(byte(i))
+			e.c.Close()
+		}
+		d := time.Since(t)
+		p.Close()
+		if err != nil {
+			return nil, err
+		}
+		lat = append(lat, d)
+	}
+	return lat, nil
+}
+
+// SetupRepeat measures repeat contact n times: one peer that has talked to
+// the server before drops its connection and dials again (new connection,
+// stream, first echoed byte), knowing where the server is.
+func SetupRepeat(ctx context.Context, r *Rig, n int) (Latency, error) {
+	p, err := r.Env.NewPeer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	e, err := openEcho(ctx, p.Dial)
+	if err != nil {
+		return nil, err
+	}
+	err = e.roundTrip(0)
+	e.c.Close()
+	if err != nil {
+		return nil, err
+	}
+	lat := make(Latency, 0, n)
+	for i := range n {
+		if err := p.Disconnect(); err != nil {
+			return nil, err
+		}
+		t := time.Now()
+		e, err := openEcho(ctx, p.Dial)
+		if err == nil {
+			err = e.roundTrip(byte(i))
+			e.c.Close()
+		}
+		if err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return lat, nil
+}
+
+// ConcurrentStreams opens streams streams at once, each sending perStream
+// bytes, and measures from the first open until the server has read every
+// byte. Stream opening is inside the measurement.
+func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64) (Transfer, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	start := make(chan struct{})
+	for range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			err := func() error {
+				c, err := r.Env.Dial(ctx)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				stop := closeOnDone(ctx, c)
+				defer stop()
+				return sendSink(c, perStream, make([]byte, min(chunkSize, perStream)))
+			}()
+			if err != nil && firstErr.CompareAndSwap(nil, &err) {
+				cancel()
+			}
+		}()
+	}
+	m := startMeter()
+	close(start)
+	wg.Wait()
+	wall, cpu := m.stop()
+	if p := firstErr.Load(); p != nil {
+		return Transfer{}, *p
+	}
+	return Transfer{Bytes: int64(streams) * perStream, Wall: wall, CPU: cpu}, nil
+}
+
+// IdleCost is the memory and goroutines an idle connected peer costs, both
+// ends together (both run in this process).
+type IdleCost struct {
+	Peers             int
+	HeapPerPeer       float64 // live heap bytes after GC
+	GoroutinesPerPeer float64
+}
+
+// Idle prepares n peers (untimed, unconnected), then connects each one (one
+// echoed byte on a stream that is then closed) and leaves the connections
+// idle. The cost per peer is the difference between the two quiet
+// snapshots, divided by n.
+func Idle(ctx context.Context, r *Rig, n int) (IdleCost, error) {
+	peers := make([]Peer, n)
+	defer func() {
+		for _, p := range peers {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}()
+	if err := parallel(ctx, n, 16, func(i int) (err error) {
+		peers[i], err = r.Env.NewPeer(ctx)
+		return err
+	}); err != nil {
+		return IdleCost{}, err
+	}
+	before := quietSnapshot()
+	if err := parallel(ctx, n, 16, func(i int) error {
+		e, err := openEcho(ctx, peers[i].Dial)
+		if err != nil {
+			return err
+		}
+		defer e.c.Close()
+		return e.roundTrip(byte(i))
+	}); err != nil {
+		return IdleCost{}, err
+	}
+	if err := r.waitHandlers(ctx); err != nil {
+		return IdleCost{}, err
+	}
+	after := quietSnapshot()
+	return IdleCost{
+		Peers:             n,
+		HeapPerPeer:       (float64(after.heap) - float64(before.heap)) / float64(n),
+		GoroutinesPerPeer: float64(after.goroutines-before.goroutines) / float64(n),
+	}, nil
+}
+
+// parallel runs f(0..n-1) on at most width goroutines and returns the first
+// error.
+func parallel(ctx context.Context, n, width int, f func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for range min(width, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := f(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					next.Store(int64(n))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return first
+}
