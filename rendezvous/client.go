@@ -30,6 +30,10 @@ const (
 	// can fix (hostname or NodeID taken).
 	permanentBackoff = 30 * time.Second
 	dialTimeout      = 10 * time.Second
+	// minRequestSize pads request frames so their packets exceed 42 bytes:
+	// a server restarted after a crash answers those with a stateless reset,
+	// and the client reconnects at once instead of after the idle timeout.
+	minRequestSize = 64
 )
 
 // PinStore remembers the server key a client trusted on first use.
@@ -419,6 +423,7 @@ func (c *Client) roundTrip(ctx context.Context, req proto.Message) (proto.Messag
 	if err != nil {
 		return nil, err
 	}
+	b = proto.Pad(b, minRequestSize)
 	qc, err := c.readyConn(ctx)
 	if err != nil {
 		return nil, err

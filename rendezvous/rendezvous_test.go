@@ -502,9 +502,18 @@ func TestCrashRestart(t *testing.T) {
 
 	ctx := ctxT(t)
 	start := time.Now()
-	require.Eventually(t, func() bool {
-		info, err := alice.c.Lookup(ctx, target(t, "bob"))
+	// Any packet of a client gets it a reset and it reconnects; an idle one
+	// sends its keepalive within KeepAlivePeriod.
+	lookup := func(from *agent, tg addressing.Target) bool {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		info, err := from.c.Lookup(ctx, tg)
 		return err == nil && info.Online
+	}
+	require.Eventually(t, func() bool {
+		a := lookup(alice, target(t, "bob"))
+		b := lookup(bob, addressing.TargetAddr(alice.id.Addr()))
+		return a && b
 	}, 10*time.Second, 20*time.Millisecond)
 	t.Logf("clients back after %v", time.Since(start).Round(time.Millisecond))
 }

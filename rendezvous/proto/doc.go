@@ -33,6 +33,10 @@
 // value validated), but bytes after the last field this version knows are
 // ignored, so later versions can append fields.
 //
+// A client pads small request bodies with zero bytes (Pad) so that each
+// request leaves in a packet large enough to draw a QUIC stateless reset
+// from a restarted server that no longer knows the connection.
+//
 // # Field encodings
 //
 //	str      uint8 length | bytes                  (hostnames, error text)

@@ -86,6 +86,25 @@ func AppendFrame(b []byte, typ Type, body []byte) ([]byte, error) {
 	return append(b, body...), nil
 }
 
+// Pad extends the body of frame, one complete frame, with zero bytes until
+// the frame is at least n bytes long (n is capped so the body stays within
+// MaxBody). Receivers ignore trailing body bytes, so padding changes no
+// meaning; it makes small requests big enough to draw a QUIC stateless
+// reset from a server that lost the connection (resets answer only packets
+// over 42 bytes).
+func Pad(frame []byte, n int) []byte {
+	if len(frame) < HeaderSize {
+		return frame
+	}
+	n = min(n, HeaderSize+MaxBody)
+	if len(frame) >= n {
+		return frame
+	}
+	frame = append(frame, make([]byte, n-len(frame))...)
+	binary.BigEndian.PutUint16(frame[2:4], uint16(len(frame)-HeaderSize))
+	return frame
+}
+
 // ParseFrame parses one frame from the start of b and returns it with the
 // number of bytes it took. Bytes after the frame are left to the caller.
 // Body aliases b.

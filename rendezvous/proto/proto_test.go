@@ -101,6 +101,24 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+func TestPad(t *testing.T) {
+	for _, m := range sampleMessages() {
+		b, err := AppendMessage(nil, m)
+		require.NoError(t, err)
+		p := Pad(bytes.Clone(b), 100)
+		require.GreaterOrEqual(t, len(p), 100)
+		f, n, err := ParseFrame(p)
+		require.NoError(t, err)
+		require.Equal(t, len(p), n)
+		got, err := ParseMessage(f)
+		require.NoError(t, err)
+		require.Equal(t, m, got)
+	}
+	require.Equal(t, []byte{1, 2}, Pad([]byte{1, 2}, 10))
+	big := Pad([]byte{1, 1, 0, 0}, 1<<20)
+	require.Len(t, big, HeaderSize+MaxBody)
+}
+
 func TestNotFoundBytes(t *testing.T) {
 	b, err := AppendMessage(nil, &NotFound{})
 	require.NoError(t, err)

@@ -55,15 +55,17 @@ func (s *Server) start() {
 		s.t.Fatalf("rendezvoustest: %v", err)
 	}
 	s.Server = srv
-	// Restart on the same port, so clients find the server again.
-	s.cfg.Addr = srv.Addr().String()
+	if s.cfg.Conn == nil {
+		// Restart on the same port, so clients find the server again.
+		s.cfg.Addr = srv.Addr().String()
+	}
 }
 
 // AddrPort returns the server's UDP address.
 func (s *Server) AddrPort() netip.AddrPort { return s.Addr().AddrPort() }
 
-// Restart closes the server and starts a new one with the same port and
-// DataDir (so the same identity and state).
+// Restart closes the server and starts a new one with the same port (or
+// Conn) and DataDir, so the same identity and state.
 func (s *Server) Restart() {
 	s.t.Helper()
 	if err := s.Server.Close(); err != nil {
