@@ -279,6 +279,9 @@ func (c *Client) runSession() (registered bool, err error) {
 		return false, err
 	}
 	defer qc.CloseWithError(0, "")
+	// Close ends the connection whatever step the session is at.
+	stop := context.AfterFunc(c.ctx, func() { qc.CloseWithError(0, "client closing") })
+	defer stop()
 	ctx := qc.Context()
 
 	str, err := qc.OpenStreamSync(ctx)
