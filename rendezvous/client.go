@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -26,8 +27,8 @@ const (
 	KeepAlivePeriod = 15 * time.Second
 	minBackoff      = 100 * time.Millisecond
 	maxBackoff      = 2 * time.Second
-	// permanentBackoff paces retries after a refusal that only the operator
-	// can fix (hostname or NodeID taken).
+	// permanentBackoff paces retries after a failure that only the operator
+	// can fix (hostname or NodeID taken, server key not the pinned one).
 	permanentBackoff = 30 * time.Second
 	dialTimeout      = 10 * time.Second
 	// minRequestSize pads request frames so their packets exceed 42 bytes:
@@ -176,9 +177,9 @@ func (c *Client) Start() {
 }
 
 // WaitReady blocks until the client is registered, ctx ends, the client is
-// closed (an error wrapping net.ErrClosed) or the server refused the
-// registration for a reason only the operator can fix (ErrHostnameTaken,
-// ErrNodeIDTaken; the client keeps retrying slowly).
+// closed (an error wrapping net.ErrClosed) or registration failed for a
+// reason only the operator can fix (ErrHostnameTaken, ErrNodeIDTaken,
+// ErrServerKey; the client keeps retrying every 30 s).
 func (c *Client) WaitReady(ctx context.Context) error {
 	_, err := c.readyConn(ctx)
 	return err
@@ -254,7 +255,7 @@ func (c *Client) sessionLoop() {
 		switch {
 		case registered:
 			backoff, wait = minBackoff, minBackoff
-		case errors.Is(err, ErrHostnameTaken) || errors.Is(err, ErrNodeIDTaken):
+		case errors.Is(err, ErrHostnameTaken) || errors.Is(err, ErrNodeIDTaken) || errors.Is(err, ErrServerKey):
 			wait = permanentBackoff
 		default:
 			backoff = min(2*backoff, maxBackoff)
@@ -276,6 +277,11 @@ func (c *Client) sessionLoop() {
 func (c *Client) runSession() (registered bool, err error) {
 	qc, err := c.dial()
 	if err != nil {
+		if errors.Is(err, ErrServerKey) {
+			c.mu.Lock()
+			c.setStateLocked(nil, err)
+			c.mu.Unlock()
+		}
 		return false, err
 	}
 	defer qc.CloseWithError(0, "")
@@ -359,7 +365,16 @@ func (c *Client) dial() (*quic.Conn, error) {
 			tofu = true
 		}
 	}
-	tlsConf := certs.ClientConfig(c.cert, ALPN, want, nil)
+	// The pin is checked here rather than by certs.ClientConfig's want, to
+	// tell a key mismatch (an operator matter) from a network failure.
+	var mismatch atomic.Pointer[addressing.PublicKey]
+	tlsConf := certs.ClientConfig(c.cert, ALPN, addressing.PublicKey{}, func(k addressing.PublicKey) error {
+		if !want.IsZero() && k != want {
+			mismatch.Store(&k)
+			return ErrServerKey
+		}
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(c.ctx, dialTimeout)
 	defer cancel()
 	qc, err := c.cfg.Transport.Dial(ctx, raddr, tlsConf, &quic.Config{
@@ -369,6 +384,9 @@ func (c *Client) dial() (*quic.Conn, error) {
 		MaxIncomingUniStreams: -1,
 	})
 	if err != nil {
+		if k := mismatch.Load(); k != nil {
+			return nil, fmt.Errorf("%w: %s presented %s, pinned %s", ErrServerKey, c.cfg.ServerAddr, k, want)
+		}
 		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
 	}
 	if tofu {

@@ -25,6 +25,9 @@ var (
 	ErrReplay = errors.New("rendezvous: trust message replayed")
 	// ErrNoRequest: an approve or reject answers no pending request. Permanent.
 	ErrNoRequest = errors.New("rendezvous: no matching pending request")
+	// ErrServerKey: the server presented a key other than the pinned one
+	// (configured or trusted on first use). Only the operator can resolve it.
+	ErrServerKey = errors.New("rendezvous: server key does not match the pinned key")
 	// ErrLimit: a capacity limit of the server (registered agents, a
 	// mailbox); retry later.
 	ErrLimit = errors.New("rendezvous: server limit reached")

@@ -668,16 +668,30 @@ func TestPinning(t *testing.T) {
 	require.Equal(t, srv.PublicKey(), k)
 	require.NoError(t, c.Close())
 
-	// A different pinned key: the client never registers.
-	require.NoError(t, pins.SetPin(cfg.ServerAddr, newID(t).PublicKey()))
+	// Pinned: a restarted server with the same DataDir has the same key.
+	srv.Restart()
 	cfg.Transport = rendezvoustest.NewTransport(t)
 	c2, err := rendezvous.NewClient(cfg)
 	require.NoError(t, err)
 	c2.Start()
-	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	require.ErrorIs(t, c2.WaitReady(short), context.DeadlineExceeded)
+	require.NoError(t, c2.WaitReady(ctx))
 	require.NoError(t, c2.Close())
+
+	// A different key than the pinned one (or the configured one): refused,
+	// and WaitReady says why.
+	require.NoError(t, pins.SetPin(cfg.ServerAddr, newID(t).PublicKey()))
+	for _, configured := range []bool{false, true} {
+		cfg := cfg
+		cfg.Transport = rendezvoustest.NewTransport(t)
+		if configured {
+			cfg.ServerKey, cfg.Pins = newID(t).PublicKey(), nil
+		}
+		c3, err := rendezvous.NewClient(cfg)
+		require.NoError(t, err)
+		c3.Start()
+		require.ErrorIs(t, c3.WaitReady(ctx), rendezvous.ErrServerKey)
+		require.NoError(t, c3.Close())
+	}
 }
 
 type memPins struct {
