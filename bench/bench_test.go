@@ -246,7 +246,7 @@ func BenchmarkConcurrentStreams(b *testing.B) {
 	eachSystem(b, func(b *testing.B, r *Rig) {
 		b.SetBytes(streams * per)
 		for b.Loop() {
-			if _, err := ConcurrentStreams(b.Context(), r, streams, per); err != nil {
+			if _, _, err := ConcurrentStreams(b.Context(), r, streams, per); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -63,7 +63,7 @@ func SizesFor(mode string) (Sizes, error) {
 			Reps: 3, BulkBytes: 1 << 30, PingPongs: 10000, Messages: 100000,
 			StreamMessages: 5000, StreamMessagesTime: time.Second,
 			SetupRounds: 50, ConcurrentStreams: 1000, ConcurrentBytes: 256 << 10,
-			IdlePeers: 1000, RefusalTime: 2 * time.Second,
+			IdlePeers: 1000, RefusalTime: 1500 * time.Millisecond,
 			RendezvousAgents: 10000, RendezvousConnected: 1000, RendezvousOps: 10000,
 		}, nil
 	case ModeFull:
@@ -234,11 +234,11 @@ func plan() []scenario {
 			title: func(sz Sizes) string {
 				return fmt.Sprintf("%d concurrent streams × %s (TCP/TLS: connections)", sz.ConcurrentStreams, byteSize(sz.ConcurrentBytes))
 			},
-			metrics: []metricDef{{"MB/s", higher}},
+			metrics: []metricDef{{"MB/s", higher}, {"dials retried (backlog full)", lower}},
 			rig:     true, timeout: minute,
 			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
-				t, err := ConcurrentStreams(ctx, r, sz.ConcurrentStreams, sz.ConcurrentBytes)
-				return []float64{t.MBps()}, err
+				t, busy, err := ConcurrentStreams(ctx, r, sz.ConcurrentStreams, sz.ConcurrentBytes)
+				return []float64{t.MBps(), float64(busy)}, err
 			},
 		},
 		{

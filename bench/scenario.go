@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/agentnet/agentnet/quicnode"
 )
 
 const (
@@ -350,12 +352,15 @@ func SetupRepeat(ctx context.Context, r *Rig, n int) (Latency, error) {
 
 // ConcurrentStreams opens streams streams at once, each sending perStream
 // bytes, and measures from the first open until the server has read every
-// byte. Stream opening is inside the measurement.
-func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64) (Transfer, error) {
+// byte. Stream opening is inside the measurement. A Dial refused because the
+// server's accept backlog is full (quicnode's ErrBusy) is retried after a
+// millisecond, and counted.
+func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64) (t Transfer, busyRetries int64, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	var firstErr atomic.Pointer[error]
+	var retries atomic.Int64
 	start := make(chan struct{})
 	for range streams {
 		wg.Add(1)
@@ -364,6 +369,11 @@ func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64
 			<-start
 			err := func() error {
 				c, err := r.Env.Dial(ctx)
+				for errors.Is(err, quicnode.ErrBusy) && ctx.Err() == nil {
+					retries.Add(1)
+					time.Sleep(time.Millisecond)
+					c, err = r.Env.Dial(ctx)
+				}
 				if err != nil {
 					return err
 				}
@@ -382,9 +392,9 @@ func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64
 	wg.Wait()
 	wall, cpu := m.stop()
 	if p := firstErr.Load(); p != nil {
-		return Transfer{}, *p
+		return Transfer{}, 0, *p
 	}
-	return Transfer{Bytes: int64(streams) * perStream, Wall: wall, CPU: cpu}, nil
+	return Transfer{Bytes: int64(streams) * perStream, Wall: wall, CPU: cpu}, retries.Load(), nil
 }
 
 // IdleCost is the memory and goroutines an idle connected peer costs, both
