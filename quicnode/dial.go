@@ -111,10 +111,10 @@ func (n *Node) resolve(ctx context.Context, t addressing.Target) (addressing.Pub
 		return n.resolveAddr(a)
 	}
 	h, _ := t.Hostname()
-	n.mu.Lock()
-	k, ok := n.byHostname[h]
-	n.mu.Unlock()
-	if ok {
+	if k, ok := n.lookupIndex(func() (addressing.PublicKey, bool) {
+		k, ok := n.byHostname[h]
+		return k, ok
+	}); ok {
 		return k, nil
 	}
 	if n.rdv == nil {
@@ -133,14 +133,31 @@ func (n *Node) resolve(ctx context.Context, t addressing.Target) (addressing.Pub
 	return info.Key, nil
 }
 
+// lookupIndex runs find on the trusted-peer indexes. Trust-store
+// subscribers run asynchronously, so on a miss the indexes are rebuilt from
+// the store once before giving up: a peer trusted a moment ago resolves.
+func (n *Node) lookupIndex(find func() (addressing.PublicKey, bool)) (addressing.PublicKey, bool) {
+	n.mu.Lock()
+	k, ok := find()
+	n.mu.Unlock()
+	if ok {
+		return k, true
+	}
+	n.rebuildIndex()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return find()
+}
+
 // resolveAddr maps an address to the key of a trusted peer, locally.
 func (n *Node) resolveAddr(a addressing.Addr) (addressing.PublicKey, error) {
 	if a.Node() == n.addr.Node() {
 		return addressing.PublicKey{}, errors.New("quicnode: cannot dial ourselves")
 	}
-	n.mu.Lock()
-	k, ok := n.byNode[a.Node()]
-	n.mu.Unlock()
+	k, ok := n.lookupIndex(func() (addressing.PublicKey, bool) {
+		k, ok := n.byNode[a.Node()]
+		return k, ok
+	})
 	if !ok {
 		return addressing.PublicKey{}, ErrNotTrusted
 	}
