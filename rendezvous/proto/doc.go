@@ -12,12 +12,15 @@
 //	Lookup       → LookupResult | NotFound | Error
 //	SetHostname  → OK | Error
 //	TrustSend    → OK | Error
+//	Connect      → Introduce | NotFound | Error
 //
 // Besides these, every client keeps one long-lived "session" stream, opened
 // right after the handshake. The client writes Register on it and the server
 // answers Registered (or Error, and closes). After that the server pushes
 // Deliver frames on it and the client answers each with an Ack frame once the
-// message is safely handled. The session ends with the connection.
+// message is safely handled. The server also pushes Introduce frames on it
+// (never acked: an introduction is best effort). A client ignores pushed
+// frame types it does not know. The session ends with the connection.
 //
 // # Frame
 //
@@ -48,12 +51,16 @@
 //	ipports  uint8 count (≤ 8) | count × ipport
 //	time     int64 Unix nanoseconds; 0 is the zero time
 //	target   uint8 kind | kind 1: addr; kind 2: str (a valid hostname)
+//	svcaddr  like ipport, but family 0 (no address bytes) means "the host of
+//	         the server address the client dialled"; port 0 means "none"
+//	grant    svcaddr relay | session[8] | secret[16] | uint8 side (0 or 1)
 //
 // # Bodies
 //
 //	type  name          body
 //	0x01  Register      str hostname ("" = none) | ipports local candidates
-//	0x02  Registered    addr | ipport reflexive | time server clock | str hostname bound to the key
+//	0x02  Registered    addr | ipport reflexive | time server clock | str hostname bound to the key |
+//	                    svcaddr second STUN address | svcaddr relay
 //	0x03  Lookup        target
 //	0x04  LookupResult  key | addr | uint8 flags (bit 0: online; others ignored) | str hostname | ipports locators
 //	0x05  NotFound      (empty)
@@ -63,10 +70,14 @@
 //	0x09  Ack           uint64 mailbox id
 //	0x0a  OK            (empty)
 //	0x0b  Error         uint16 code | str text (≤ 255 bytes, informational)
+//	0x0c  Connect       addr target | ipports the sender's candidates | uint8 flags (bit 0: relay)
+//	0x0d  Introduce     key peer | addr peer | ipports the peer's candidates | token[16] |
+//	                    uint8 flags (bit 0: initiator; bit 1: a grant follows) | [grant]
 //
 // Error codes are stable; ErrorCode.String gives their names ("rate_limited",
 // "hostname_taken", …), which clients and logs use.
 //
 // NotFound has an empty body on purpose: the answer for an agent that does
-// not exist and for one the asker may not see is the same four bytes.
+// not exist and for one the asker may not see is the same four bytes (and
+// for Connect, also for one that is offline).
 package proto

@@ -108,3 +108,5 @@ func FuzzParseTrustSend(f *testing.F)   { fuzzBody(f, TypeTrustSend, ParseTrustS
 func FuzzParseDeliver(f *testing.F)     { fuzzBody(f, TypeDeliver, ParseDeliver) }
 func FuzzParseAck(f *testing.F)         { fuzzBody(f, TypeAck, ParseAck) }
 func FuzzParseError(f *testing.F)       { fuzzBody(f, TypeError, ParseError) }
+func FuzzParseConnect(f *testing.F)     { fuzzBody(f, TypeConnect, ParseConnect) }
+func FuzzParseIntroduce(f *testing.F)   { fuzzBody(f, TypeIntroduce, ParseIntroduce) }

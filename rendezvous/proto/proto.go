@@ -54,12 +54,15 @@ const (
 	TypeAck          Type = 0x09
 	TypeOK           Type = 0x0a
 	TypeError        Type = 0x0b
+	TypeConnect      Type = 0x0c
+	TypeIntroduce    Type = 0x0d
 )
 
 var typeNames = [...]string{
 	TypeRegister: "register", TypeRegistered: "registered", TypeLookup: "lookup",
 	TypeLookupResult: "lookup_result", TypeNotFound: "not_found", TypeSetHostname: "set_hostname",
 	TypeTrustSend: "trust_send", TypeDeliver: "deliver", TypeAck: "ack", TypeOK: "ok", TypeError: "error",
+	TypeConnect: "connect", TypeIntroduce: "introduce",
 }
 
 // String returns the type's snake_case name, or "type_0xNN".
@@ -207,6 +210,10 @@ func ParseMessage(f Frame) (Message, error) {
 		return &OK{}, nil
 	case TypeError:
 		return parse(ParseError, f.Body)
+	case TypeConnect:
+		return parse(ParseConnect, f.Body)
+	case TypeIntroduce:
+		return parse(ParseIntroduce, f.Body)
 	}
 	return nil, fmt.Errorf("%w: unknown frame type %s", ErrMalformed, f.Type)
 }
@@ -256,6 +263,12 @@ type Registered struct {
 	Reflexive netip.AddrPort  // the connection's remote address as the server sees it
 	Time      time.Time       // the server's clock
 	Hostname  string          // the hostname bound to the key now, "" if none
+	// STUN2 is the server's second STUN address and Relay its relay
+	// address, as service addresses: port 0 means the server has none, and
+	// an invalid (zero) Addr means "on the host of the server address the
+	// client dialled".
+	STUN2 netip.AddrPort
+	Relay netip.AddrPort
 }
 
 // FrameType implements Message.
@@ -269,7 +282,11 @@ func (m *Registered) AppendBinary(b []byte) ([]byte, error) {
 		return b, err
 	}
 	b = appendTime(b, m.Time)
-	return appendHostname(b, m.Hostname, true)
+	if b, err = appendHostname(b, m.Hostname, true); err != nil {
+		return b, err
+	}
+	b = appendServiceAddr(b, m.STUN2)
+	return appendServiceAddr(b, m.Relay), nil
 }
 
 // ParseRegistered parses a Registered body.
@@ -280,6 +297,8 @@ func ParseRegistered(body []byte) (Registered, error) {
 	m.Reflexive = r.addrPort()
 	m.Time = r.time()
 	m.Hostname = r.hostname(true)
+	m.STUN2 = r.serviceAddr()
+	m.Relay = r.serviceAddr()
 	return m, r.done("registered")
 }
 
@@ -517,6 +536,148 @@ func ParseError(body []byte) (Error, error) {
 	return m, r.done("error")
 }
 
+// TokenSize is the size of an introduction's punch token.
+const TokenSize = 16
+
+// Sizes of a relay grant's session ID and secret.
+const (
+	RelaySessionSize = 8
+	RelaySecretSize  = 16
+)
+
+// Connect asks the server to introduce the sender to Target, a peer that
+// trusts it, for hole punching (and, if Relay, to open a relay session for
+// the pair). Answered by Introduce, or NotFound for a peer that does not
+// exist, does not trust the sender or is offline.
+type Connect struct {
+	Target     addressing.Addr
+	Candidates []netip.AddrPort // the sender's current candidates, at most MaxLocators
+	Relay      bool             // open a relay session for the pair
+}
+
+// FrameType implements Message.
+func (*Connect) FrameType() Type { return TypeConnect }
+
+const flagRelay = 1 << 0
+
+// AppendBinary implements Message.
+func (m *Connect) AppendBinary(b []byte) ([]byte, error) {
+	if !m.Target.IsValid() {
+		return b, errors.New("proto: connect: invalid target")
+	}
+	b, _ = m.Target.AppendBinary(b)
+	b, err := appendAddrPorts(b, m.Candidates)
+	if err != nil {
+		return b, err
+	}
+	var flags byte
+	if m.Relay {
+		flags |= flagRelay
+	}
+	return append(b, flags), nil
+}
+
+// ParseConnect parses a Connect body.
+func ParseConnect(body []byte) (Connect, error) {
+	r := reader{b: body}
+	var m Connect
+	m.Target = r.addr()
+	if r.err == nil && !m.Target.IsValid() {
+		r.fail("target address")
+	}
+	m.Candidates = r.addrPorts()
+	m.Relay = r.byte()&flagRelay != 0
+	return m, r.done("connect")
+}
+
+// Introduce tells an agent how to reach a peer: the server answers a
+// Connect with it (Initiator set) and pushes one on the peer's session
+// stream (Initiator clear). Both carry the same Token.
+type Introduce struct {
+	Peer       addressing.PublicKey
+	PeerAddr   addressing.Addr
+	Candidates []netip.AddrPort // the peer's: reflexive first, at most MaxLocators
+	Token      [TokenSize]byte
+	Initiator  bool
+	Relay      *RelayGrant // nil: no relay session
+}
+
+// RelayGrant is one side's share of a relay session.
+type RelayGrant struct {
+	Addr    netip.AddrPort // service address of the relay (see Registered)
+	Session [RelaySessionSize]byte
+	Secret  [RelaySecretSize]byte // this side's Bind key
+	Side    uint8                 // 0 or 1
+}
+
+// FrameType implements Message.
+func (*Introduce) FrameType() Type { return TypeIntroduce }
+
+const (
+	flagInitiator  = 1 << 0
+	flagRelayGrant = 1 << 1
+)
+
+// AppendBinary implements Message.
+func (m *Introduce) AppendBinary(b []byte) ([]byte, error) {
+	if !m.PeerAddr.IsValid() {
+		return b, errors.New("proto: introduce: invalid peer address")
+	}
+	b = append(b, m.Peer[:]...)
+	b, _ = m.PeerAddr.AppendBinary(b)
+	b, err := appendAddrPorts(b, m.Candidates)
+	if err != nil {
+		return b, err
+	}
+	b = append(b, m.Token[:]...)
+	var flags byte
+	if m.Initiator {
+		flags |= flagInitiator
+	}
+	if m.Relay != nil {
+		flags |= flagRelayGrant
+	}
+	b = append(b, flags)
+	if g := m.Relay; g != nil {
+		if g.Side > 1 || g.Addr.Port() == 0 {
+			return b, fmt.Errorf("proto: relay grant: side %d, port %d", g.Side, g.Addr.Port())
+		}
+		b = appendServiceAddr(b, g.Addr)
+		b = append(b, g.Session[:]...)
+		b = append(b, g.Secret[:]...)
+		b = append(b, g.Side)
+	}
+	return b, nil
+}
+
+// ParseIntroduce parses an Introduce body.
+func ParseIntroduce(body []byte) (Introduce, error) {
+	r := reader{b: body}
+	var m Introduce
+	copy(m.Peer[:], r.bytes(addressing.PublicKeySize))
+	m.PeerAddr = r.addr()
+	if r.err == nil && !m.PeerAddr.IsValid() {
+		r.fail("peer address")
+	}
+	m.Candidates = r.addrPorts()
+	copy(m.Token[:], r.bytes(TokenSize))
+	flags := r.byte()
+	m.Initiator = flags&flagInitiator != 0
+	if flags&flagRelayGrant != 0 && r.err == nil {
+		g := &RelayGrant{Addr: r.serviceAddr()}
+		copy(g.Session[:], r.bytes(RelaySessionSize))
+		copy(g.Secret[:], r.bytes(RelaySecretSize))
+		g.Side = r.byte()
+		if r.err == nil && (g.Side > 1 || g.Addr.Port() == 0) {
+			r.fail("relay grant")
+		}
+		if r.err == nil {
+			m.Relay = g
+		}
+	}
+	return m, r.done("introduce")
+}
+
 // --- field encoders ---
 
 func appendHostname(b []byte, h string, optional bool) ([]byte, error) {
@@ -545,6 +706,17 @@ func appendAddrPort(b []byte, ap netip.AddrPort) ([]byte, error) {
 		return b, fmt.Errorf("proto: invalid address %v", ap)
 	}
 	return binary.BigEndian.AppendUint16(b, ap.Port()), nil
+}
+
+// appendServiceAddr appends a service address: family 0 (no address: the
+// host of the server address the client dialled) when ap's Addr is invalid.
+func appendServiceAddr(b []byte, ap netip.AddrPort) []byte {
+	if !ap.Addr().IsValid() {
+		b = append(b, 0)
+		return binary.BigEndian.AppendUint16(b, ap.Port())
+	}
+	b, _ = appendAddrPort(b, ap) // a valid Addr is 4 or 6
+	return b
 }
 
 func appendAddrPorts(b []byte, aps []netip.AddrPort) ([]byte, error) {
@@ -685,6 +857,19 @@ func (r *reader) addrPort() netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(a, port)
+}
+
+// serviceAddr reads an ipport whose family may be 0 (no address).
+func (r *reader) serviceAddr() netip.AddrPort {
+	if r.err == nil && len(r.b) > 0 && r.b[0] == 0 {
+		r.byte()
+		port := r.uint16()
+		if r.err != nil {
+			return netip.AddrPort{}
+		}
+		return netip.AddrPortFrom(netip.Addr{}, port)
+	}
+	return r.addrPort()
 }
 
 func (r *reader) addrPorts() []netip.AddrPort {

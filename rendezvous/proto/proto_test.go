@@ -52,6 +52,14 @@ func sampleMessages() []Message {
 		&OK{},
 		&Error{Code: CodeRateLimited, Text: "slow down"},
 		&Error{Code: 999},
+		&Registered{Addr: a, Reflexive: v4, STUN2: netip.AddrPortFrom(netip.Addr{}, 3479), Relay: netip.AddrPortFrom(netip.Addr{}, 3480)},
+		&Registered{Addr: a, Reflexive: v6, STUN2: netip.MustParseAddrPort("[2001:db8::2]:3478"), Relay: v4},
+		&Connect{Target: a},
+		&Connect{Target: a.WithNetwork(3), Candidates: []netip.AddrPort{v4, v6, mapped}, Relay: true},
+		&Introduce{Peer: k, PeerAddr: a, Token: [TokenSize]byte{1, 2, 3, 15: 16}},
+		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4, v6}, Token: [TokenSize]byte{9}, Initiator: true,
+			Relay: &RelayGrant{Addr: netip.AddrPortFrom(netip.Addr{}, 7422), Session: [8]byte{1, 7: 8}, Secret: [16]byte{2, 15: 3}, Side: 1}},
+		&Introduce{Peer: k, PeerAddr: a, Relay: &RelayGrant{Addr: v6, Side: 0}},
 	}
 }
 
@@ -149,6 +157,15 @@ func TestMalformed(t *testing.T) {
 		{"deliver short id", TypeDeliver, []byte{1, 2, 3}},
 		{"ack short", TypeAck, []byte{1}},
 		{"error short text", TypeError, []byte{0, 1, 5, 'a'}},
+		{"connect zero target", TypeConnect, append(make([]byte, 8), 0, 0)},
+		{"connect no flags", TypeConnect, append(ab, 0)},
+		{"connect too many candidates", TypeConnect, append(ab, 9, 0)},
+		{"introduce zero peer addr", TypeIntroduce, introduceBody(k, addressing.Addr{}, 0)},
+		{"introduce grant bad side", TypeIntroduce, append(introduceBody(k, a, flagRelayGrant), append([]byte{0, 1, 2}, append(make([]byte, 24), 2)...)...)},
+		{"introduce grant no port", TypeIntroduce, append(introduceBody(k, a, flagRelayGrant), append([]byte{0, 0, 0}, append(make([]byte, 24), 0)...)...)},
+		{"introduce grant truncated", TypeIntroduce, append(introduceBody(k, a, flagRelayGrant), 0, 1, 2)},
+		{"registered bad service family", TypeRegistered, append(registeredBody(a), 5, 0, 1, 0, 0, 0)},
+		{"registered no relay", TypeRegistered, append(registeredBody(a), 0, 0, 1)},
 		{"unknown type", Type(0x7f), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -156,6 +173,23 @@ func TestMalformed(t *testing.T) {
 			require.ErrorIs(t, err, ErrMalformed)
 		})
 	}
+}
+
+// introduceBody is an Introduce body up to and including its flags byte.
+func introduceBody(k addressing.PublicKey, a addressing.Addr, flags byte) []byte {
+	b := append([]byte(nil), k[:]...)
+	b, _ = a.AppendBinary(b)
+	b = append(b, 0)                          // no candidates
+	b = append(b, make([]byte, TokenSize)...) // token
+	return append(b, flags)
+}
+
+// registeredBody is a Registered body up to its hostname.
+func registeredBody(a addressing.Addr) []byte {
+	b, _ := a.AppendBinary(nil)
+	b = append(b, 4, 10, 0, 0, 1, 0, 1) // reflexive 10.0.0.1:1
+	b = append(b, make([]byte, 8)...)   // time
+	return append(b, 0)                 // no hostname
 }
 
 func TestFrameLimits(t *testing.T) {
@@ -184,6 +218,17 @@ func TestFrameLimits(t *testing.T) {
 	_, err = AppendMessage(nil, &TrustSend{Msg: make([]byte, MaxTrustMessage+1)})
 	require.Error(t, err)
 	_, err = AppendMessage(nil, &Lookup{})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Connect{})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Connect{Target: addressing.AddrFrom(0, testKey(1).NodeID()), Candidates: make([]netip.AddrPort, 9)})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Introduce{})
+	require.Error(t, err)
+	a := addressing.AddrFrom(0, testKey(1).NodeID())
+	_, err = AppendMessage(nil, &Introduce{PeerAddr: a, Relay: &RelayGrant{Side: 2, Addr: netip.AddrPortFrom(netip.Addr{}, 1)}})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &Introduce{PeerAddr: a, Relay: &RelayGrant{}})
 	require.Error(t, err)
 }
 
@@ -239,4 +284,6 @@ var bodyFuzzers = map[Type]string{
 	TypeDeliver:      "FuzzParseDeliver",
 	TypeAck:          "FuzzParseAck",
 	TypeError:        "FuzzParseError",
+	TypeConnect:      "FuzzParseConnect",
+	TypeIntroduce:    "FuzzParseIntroduce",
 }
