@@ -12,12 +12,17 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
 )
+
+// ChildProfileEnv, if set in the runner's environment, makes every child
+// write a CPU profile to its value followed by "." and the role.
+const ChildProfileEnv = "AGENTNET_BENCH_CHILD_CPUPROFILE"
 
 // ChildEnv is the environment variable that makes this program a child
 // process of the runner: its value is the role. A main (and TestMain) calls
@@ -83,6 +88,17 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer s.close()
+	if path := os.Getenv(ChildProfileEnv); path != "" {
+		f, err := os.Create(path + "." + role)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Fprintf(out, "ready %s\n", strings.Join(s.ready, " "))
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {

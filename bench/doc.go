@@ -13,6 +13,16 @@
 // that side in a child process: the same binary, re-executed with
 // ChildEnv set (see RunChildIfRequested).
 //
+// Running it:
+//
+//	go run ./bench/cmd/agentnet-bench            # default, under 2 minutes
+//	go run ./bench/cmd/agentnet-bench -quick     # under 20 s (CI)
+//	go run ./bench/cmd/agentnet-bench -json -only 'bulk|pingpong' -systems agentnet,quic-go
+//	go run ./bench/cmd/agentnet-bench -only bulk -systems agentnet -cpuprofile cpu.prof
+//	go test -run XXX -bench . ./bench/           # the testing.B benchmarks
+//
+// Children write CPU profiles too when ChildProfileEnv is set.
+//
 // Wall-clock figures move with the load of the machine; compare systems by the
 // ratios of one run, in which systems alternate and each figure is the median
 // of several short repetitions.
