@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -151,9 +152,10 @@ func BenchmarkStreamPerMessage(b *testing.B) {
 		msg[0] = opSink
 		base := r.sunk.Load()
 		sent := int64(0)
+		var busy atomic.Int64
 		b.SetBytes(messageSize)
 		for b.Loop() {
-			c, err := r.Env.Dial(b.Context())
+			c, err := dialRetryBusy(b.Context(), r.Env.Dial, &busy)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -172,6 +174,7 @@ func BenchmarkStreamPerMessage(b *testing.B) {
 		if err := r.waitSunk(b.Context(), base+sent); err != nil {
 			b.Fatal(err)
 		}
+		b.ReportMetric(float64(busy.Load()), "busy-retries")
 	})
 }
 

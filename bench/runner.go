@@ -198,11 +198,11 @@ func plan() []scenario {
 			title: func(sz Sizes) string {
 				return fmt.Sprintf("1 KiB messages, new stream each (TCP/TLS: connection; ≤%d or %s)", sz.StreamMessages, sz.StreamMessagesTime)
 			},
-			metrics: []metricDef{{"msg/s", higher}},
+			metrics: []metricDef{{"msg/s", higher}, {"dials retried (backlog full)", lower}},
 			rig:     true, timeout: minute,
 			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
-				rate, err := StreamPerMessage(ctx, r, sz.StreamMessages, sz.StreamMessagesTime)
-				return []float64{rate.PerSecond()}, err
+				rate, busy, err := StreamPerMessage(ctx, r, sz.StreamMessages, sz.StreamMessagesTime)
+				return []float64{rate.PerSecond(), float64(busy)}, err
 			},
 		},
 		{

@@ -260,30 +260,32 @@ func Messages(ctx context.Context, r *Rig, n int) (Rate, error) {
 // StreamPerMessage sends 1 KiB messages, each on a new stream (on TCP and
 // TLS a new connection), one after another without waiting for the server,
 // until n are sent or maxDur has passed, and measures until the server has
-// read every one.
-func StreamPerMessage(ctx context.Context, r *Rig, n int, maxDur time.Duration) (Rate, error) {
+// read every one. Dials refused for a full accept backlog are retried and
+// counted.
+func StreamPerMessage(ctx context.Context, r *Rig, n int, maxDur time.Duration) (rate Rate, busyRetries int64, err error) {
 	msg := make([]byte, 1+messageSize)
 	msg[0] = opSink
 	base := r.sunk.Load()
+	var retries atomic.Int64
 	m := startMeter()
 	sent := 0
 	for sent < n && (sent == 0 || time.Since(m.start) < maxDur) {
-		c, err := r.Env.Dial(ctx)
+		c, err := dialRetryBusy(ctx, r.Env.Dial, &retries)
 		if err != nil {
-			return Rate{}, err
+			return Rate{}, 0, err
 		}
 		_, err = c.Write(msg)
 		c.Close()
 		if err != nil {
-			return Rate{}, err
+			return Rate{}, 0, err
 		}
 		sent++
 	}
 	if err := r.waitSunk(ctx, base+int64(sent)); err != nil {
-		return Rate{}, err
+		return Rate{}, 0, err
 	}
 	wall, _ := m.stop()
-	return Rate{N: sent, Wall: wall}, nil
+	return Rate{N: sent, Wall: wall}, retries.Load(), nil
 }
 
 // SetupFirst measures first contact n times: a new peer (prepared untimed)
@@ -350,6 +352,20 @@ func SetupRepeat(ctx context.Context, r *Rig, n int) (Latency, error) {
 	return lat, nil
 }
 
+// dialRetryBusy dials, and dials again after a millisecond as long as the
+// server refuses because its accept backlog is full (quicnode's ErrBusy),
+// counting the retries.
+func dialRetryBusy(ctx context.Context, dial func(context.Context) (net.Conn, error), retries *atomic.Int64) (net.Conn, error) {
+	for {
+		c, err := dial(ctx)
+		if !errors.Is(err, quicnode.ErrBusy) || ctx.Err() != nil {
+			return c, err
+		}
+		retries.Add(1)
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // ConcurrentStreams opens streams streams at once, each sending perStream
 // bytes, and measures from the first open until the server has read every
 // byte. Stream opening is inside the measurement. A Dial refused because the
@@ -368,12 +384,7 @@ func ConcurrentStreams(ctx context.Context, r *Rig, streams int, perStream int64
 			defer wg.Done()
 			<-start
 			err := func() error {
-				c, err := r.Env.Dial(ctx)
-				for errors.Is(err, quicnode.ErrBusy) && ctx.Err() == nil {
-					retries.Add(1)
-					time.Sleep(time.Millisecond)
-					c, err = r.Env.Dial(ctx)
-				}
+				c, err := dialRetryBusy(ctx, r.Env.Dial, &retries)
 				if err != nil {
 					return err
 				}
