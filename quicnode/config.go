@@ -57,7 +57,8 @@ const MaxDatagramPayload = 1146
 const (
 	alpn              = "agentnet/1"
 	defaultListenAddr = "0.0.0.0:0"
-	listenBacklog     = 128
+	listenBacklog     = 256
+	backlogWait       = 10 * time.Second
 	datagramQueueLen  = 256
 	headerTimeout     = 10 * time.Second
 	firstEphemeral    = 49152

@@ -34,8 +34,10 @@ func (n *Node) Listen(port uint16) (net.Listener, error) {
 	return l, nil
 }
 
-// listener is a net.Listener for one virtual port. Streams wait in a queue of
-// listenBacklog; past that the dialer gets ErrBusy.
+// listener is a net.Listener for one virtual port. Streams wait in a queue
+// of listenBacklog; when it is full, the stream's dispatcher waits up to
+// backlogWait for room (holding the stream, and so QUIC's stream credit:
+// backpressure on the dialer), then gives up with StreamBusy.
 type listener struct {
 	n      *Node
 	port   uint16
@@ -46,16 +48,22 @@ type listener struct {
 
 func (l *listener) enqueue(c *streamConn) bool {
 	select {
+	case l.ch <- c:
+		return true
 	case <-l.closed:
 		return false
 	default:
 	}
+	t := time.NewTimer(backlogWait)
+	defer t.Stop()
 	select {
 	case l.ch <- c:
 		return true
-	default:
-		return false
+	case <-l.closed:
+	case <-l.n.ctx.Done():
+	case <-t.C:
 	}
+	return false
 }
 
 // Accept waits for the next stream to the port.
