@@ -1,0 +1,364 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/ctl"
+	"github.com/agentnet/agentnet/quicnode"
+	"github.com/agentnet/agentnet/rendezvous"
+	"github.com/agentnet/agentnet/service/event"
+	"github.com/agentnet/agentnet/service/message"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// handlerFunc is an API handler; a returned error becomes the error answer
+// (if nothing was written yet).
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Bounds of the API.
+const (
+	maxSmallBody   = 64 << 10 // requests without payload
+	defaultTimeout = 30 * time.Second
+	trustTimeout   = 5 * time.Second
+	dialTimeout    = 15 * time.Second
+)
+
+func (d *Daemon) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(pattern string, f handlerFunc) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			d.log.Debug("api request", "code", r.Method, "path", r.URL.Path)
+			if err := f(w, r); err != nil {
+				writeError(w, d.apiError(err))
+			}
+		})
+	}
+	h("GET "+ctl.PathStatus, d.handleStatus)
+	h("GET "+ctl.PathPeers, d.handlePeers)
+	h("PUT "+ctl.PathHostname, d.handleHostnameSet)
+	h("DELETE "+ctl.PathHostname, d.handleHostnameClear)
+	h("GET "+ctl.PathTrust, d.handleTrustList)
+	h("GET "+ctl.PathTrustPending, d.handleTrustPending)
+	h("POST "+ctl.PathTrustRequest, d.handleTrustRequest)
+	h("POST "+ctl.PathTrustApprove, d.trustAction("approve"))
+	h("POST "+ctl.PathTrustReject, d.trustAction("reject"))
+	h("POST "+ctl.PathTrustRevoke, d.trustAction("revoke"))
+	h("POST "+ctl.PathPing, d.handlePing)
+	h("POST "+ctl.PathSend, d.handleSend)
+	h("POST "+ctl.PathRecv, d.handleRecv)
+	h("POST "+ctl.PathConnect, d.handleConnect)
+	h("POST "+ctl.PathExpose, d.handleExpose)
+	h("POST "+ctl.PathForward, d.handleForward)
+	h("POST "+ctl.PathBench, d.handleBench)
+	h("POST "+ctl.PathMessages, d.handleMessage)
+	h("POST "+ctl.PathFiles, d.handleFile)
+	h("GET "+ctl.PathInbox, d.handleInboxList)
+	h("GET "+ctl.PathInbox+"/{id}", d.handleInboxGet)
+	h("GET "+ctl.PathInbox+"/{id}/data", d.handleInboxData)
+	h("DELETE "+ctl.PathInbox+"/{id}", d.handleInboxDelete)
+	h("POST "+ctl.PathEventsPublish, d.handlePublish)
+	h("POST "+ctl.PathEventsSubscribe, d.handleSubscribe)
+	h(ctl.PathNetworks, d.handleNetworks)
+	h(ctl.PathNetworks+"/", d.handleNetworks)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			notFound(w, r, mux)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// notFound answers JSON for paths (404) and methods (405) the mux does not
+// serve.
+func notFound(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
+	rec := &statusRecorder{header: http.Header{}}
+	mux.ServeHTTP(rec, r)
+	if rec.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", rec.header.Get("Allow"))
+		e := ctl.Errorf(ctl.CodeInvalidArgument, "allowed: "+rec.header.Get("Allow"), "method %s not allowed on %s", r.Method, r.URL.Path)
+		writeJSON(w, http.StatusMethodNotAllowed, ctl.ErrorBody{Error: e})
+		return
+	}
+	writeError(w, ctl.Errorf(ctl.CodeNotFound, "the endpoints are listed in the README (Local API) and by \"agentnet context\"", "no endpoint %s %s", r.Method, r.URL.Path))
+}
+
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header         { return s.header }
+func (s *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusRecorder) WriteHeader(code int)        { s.status = code }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(ctl.ErrorBody{Error: ctl.Errorf(ctl.CodeInternal, "", "encode answer: %v", err)})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func writeOK(w http.ResponseWriter, v any) error {
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func writeError(w http.ResponseWriter, e *ctl.Error) {
+	writeJSON(w, e.Code.HTTPStatus(), ctl.ErrorBody{Error: e})
+}
+
+// decode reads a strict JSON body into v: at most limit bytes, no unknown
+// fields, exactly one value.
+func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	b, err := io.ReadAll(body)
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: fmt.Sprintf("request body over %d bytes", limit), Hint: "send less; bulk data goes through connect, file send or /v1/files"}
+		}
+		return ctl.Errorf(ctl.CodeInvalidArgument, "", "read request body: %v", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return ctl.Errorf(ctl.CodeInvalidArgument, "send a JSON object", "empty request body")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return ctl.Errorf(ctl.CodeInvalidArgument, "the request fields are documented in the README (Local API)", "malformed request: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return ctl.Errorf(ctl.CodeInvalidArgument, "send exactly one JSON object", "malformed request: data after the JSON object")
+	}
+	return nil
+}
+
+func invalid(format string, args ...any) *ctl.Error {
+	return ctl.Errorf(ctl.CodeInvalidArgument, "", format, args...)
+}
+
+// checkPort validates a virtual port.
+func checkPort(name string, p int) (uint16, error) {
+	if p < 1 || p > 65535 {
+		return 0, invalid("%s %d out of range: want 1-65535", name, p)
+	}
+	return uint16(p), nil
+}
+
+// checkPeer validates a peer name (address or hostname) and refuses our own.
+func (d *Daemon) checkPeer(s string) (addressing.Target, error) {
+	if s == "" {
+		return addressing.Target{}, ctl.Errorf(ctl.CodeInvalidArgument, "name the peer by address (0:3f2a.91c0.0b17) or hostname", "peer missing")
+	}
+	t, err := addressing.ParseTarget(s)
+	if err != nil {
+		return addressing.Target{}, ctl.Errorf(ctl.CodeInvalidArgument, "name the peer by address (0:3f2a.91c0.0b17) or hostname", "peer %q: %v", s, err)
+	}
+	if a, ok := t.Addr(); ok && a.Node() == d.node.Addr().Node() {
+		return addressing.Target{}, invalid("peer %s is this node", s)
+	}
+	if h, ok := t.Hostname(); ok && h == d.currentHostname() {
+		return addressing.Target{}, invalid("peer %s is this node's hostname", s)
+	}
+	return t, nil
+}
+
+// timeout returns ms as a duration, or def when ms is 0.
+func timeout(ms int, def time.Duration) (time.Duration, error) {
+	switch {
+	case ms == 0:
+		return def, nil
+	case ms < 0 || ms > 3_600_000:
+		return 0, invalid("timeout_ms %d out of range: want 1-3600000", ms)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+// record finds the trust record t names.
+func (d *Daemon) record(t addressing.Target) (trustdb.Record, bool) {
+	a, byAddr := t.Addr()
+	h, _ := t.Hostname()
+	var found trustdb.Record
+	ok := false
+	for _, r := range d.store.List() {
+		if r.Key.IsZero() {
+			continue
+		}
+		if byAddr && r.Key.NodeID() == a.Node() || !byAddr && r.Hostname == h {
+			// Prefer a trusted record when a hostname matches several.
+			if !ok || r.State == trustdb.StateTrusted {
+				found, ok = r, true
+			}
+		}
+	}
+	return found, ok
+}
+
+// peerAddrString returns the address of the peer t names, if known.
+func (d *Daemon) peerAddrString(t addressing.Target) string {
+	if a, ok := t.Addr(); ok {
+		return a.String()
+	}
+	if r, ok := d.record(t); ok {
+		return r.Addr().String()
+	}
+	return ""
+}
+
+// peerHostname names the sender of a stream for inbox metadata.
+func (d *Daemon) peerHostname(a net.Addr) string {
+	sa, ok := a.(addressing.SockAddr)
+	if !ok {
+		return ""
+	}
+	if r, ok := d.record(addressing.TargetAddr(sa.Addr())); ok {
+		return r.Hostname
+	}
+	return ""
+}
+
+// requireTrusted fails with not_trusted unless we trust the peer t names.
+func (d *Daemon) requireTrusted(t addressing.Target) error {
+	if r, ok := d.record(t); ok && r.State == trustdb.StateTrusted {
+		return nil
+	}
+	return d.apiError(fmt.Errorf("%s: %w", t, quicnode.ErrNotTrusted))
+}
+
+// dial opens a stream to t's port within ctx.
+func (d *Daemon) dial(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
+	c, err := d.node.DialTarget(ctx, t, port)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// apiError maps an error to its API error.
+func (d *Daemon) apiError(err error) *ctl.Error {
+	var ce *ctl.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	msg := err.Error()
+	switch {
+	case errors.Is(err, quicnode.ErrNotTrusted):
+		return &ctl.Error{Code: ctl.CodeNotTrusted, Message: msg,
+			Hint: "trust must be mutual: \"agentnet trust request <peer>\" and the peer approves; \"agentnet trust list\" shows the state (revoked peers need a new request)"}
+	case errors.Is(err, quicnode.ErrPortClosed):
+		return &ctl.Error{Code: ctl.CodePortClosed, Message: msg, Hint: "nothing listens on that virtual port at the peer (a service switched off, or no expose/recv running)"}
+	case errors.Is(err, quicnode.ErrPortInUse), errors.Is(err, syscall.EADDRINUSE):
+		return &ctl.Error{Code: ctl.CodePortInUse, Message: msg, Hint: "choose another port, or stop what uses it"}
+	case errors.Is(err, quicnode.ErrUnreachable):
+		return &ctl.Error{Code: ctl.CodeUnreachable, Message: msg, Hint: "is the peer's daemon running and registered at the same rendezvous? (\"agentnet status\" on both sides)"}
+	case errors.Is(err, quicnode.ErrBusy):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the peer's listener is overloaded; retry"}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return &ctl.Error{Code: ctl.CodeTimeout, Message: msg, Hint: "retry, or raise timeout_ms (--timeout)"}
+	case errors.Is(err, trustdb.ErrUnexpected):
+		return &ctl.Error{Code: ctl.CodeConflict, Message: msg, Hint: "\"agentnet trust list\" shows each peer's state"}
+	case errors.Is(err, trustdb.ErrOutboxFull), errors.Is(err, rendezvous.ErrRateLimited), errors.Is(err, rendezvous.ErrLimit):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "retry later"}
+	case errors.Is(err, rendezvous.ErrHostnameTaken):
+		return &ctl.Error{Code: ctl.CodeConflict, Message: msg, Hint: "another agent holds that hostname; choose another"}
+	case errors.Is(err, message.ErrTooLarge):
+		return &ctl.Error{Code: ctl.CodeTooLarge, Message: msg, Hint: "the peer's limit (its --max-message / --max-file) is lower; send less, or a file instead of a message"}
+	case errors.Is(err, message.ErrInboxFull):
+		return &ctl.Error{Code: ctl.CodeInboxFull, Message: msg, Hint: "the peer must empty its inbox (agentnet inbox rm) or raise --max-inbox"}
+	case errors.Is(err, message.ErrBadRequest), errors.Is(err, event.ErrInvalid):
+		return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: msg}
+	case errors.Is(err, message.ErrNotFound):
+		return &ctl.Error{Code: ctl.CodeNotFound, Message: msg, Hint: "\"agentnet inbox\" lists the items"}
+	case errors.Is(err, net.ErrClosed):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the daemon is shutting down"}
+	}
+	return &ctl.Error{Code: ctl.CodeInternal, Message: msg}
+}
+
+// streamWriter writes JSON Lines and flushes each.
+type streamWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+// start sends the status line and headers, so the client knows the stream
+// is set up.
+func (s *streamWriter) start() {
+	if s.started {
+		return
+	}
+	s.started = true
+	s.w.Header().Set("Content-Type", "application/x-ndjson")
+	s.w.WriteHeader(http.StatusOK)
+	http.NewResponseController(s.w).Flush()
+}
+
+// line writes one object; false if the client went away.
+func (s *streamWriter) line(v any) bool {
+	s.start()
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(ctl.ErrorBody{Error: ctl.Errorf(ctl.CodeInternal, "", "encode: %v", err)})
+	}
+	if _, err := s.w.Write(append(b, '\n')); err != nil {
+		return false
+	}
+	return http.NewResponseController(s.w).Flush() == nil
+}
+
+// fail ends a stream with an error: an error answer if nothing was sent yet,
+// else an error line.
+func (s *streamWriter) fail(e *ctl.Error) {
+	if !s.started {
+		writeError(s.w, e)
+		return
+	}
+	s.line(ctl.ErrorBody{Error: e})
+}
+
+// dataFields returns b as the data (UTF-8) or data_base64 field pair.
+func dataFields(b []byte) (text, b64 string) {
+	if utf8.Valid(b) {
+		return string(b), ""
+	}
+	return "", base64.StdEncoding.EncodeToString(b)
+}
+
+// payload decodes the data/data_base64 pair of a request.
+func payload(data, b64 string) ([]byte, error) {
+	if data != "" && b64 != "" {
+		return nil, invalid("set data or data_base64, not both")
+	}
+	if b64 != "" {
+		b, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil {
+			return nil, invalid("data_base64: %v", err)
+		}
+		return b, nil
+	}
+	return []byte(data), nil
+}
+
+func (d *Daemon) currentHostname() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.hostname
+}
