@@ -173,4 +173,3 @@ func upDetached(x *cliCtx, state, sock string) error {
 	cmd.Process.Kill()
 	return &ctl.Error{Code: ctl.CodeTimeout, Message: "the daemon did not answer within 30 s", Hint: "see " + logPath}
 }
-
