@@ -77,8 +77,38 @@ type ClientConfig struct {
 	// is the callee's. Deliver must return soon after ctx is cancelled (Close
 	// waits for it). nil leaves every message in the mailbox.
 	Deliver func(ctx context.Context, msg []byte) error
+	// Introduced receives each introduction the server pushes because a
+	// trusted peer called Connect for us: probe its candidates with the
+	// token, and bind the relay grant if any. Best effort: nothing is acked
+	// or redelivered. It is called from the session goroutine, between
+	// mailbox deliveries, so it must not block (hand the work to another
+	// goroutine). nil ignores introductions.
+	Introduced func(Introduce)
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
+}
+
+// Introduce is an introduction to a peer for hole punching: from Connect
+// (Initiator set: we dial) or pushed to ClientConfig.Introduced (the peer
+// dials). Both sides get the same Token. Candidates is the caller's.
+type Introduce struct {
+	Peer       addressing.PublicKey
+	PeerAddr   addressing.Addr  // the peer's address (network 0)
+	Candidates []netip.AddrPort // the peer's: server-observed reflexive first, then its reported ones; at most 8
+	Token      [proto.TokenSize]byte
+	Initiator  bool
+	Relay      *RelayGrant // nil if no relay session was opened
+}
+
+// RelayGrant is our side of a relay session opened for an introduction.
+type RelayGrant struct {
+	// Addr is the relay's UDP address as this client can reach it: the
+	// host of the server address it dialled, unless the server announced
+	// another.
+	Addr    netip.AddrPort
+	Session [proto.RelaySessionSize]byte
+	Secret  [proto.RelaySecretSize]byte // this side's Bind key; never share it
+	Side    uint8                       // 0 (initiator) or 1
 }
 
 // PeerInfo is what Lookup learns about an agent.
@@ -109,8 +139,10 @@ type Client struct {
 	changed   chan struct{} // closed and replaced on every change of conn or lastErr
 	self      addressing.Addr
 	reflexive netip.AddrPort
-	hostname  string // to claim on (re)registration
-	lastErr   error  // the last registration refusal that only the operator can fix
+	server    netip.AddrPort // the server address of the last registration
+	stun2     netip.AddrPort // its second STUN address, resolved; invalid if none
+	hostname  string         // to claim on (re)registration
+	lastErr   error          // the last registration refusal that only the operator can fix
 }
 
 // NewClient checks cfg and returns a client that is not yet connected. It
@@ -243,6 +275,39 @@ func (c *Client) Self() (addressing.Addr, netip.AddrPort) {
 	return c.self, c.reflexive
 }
 
+// STUNAddrs returns the server's two STUN addresses as of the last
+// registration: main is the server address the client dialled (STUN is
+// answered beside QUIC there), alt the second STUN address, invalid if the
+// server has none. Both are invalid before the first registration.
+func (c *Client) STUNAddrs() (main, alt netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.server, c.stun2
+}
+
+// resolveService turns a service address announced by the server (see
+// proto.Registered) into a UDP address, using the host of server, the
+// address dialled, when it carries only a port. Port 0 gives the zero value.
+func resolveService(svc, server netip.AddrPort) netip.AddrPort {
+	switch {
+	case svc.Port() == 0:
+		return netip.AddrPort{}
+	case !svc.Addr().IsValid():
+		return netip.AddrPortFrom(server.Addr(), svc.Port())
+	}
+	return netip.AddrPortFrom(svc.Addr().Unmap(), svc.Port())
+}
+
+// remoteAddrPort returns qc's remote address, unmapped.
+func remoteAddrPort(qc *quic.Conn) netip.AddrPort {
+	ua, ok := qc.RemoteAddr().(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
 func (c *Client) sessionLoop() {
 	defer c.wg.Done()
 	backoff := minBackoff
@@ -324,6 +389,8 @@ func (c *Client) runSession() (registered bool, err error) {
 			return false, fmt.Errorf("rendezvous: %w", net.ErrClosed)
 		}
 		c.self, c.reflexive = m.Addr, m.Reflexive
+		c.server = remoteAddrPort(qc)
+		c.stun2 = resolveService(m.STUN2, c.server)
 		c.setStateLocked(qc, nil)
 		c.mu.Unlock()
 		c.log.Info("rendezvous registered", "server", c.cfg.ServerAddr, "addr", m.Addr.String(),
@@ -347,7 +414,7 @@ func (c *Client) runSession() (registered bool, err error) {
 		c.mu.Unlock()
 	}()
 	str.SetDeadline(time.Time{})
-	return true, c.receive(ctx, str)
+	return true, c.receive(ctx, str, remoteAddrPort(qc))
 }
 
 // dial connects to the server, pinning its key (or pinning it on first use).
@@ -403,17 +470,36 @@ func (c *Client) dial() (*quic.Conn, error) {
 	return qc, nil
 }
 
-// receive reads Deliver frames from the session stream, hands them to
-// Deliver and acks the ones it accepted.
-func (c *Client) receive(ctx context.Context, str *quic.Stream) error {
+// receive reads the frames the server pushes on the session stream: Deliver
+// frames go to Deliver and are acked once accepted, Introduce frames go to
+// Introduced, unknown types are skipped (a newer server). server is the
+// address the connection dialled.
+func (c *Client) receive(ctx context.Context, str *quic.Stream, server netip.AddrPort) error {
 	var buf []byte
 	for {
 		f, err := proto.ReadFrame(str, proto.MaxBody)
 		if err != nil {
 			return fmt.Errorf("rendezvous: session: %w", err)
 		}
-		if f.Type != proto.TypeDeliver {
-			return fmt.Errorf("rendezvous: session: unexpected %s", f.Type)
+		switch f.Type {
+		case proto.TypeDeliver:
+		case proto.TypeIntroduce:
+			m, err := proto.ParseIntroduce(f.Body)
+			if err != nil {
+				return fmt.Errorf("rendezvous: session: %w", err)
+			}
+			intro, err := introduction(&m, server)
+			if err != nil || intro.Initiator {
+				c.log.Warn("rendezvous: pushed introduction ignored", "key", m.Peer.String(), "err", err)
+				continue
+			}
+			if c.cfg.Introduced != nil {
+				c.cfg.Introduced(intro)
+			}
+			continue
+		default:
+			c.log.Debug("rendezvous: unknown pushed frame skipped", "type", f.Type.String())
+			continue
 		}
 		d, err := proto.ParseDeliver(f.Body)
 		if err != nil {
@@ -440,18 +526,26 @@ func (c *Client) receive(ctx context.Context, str *quic.Stream) error {
 // roundTrip sends req on a fresh stream of the registered connection and
 // returns the answer; an Error answer becomes a *ServerError.
 func (c *Client) roundTrip(ctx context.Context, req proto.Message) (proto.Message, error) {
+	m, _, err := c.roundTripServer(ctx, req)
+	return m, err
+}
+
+// roundTripServer is roundTrip that also returns the server address the
+// connection it used dialled.
+func (c *Client) roundTripServer(ctx context.Context, req proto.Message) (proto.Message, netip.AddrPort, error) {
 	b, err := proto.AppendMessage(nil, req)
 	if err != nil {
-		return nil, err
+		return nil, netip.AddrPort{}, err
 	}
 	b = proto.Pad(b, minRequestSize)
 	qc, err := c.readyConn(ctx)
 	if err != nil {
-		return nil, err
+		return nil, netip.AddrPort{}, err
 	}
+	server := remoteAddrPort(qc)
 	str, err := qc.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("rendezvous: open stream: %w", err)
+		return nil, server, fmt.Errorf("rendezvous: open stream: %w", err)
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -475,16 +569,16 @@ func (c *Client) roundTrip(ctx context.Context, req proto.Message) (proto.Messag
 		if werr != nil {
 			err = werr
 		}
-		return nil, c.requestErr(ctx, err)
+		return nil, server, c.requestErr(ctx, err)
 	}
 	m, err := proto.ParseMessage(f)
 	if err != nil {
-		return nil, fmt.Errorf("rendezvous: answer: %w", err)
+		return nil, server, fmt.Errorf("rendezvous: answer: %w", err)
 	}
 	if e, ok := m.(*proto.Error); ok {
-		return nil, &ServerError{Code: e.Code, Text: e.Text}
+		return nil, server, &ServerError{Code: e.Code, Text: e.Text}
 	}
-	return m, nil
+	return m, server, nil
 }
 
 func (c *Client) requestErr(ctx context.Context, err error) error {
@@ -523,6 +617,70 @@ func (c *Client) Lookup(ctx context.Context, t addressing.Target) (PeerInfo, err
 		return PeerInfo{Key: m.Key, Addr: m.Addr, Hostname: m.Hostname, Online: m.Online, Locators: m.Locators}, nil
 	}
 	return PeerInfo{}, fmt.Errorf("rendezvous: lookup %s: unexpected answer %s", t, m.FrameType())
+}
+
+// Connect asks the server to introduce us to target, a peer that trusts us,
+// for hole punching. cands are our current candidates (reflexive from STUN,
+// host addresses); invalid ones are skipped and only the first 8 are sent.
+// The server merges them after the ones it knows. With relay, the server
+// also opens a relay session for the pair, if it has a relay and room.
+//
+// The peer gets its introduction (same Token, our candidates, the other
+// relay grant) pushed to its ClientConfig.Introduced. Connect fails with
+// ErrNotFound when the peer does not exist, does not trust us or is
+// offline: the server's answers are identical. The answered key is checked
+// against target (addresses are self-certifying).
+func (c *Client) Connect(ctx context.Context, target addressing.Addr, cands []netip.AddrPort, relay bool) (Introduce, error) {
+	req := &proto.Connect{Target: target, Relay: relay}
+	for _, ap := range cands {
+		if ap.Addr().IsValid() && len(req.Candidates) < proto.MaxLocators {
+			req.Candidates = append(req.Candidates, ap)
+		}
+	}
+	m, server, err := c.roundTripServer(ctx, req)
+	if err != nil {
+		return Introduce{}, fmt.Errorf("rendezvous: connect %s: %w", target, err)
+	}
+	switch m := m.(type) {
+	case *proto.NotFound:
+		return Introduce{}, fmt.Errorf("rendezvous: connect %s: %w", target, ErrNotFound)
+	case *proto.Introduce:
+		intro, err := introduction(m, server)
+		if err != nil {
+			return Introduce{}, fmt.Errorf("rendezvous: connect %s: %w", target, err)
+		}
+		if m.Peer.NodeID() != target.Node() {
+			return Introduce{}, fmt.Errorf("rendezvous: connect %s: server introduced a key that does not own the address", target)
+		}
+		if !intro.Initiator {
+			return Introduce{}, fmt.Errorf("rendezvous: connect %s: answer is not the initiator's introduction", target)
+		}
+		return intro, nil
+	}
+	return Introduce{}, fmt.Errorf("rendezvous: connect %s: unexpected answer %s", target, m.FrameType())
+}
+
+// introduction checks an Introduce frame and resolves its relay address
+// against server, the address the connection dialled.
+func introduction(m *proto.Introduce, server netip.AddrPort) (Introduce, error) {
+	if m.PeerAddr.Node() != m.Peer.NodeID() {
+		return Introduce{}, errors.New("introduction names an address its key does not own")
+	}
+	intro := Introduce{
+		Peer:       m.Peer,
+		PeerAddr:   m.PeerAddr,
+		Candidates: m.Candidates,
+		Token:      m.Token,
+		Initiator:  m.Initiator,
+	}
+	if g := m.Relay; g != nil {
+		addr := resolveService(g.Addr, server)
+		if !addr.IsValid() {
+			return Introduce{}, errors.New("relay grant without a usable address")
+		}
+		intro.Relay = &RelayGrant{Addr: addr, Session: g.Session, Secret: g.Secret, Side: g.Side}
+	}
+	return intro, nil
 }
 
 // Send relays a signed trust message (an encoded trustdb.Message) through

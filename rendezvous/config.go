@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
+	"github.com/agentnet/agentnet/internal/relayframe"
 	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/rendezvous/relay"
 	"github.com/agentnet/agentnet/trustdb"
 )
 
@@ -26,6 +29,20 @@ type ServerConfig struct {
 	// Conn, if set, is the socket to serve on. The caller keeps ownership:
 	// Close stops using it but does not close it.
 	Conn *net.UDPConn
+	// STUNConn, if set, is the socket of the second STUN address (clients
+	// compare the mappings seen from both to classify their NAT). The
+	// caller keeps ownership.
+	STUNConn *net.UDPConn
+	// STUNAddr is the second STUN address ("host:port") when STUNConn is
+	// nil. "" means the main socket's IP and port + 1 (if that port is
+	// taken, any free port on that IP, with a warning; clients learn the
+	// port at registration); "-" means none.
+	STUNAddr string
+	// RelayConn, if set, is the relay's socket. The caller keeps ownership.
+	RelayConn *net.UDPConn
+	// RelayAddr is the relay's address when RelayConn is nil, like
+	// STUNAddr: "" means the main port + 2, "-" means no relay.
+	RelayAddr string
 	// DataDir holds the identity and the state (DataDir/rendezvous.db,
 	// bbolt). "" keeps state in a temporary file deleted on Close (tests).
 	DataDir string
@@ -72,6 +89,20 @@ type Limits struct {
 	// MaxAgents is the number of registrations kept (default 1<<20); a new
 	// key over it is refused with proto.CodeLimit.
 	MaxAgents int
+	// RelayRate and RelayBurst are each relay session's token bucket of
+	// bytes, both directions together (default 8 MiB/s, burst 1 MiB; the
+	// burst must hold one frame, 1452 bytes).
+	RelayRate  int
+	RelayBurst int
+	// RelayPacketRate is each relay session's packets per second (default
+	// 8192; burst an eighth of a second's worth).
+	RelayPacketRate int
+	// MaxRelaySessions bounds the relay sessions (default 10000). Over it,
+	// introductions carry no relay grant.
+	MaxRelaySessions int
+	// RelayIdle is how long a relay session lives without an accepted Bind
+	// or forwarded Data (default 120 s).
+	RelayIdle time.Duration
 }
 
 // Defaults of Limits.
@@ -86,6 +117,11 @@ const (
 	DefaultMaxStreamsPerConn   = 16
 	DefaultMaxConns            = 10000
 	DefaultMaxAgents           = 1 << 20
+	DefaultRelayRate           = relay.DefaultRate
+	DefaultRelayBurst          = relay.DefaultBurst
+	DefaultRelayPacketRate     = relay.DefaultPacketRate
+	DefaultMaxRelaySessions    = relay.DefaultMaxSessions
+	DefaultRelayIdle           = relay.DefaultIdle
 )
 
 func (l Limits) withDefaults() Limits {
@@ -122,6 +158,21 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxAgents == 0 {
 		l.MaxAgents = DefaultMaxAgents
 	}
+	if l.RelayRate == 0 {
+		l.RelayRate = DefaultRelayRate
+	}
+	if l.RelayBurst == 0 {
+		l.RelayBurst = DefaultRelayBurst
+	}
+	if l.RelayPacketRate == 0 {
+		l.RelayPacketRate = DefaultRelayPacketRate
+	}
+	if l.MaxRelaySessions == 0 {
+		l.MaxRelaySessions = DefaultMaxRelaySessions
+	}
+	if l.RelayIdle == 0 {
+		l.RelayIdle = DefaultRelayIdle
+	}
 	return l
 }
 
@@ -134,6 +185,10 @@ func (l Limits) validate() error {
 	case l.RateTableSize < 0 || l.MaxPendingPerTarget < 0 || l.MaxMailbox < 0 ||
 		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0:
 		return errors.New("rendezvous: Limits: sizes must not be negative")
+	case l.RelayRate < 0 || l.RelayBurst < 0 || l.RelayPacketRate < 0 || l.MaxRelaySessions < 0 || l.RelayIdle < 0:
+		return errors.New("rendezvous: Limits: relay limits must not be negative")
+	case l.RelayBurst != 0 && l.RelayBurst < relayframe.MaxFrameSize:
+		return fmt.Errorf("rendezvous: Limits.RelayBurst %d: below one relay frame (%d bytes)", l.RelayBurst, relayframe.MaxFrameSize)
 	}
 	return nil
 }

@@ -36,6 +36,29 @@
 // Recipients verify every message again themselves: the server cannot forge
 // consent.
 //
+// # NAT traversal
+//
+// STUN (RFC 5389 binding requests, answered with XOR-MAPPED-ADDRESS = the
+// source address seen) is served beside QUIC on the main port (the QUIC
+// transport's non-QUIC packets) and on a second address (ServerConfig
+// STUNConn or STUNAddr; default the main port + 1): a node compares the two
+// mappings to tell an endpoint-independent NAT from a symmetric one. The
+// responder never amplifies: a request smaller than its answer (clients pad
+// theirs) is dropped, like anything that is not a binding request, and
+// every source address has a token bucket. Registered tells a client the
+// second STUN address and the relay's; Client.STUNAddrs returns them.
+//
+// Connect is the punch broker. If the target trusts the asker and is online,
+// both get an introduction with a fresh 16-byte token and each other's
+// candidates (server-observed reflexive address first, then the reported
+// host addresses, then for the asker the candidates it sent; deduplicated,
+// at most 8): the asker in the answer, the target pushed on its session
+// stream (ClientConfig.Introduced). Otherwise the answer is the NotFound
+// frame, the same bytes as a lookup miss. On request, the broker also opens
+// a relay session for the pair (package relay, on its own UDP port: default
+// the main port + 2) and gives each side its own grant: session ID, secret,
+// side. A revoke that deletes a pair closes its relay sessions at once.
+//
 // # State and limits
 //
 // State lives behind Store, by default a bbolt file in DataDir: a restart
@@ -44,11 +67,13 @@
 // reconnect by themselves. Every input is bounded (Limits): frame size,
 // requests per key and per source address (token buckets in bounded LRU
 // tables), pending requests per target, mailbox size, streams per
-// connection, connections. Going over gets an Error frame with a stable code
+// connection, connections, STUN answers per source address, relay sessions
+// and their bandwidth. Going over gets an Error frame with a stable code
 // (proto.CodeRateLimited, ...) or a silent, counted drop where an error would
 // be an oracle; never unbounded memory.
 //
 // # Log keys
 //
-// addr, err, hostname, key, mailbox_id, op, reflexive, retry_in, server, type.
+// addr, bytes, count, err, hostname, key, mailbox_id, op, reflexive, relay,
+// retry_in, server, session, stun2, type.
 package rendezvous

@@ -20,6 +20,7 @@ import (
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
 	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/rendezvous/relay"
 	"github.com/agentnet/agentnet/trustdb"
 )
 
@@ -34,6 +35,9 @@ const (
 	pruneInterval = time.Hour
 	// mailBatch is how many mailbox messages a session reads per store read.
 	mailBatch = 32
+	// pushQueue is how many introductions may wait for a session stream;
+	// more are dropped (counted).
+	pushQueue = 16
 )
 
 // QUIC application error codes the server closes connections with.
@@ -48,9 +52,11 @@ const (
 // Stream error codes for CancelRead/CancelWrite.
 const streamCodeDone quic.StreamErrorCode = 0
 
-// Server is the rendezvous server: registry, trust mailbox and lookup, over
-// QUIC on one UDP port. Create it with NewServer, run it with Start, stop it
-// with Close or Shutdown. Its methods are safe for concurrent use.
+// Server is the rendezvous server: registry, trust mailbox, lookup and punch
+// broker over QUIC, with a STUN responder beside QUIC on the same UDP port
+// and on a second one, and a relay on a third. Create it with NewServer, run
+// it with Start, stop it with Close or Shutdown. Its methods are safe for
+// concurrent use.
 type Server struct {
 	cfg    ServerConfig
 	limits Limits
@@ -58,6 +64,7 @@ type Server struct {
 
 	keyLimit  *rateLimiter[addressing.PublicKey]
 	addrLimit *rateLimiter[netip.Addr]
+	stun      stunResponder
 
 	// Set by Start, read-only afterwards.
 	id       *trustdb.Identity
@@ -67,6 +74,13 @@ type Server struct {
 	ownConn  bool
 	tr       *quic.Transport
 	ln       *quic.Listener
+	stunConn *net.UDPConn // second STUN address; nil if none
+	ownSTUN  bool
+	relayUDP *net.UDPConn // nil if no relay
+	ownRelay bool
+	relay    *relay.Server
+	// Service addresses announced in Registered (see proto.Registered).
+	stunSvc, relaySvc netip.AddrPort
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -102,6 +116,8 @@ type counters struct {
 	sessionsReplaced   atomic.Uint64
 	storeErrors        atomic.Uint64
 	prunedStoreEntries atomic.Uint64
+	introductions      atomic.Uint64
+	introPushDropped   atomic.Uint64
 }
 
 // Stats is a snapshot of the server's counters.
@@ -119,6 +135,31 @@ type Stats struct {
 	TrustRefused     uint64 // trust messages refused (malformed, forged, replayed, unexpected)
 	SessionsReplaced uint64 // sessions closed because the key registered again elsewhere
 	StoreErrors      uint64
+	Introductions    uint64 // Connect requests answered with an introduction
+	IntroPushDropped uint64 // introductions not pushed: the target's push queue was full
+}
+
+// RelayStats is a snapshot of the relay's and the STUN responder's counters.
+type RelayStats struct {
+	Sessions              int    // open relay sessions
+	ForwardedPackets      uint64 // Data frames forwarded
+	ForwardedBytes        uint64 // their bytes (whole frames)
+	DroppedUnknownSession uint64 // relay frames for a session that does not exist
+	DroppedWrongSource    uint64 // Data not from a bound address of its session
+	DroppedNoPeer         uint64 // Data while the other side is not bound
+	DroppedOverLimit      uint64 // Data over the session's byte or packet rate
+	DroppedMalformed      uint64 // not a Bind or Data frame, or malformed
+	BindsAccepted         uint64
+	BindsRefused          uint64 // bad MAC, or a counter not above the last accepted
+	SessionsOpened        uint64
+	SessionsRefused       uint64 // over MaxRelaySessions: the introduction had no grant
+	SessionsExpired       uint64 // idle
+	SessionsClosed        uint64 // trust revoked, or the oldest of a pair replaced
+
+	STUNAnswered    uint64 // binding requests answered, on both STUN addresses
+	STUNDropped     uint64 // packets not answered (not STUN, not a binding request, the two below)
+	STUNDroppedSize uint64 // binding requests smaller than their answer (no amplification)
+	STUNRateLimited uint64 // binding requests over their source's rate
 }
 
 // serverConn is one client connection.
@@ -135,6 +176,7 @@ type session struct {
 	c        *serverConn
 	locators []netip.AddrPort // reflexive first, then local
 	wake     chan struct{}    // capacity 1: new mail
+	push     chan []byte      // encoded frames (Introduce) for the session stream; capacity pushQueue
 }
 
 // NewServer checks cfg and returns a server that is not yet serving. It does
@@ -143,8 +185,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.Limits.validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Conn != nil && cfg.Addr != "" {
+	switch {
+	case cfg.Conn != nil && cfg.Addr != "":
 		return nil, errors.New("rendezvous: ServerConfig: set Addr or Conn, not both")
+	case cfg.STUNConn != nil && cfg.STUNAddr != "":
+		return nil, errors.New("rendezvous: ServerConfig: set STUNAddr or STUNConn, not both")
+	case cfg.RelayConn != nil && cfg.RelayAddr != "":
+		return nil, errors.New("rendezvous: ServerConfig: set RelayAddr or RelayConn, not both")
 	}
 	limits := cfg.Limits.withDefaults()
 	log := cfg.Logger
@@ -158,11 +205,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:       log,
 		keyLimit:  newRateLimiter[addressing.PublicKey](limits.KeyRate, limits.KeyBurst, limits.RateTableSize),
 		addrLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
-		id:        cfg.Identity,
-		ctx:       ctx,
-		cancel:    cancel,
-		conns:     make(map[*serverConn]struct{}),
-		sessions:  make(map[addressing.PublicKey]*session),
+		// STUN has its own table: NAT checks do not spend request tokens.
+		stun:     stunResponder{limit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize)},
+		id:       cfg.Identity,
+		ctx:      ctx,
+		cancel:   cancel,
+		conns:    make(map[*serverConn]struct{}),
+		sessions: make(map[addressing.PublicKey]*session),
 	}, nil
 }
 
@@ -229,6 +278,31 @@ func (s *Server) Start() (err error) {
 		}
 		s.ownConn = true
 	}
+	if s.stunConn, s.ownSTUN, err = s.sideSocket("STUN", s.cfg.STUNConn, s.cfg.STUNAddr, 1); err != nil {
+		return err
+	}
+	if s.relayUDP, s.ownRelay, err = s.sideSocket("relay", s.cfg.RelayConn, s.cfg.RelayAddr, 2); err != nil {
+		return err
+	}
+	mainAddr := s.conn.LocalAddr().(*net.UDPAddr)
+	if s.stunConn != nil {
+		s.stunSvc = serviceAddr(mainAddr, s.stunConn.LocalAddr().(*net.UDPAddr))
+	}
+	if s.relayUDP != nil {
+		s.relaySvc = serviceAddr(mainAddr, s.relayUDP.LocalAddr().(*net.UDPAddr))
+		s.relay, err = relay.New(relay.Config{
+			Conn:        s.relayUDP,
+			Rate:        s.limits.RelayRate,
+			Burst:       s.limits.RelayBurst,
+			PacketRate:  s.limits.RelayPacketRate,
+			MaxSessions: s.limits.MaxRelaySessions,
+			Idle:        s.limits.RelayIdle,
+			Logger:      s.log,
+		})
+		if err != nil {
+			return fmt.Errorf("rendezvous: %w", err)
+		}
+	}
 
 	cert, err := certs.Certificate(s.id.PrivateKey())
 	if err != nil {
@@ -243,6 +317,14 @@ func (s *Server) Start() (err error) {
 		StatelessResetKey: &resetKey,
 		ConnContext:       s.admit,
 	}
+	// quic-go drops non-QUIC packets until the first ReadNonQUICPacket: this
+	// call (with a context that is already done) turns their queue on before
+	// anything is served; stunMainLoop reads it from then on.
+	done, stop := context.WithCancel(s.ctx)
+	stop()
+	if n, addr, err := s.tr.ReadNonQUICPacket(done, make([]byte, 1)); err == nil {
+		s.log.Debug("rendezvous: non-QUIC packet before start dropped", "addr", addr.String(), "bytes", n)
+	}
 	tlsConf := certs.ServerConfig(cert, ALPN, func(addressing.PublicKey) error { return nil })
 	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
 		MaxIncomingStreams:    int64(s.limits.MaxStreamsPerConn),
@@ -253,11 +335,77 @@ func (s *Server) Start() (err error) {
 		return fmt.Errorf("rendezvous: listen: %w", err)
 	}
 
-	s.wg.Add(2)
+	if s.relay != nil {
+		if err := s.relay.Start(); err != nil {
+			return fmt.Errorf("rendezvous: %w", err)
+		}
+	}
+	s.wg.Add(3)
 	go s.acceptLoop()
 	go s.pruneLoop()
-	s.log.Info("rendezvous serving", "addr", s.conn.LocalAddr().String(), "key", s.id.PublicKey().String())
+	go s.stunMainLoop(s.tr)
+	if s.stunConn != nil {
+		s.wg.Add(1)
+		go s.stunAltLoop(s.stunConn)
+	}
+	s.log.Info("rendezvous serving", "addr", s.conn.LocalAddr().String(), "stun2", addrString(s.stunConn),
+		"relay", addrString(s.relayUDP), "key", s.id.PublicKey().String())
 	return nil
+}
+
+func addrString(c *net.UDPConn) string {
+	if c == nil {
+		return "none"
+	}
+	return c.LocalAddr().String()
+}
+
+// sideSocket returns the socket of a role beside the main one (second STUN
+// address, relay): conn if given, none for addr "-", a socket on addr if
+// given, else on the main socket's IP and port + delta, or any free port on
+// that IP if that one is taken. own reports whether the server opened it.
+func (s *Server) sideSocket(role string, conn *net.UDPConn, addr string, delta int) (c *net.UDPConn, own bool, err error) {
+	switch {
+	case conn != nil:
+		return conn, false, nil
+	case addr == "-":
+		return nil, false, nil
+	case addr != "":
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return nil, false, fmt.Errorf("rendezvous: %s address %q: %w", role, addr, err)
+		}
+		if c, err = net.ListenUDP("udp", ua); err != nil {
+			return nil, false, fmt.Errorf("rendezvous: %s listen: %w", role, err)
+		}
+		return c, true, nil
+	}
+	main := s.conn.LocalAddr().(*net.UDPAddr)
+	want := &net.UDPAddr{IP: main.IP, Port: main.Port + delta, Zone: main.Zone}
+	if want.Port <= 0xffff {
+		if c, err = net.ListenUDP("udp", want); err == nil {
+			return c, true, nil
+		}
+	}
+	want.Port = 0
+	if c, err = net.ListenUDP("udp", want); err != nil {
+		return nil, false, fmt.Errorf("rendezvous: %s listen: %w", role, err)
+	}
+	s.log.Warn("rendezvous: default port taken; using another", "op", role,
+		"addr", c.LocalAddr().String())
+	return c, true, nil
+}
+
+// serviceAddr returns the address of a side socket as announced to clients
+// (proto.Registered): only the port when it shares the main socket's IP (or
+// listens on every address), so clients use the host they dialled.
+func serviceAddr(main, side *net.UDPAddr) netip.AddrPort {
+	ap := side.AddrPort()
+	ip := ap.Addr().Unmap()
+	if ip.IsUnspecified() || ip == main.AddrPort().Addr().Unmap() {
+		return netip.AddrPortFrom(netip.Addr{}, ap.Port())
+	}
+	return netip.AddrPortFrom(ip, ap.Port())
 }
 
 // releaseLocked closes what Start opened (on a failed Start or on Close).
@@ -269,16 +417,24 @@ func (s *Server) releaseLocked() error {
 	if s.tr != nil {
 		errs = append(errs, s.tr.Close())
 	}
-	if s.ownConn && s.conn != nil {
-		if err := s.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, err)
+	if s.relay != nil {
+		errs = append(errs, s.relay.Close())
+	}
+	for _, c := range []struct {
+		own  bool
+		conn *net.UDPConn
+	}{{s.ownConn, s.conn}, {s.ownSTUN, s.stunConn}, {s.ownRelay, s.relayUDP}} {
+		if c.own && c.conn != nil {
+			if err := c.conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if s.ownStore && s.store != nil {
 		errs = append(errs, s.store.Close())
 	}
-	s.ln, s.tr = nil, nil
-	s.ownConn, s.ownStore = false, false
+	s.ln, s.tr = nil, nil // s.relay stays, closed, for RelayStats
+	s.ownConn, s.ownStore, s.ownSTUN, s.ownRelay = false, false, false, false
 	return errors.Join(errs...)
 }
 
@@ -290,6 +446,26 @@ func (s *Server) Addr() *net.UDPAddr {
 		return nil
 	}
 	return s.conn.LocalAddr().(*net.UDPAddr)
+}
+
+// STUNAddr returns the second STUN address (nil before Start or if none).
+func (s *Server) STUNAddr() *net.UDPAddr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stunConn == nil {
+		return nil
+	}
+	return s.stunConn.LocalAddr().(*net.UDPAddr)
+}
+
+// RelayAddr returns the relay's UDP address (nil before Start or if none).
+func (s *Server) RelayAddr() *net.UDPAddr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.relayUDP == nil {
+		return nil
+	}
+	return s.relayUDP.LocalAddr().(*net.UDPAddr)
 }
 
 // PublicKey returns the server's key, the one clients pin. It is zero before
@@ -325,6 +501,30 @@ func (s *Server) Stats() Stats {
 		RequestsDropped: c.requestsDropped.Load(), MailboxDropped: c.mailboxDropped.Load(),
 		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
 		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
+		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(),
+	}
+}
+
+// RelayStats returns a snapshot of the relay's and the STUN responder's
+// counters (relay fields zero if the server has no relay). After Close it
+// returns the final counts.
+func (s *Server) RelayStats() RelayStats {
+	s.mu.Lock()
+	r := s.relay
+	s.mu.Unlock()
+	var rs relay.Stats
+	if r != nil {
+		rs = r.Stats()
+	}
+	return RelayStats{
+		Sessions: rs.Sessions, ForwardedPackets: rs.ForwardedPackets, ForwardedBytes: rs.ForwardedBytes,
+		DroppedUnknownSession: rs.DroppedUnknownSession, DroppedWrongSource: rs.DroppedWrongSource,
+		DroppedNoPeer: rs.DroppedNoPeer, DroppedOverLimit: rs.DroppedOverLimit, DroppedMalformed: rs.DroppedMalformed,
+		BindsAccepted: rs.BindsAccepted, BindsRefused: rs.BindsRefused,
+		SessionsOpened: rs.SessionsOpened, SessionsRefused: rs.SessionsRefused,
+		SessionsExpired: rs.SessionsExpired, SessionsClosed: rs.SessionsClosed,
+		STUNAnswered: s.stun.answered.Load(), STUNDropped: s.stun.dropped.Load(),
+		STUNDroppedSize: s.stun.droppedSize.Load(), STUNRateLimited: s.stun.droppedRated.Load(),
 	}
 }
 
@@ -370,17 +570,26 @@ func (s *Server) Close() error {
 			c.qc.CloseWithError(closeShutdown, "server shutting down")
 		}
 		s.mu.Lock()
-		ln, tr := s.ln, s.tr
+		ln, tr, rl, stunConn := s.ln, s.tr, s.relay, s.stunConn
 		s.mu.Unlock()
-		// Stop the listener and transport first so every loop ends, then wait,
-		// then release the store the loops used.
+		// Stop the listener, transport, relay and STUN socket first so every
+		// loop ends, then wait, then release the store the loops used.
 		if ln != nil {
 			ln.Close()
 		}
 		if tr != nil {
 			tr.Close()
 		}
+		if rl != nil {
+			rl.Close()
+		}
+		if stunConn != nil {
+			stunConn.SetReadDeadline(time.Unix(1, 0))
+		}
 		s.wg.Wait()
+		if stunConn != nil && !s.ownSTUN {
+			stunConn.SetReadDeadline(time.Time{}) // the caller's socket, as it was
+		}
 		s.mu.Lock()
 		s.closeErr = s.releaseLocked()
 		s.mu.Unlock()
@@ -540,6 +749,8 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		resp = s.setHostname(c.key, m.Hostname)
 	case *proto.TrustSend:
 		resp = s.trustSend(c.key, m.Msg)
+	case *proto.Connect:
+		resp = s.connect(c, m)
 	default:
 		s.stats.badFrames.Add(1)
 		resp = &proto.Error{Code: proto.CodeBadRequest, Text: "unexpected " + f.Type.String()}
@@ -664,11 +875,17 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 		return s.errorAnswer("register", err), nil
 	}
 	return &proto.Registered{
-		Addr:      addressing.AddrFrom(0, c.key.NodeID()),
-		Reflexive: c.remote,
-		Time:      now,
-		Hostname:  rec.Hostname,
-	}, &session{c: c, locators: locators, wake: make(chan struct{}, 1)}
+			Addr:      addressing.AddrFrom(0, c.key.NodeID()),
+			Reflexive: c.remote,
+			Time:      now,
+			Hostname:  rec.Hostname,
+			STUN2:     s.stunSvc,
+			Relay:     s.relaySvc,
+		}, &session{
+			c: c, locators: locators,
+			wake: make(chan struct{}, 1),
+			push: make(chan []byte, pushQueue),
+		}
 }
 
 // errorAnswer maps a store or logic error to an Error frame.
@@ -692,9 +909,10 @@ func (s *Server) errorAnswer(op string, err error) *proto.Error {
 	return &proto.Error{Code: proto.CodeInternal}
 }
 
-// deliveryLoop writes sess's mailbox to its session stream: everything
-// queued now, then each message as it arrives. Messages stay in the store
-// until acked; a new session starts again from the oldest.
+// deliveryLoop is the only writer of sess's session stream. It writes the
+// mailbox: everything queued now, then each message as it arrives (messages
+// stay in the store until acked; a new session starts again from the
+// oldest), and the frames pushed on sess.push (introductions).
 func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 	defer s.wg.Done()
 	ctx := sess.c.qc.Context()
@@ -729,12 +947,22 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 		if len(items) == mailBatch {
 			continue
 		}
-		select {
-		case <-sess.wake:
-		case <-ctx.Done():
-			return
-		case <-s.ctx.Done():
-			return
+	wait: // for new mail; pushed frames are written meanwhile
+		for {
+			select {
+			case <-sess.wake:
+				break wait
+			case b := <-sess.push:
+				str.SetWriteDeadline(time.Now().Add(requestTimeout))
+				if _, err := str.Write(b); err != nil {
+					sess.c.qc.CloseWithError(closeSessionEnded, "session write failed")
+					return
+				}
+			case <-ctx.Done():
+				return
+			case <-s.ctx.Done():
+				return
+			}
 		}
 	}
 }

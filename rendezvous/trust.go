@@ -29,8 +29,10 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 	}
 	now := time.Now()
 	var wake []addressing.PublicKey
+	var unpaired []addressing.PublicKey // the peer whose pair with from was deleted
 	err = s.store.Update(func(tx Tx) error {
 		wake = wake[:0]
+		unpaired = unpaired[:0]
 		seen, err := tx.SeeNonce(from, m.Nonce, m.Time)
 		if err != nil {
 			return err
@@ -44,7 +46,7 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 		case trustdb.KindApprove, trustdb.KindReject:
 			return s.applyAnswer(tx, m, raw, now, &wake)
 		case trustdb.KindRevoke:
-			return s.applyRevoke(tx, m, raw, now, &wake)
+			return s.applyRevoke(tx, m, raw, now, &wake, &unpaired)
 		}
 		return fmt.Errorf("%w: kind %s", ErrBadMessage, m.Kind)
 	})
@@ -55,6 +57,13 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 		return s.errorAnswer("trust "+m.Kind.String(), err)
 	}
 	s.stats.trustMessages.Add(1)
+	// The pair is gone: its relay sessions end now, not at their idle
+	// timeout (after the commit, so the broker's second check sees it).
+	for _, k := range unpaired {
+		if s.relay != nil {
+			s.relay.ClosePair(from, k)
+		}
+	}
 	for _, k := range wake {
 		s.wake(k)
 	}
@@ -166,8 +175,9 @@ func (s *Server) applyAnswer(tx Tx, m *trustdb.Message, raw []byte, now time.Tim
 
 // applyRevoke drops the pair (and any pending request either way) between
 // the sender and the addressee and queues the revoke for the addressee. With
-// nothing between them it does nothing and still succeeds.
-func (s *Server) applyRevoke(tx Tx, m *trustdb.Message, raw []byte, now time.Time, wake *[]addressing.PublicKey) error {
+// nothing between them it does nothing and still succeeds. The addressee of
+// a deleted pair is added to unpaired.
+func (s *Server) applyRevoke(tx Tx, m *trustdb.Message, raw []byte, now time.Time, wake, unpaired *[]addressing.PublicKey) error {
 	a, ok := m.To.Addr()
 	if !ok {
 		return fmt.Errorf("%w: revoke must name an address", ErrBadMessage)
@@ -207,5 +217,8 @@ func (s *Server) applyRevoke(tx Tx, m *trustdb.Message, raw []byte, now time.Tim
 		return err
 	}
 	*wake = append(*wake, peer)
+	if paired {
+		*unpaired = append(*unpaired, peer)
+	}
 	return nil
 }

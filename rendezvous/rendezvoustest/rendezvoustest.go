@@ -30,7 +30,9 @@ func New(t testing.TB) *Server {
 }
 
 // NewWithConfig starts a server with cfg; an empty Addr becomes
-// 127.0.0.1:0 and an empty DataDir a temporary directory.
+// 127.0.0.1:0 and an empty DataDir a temporary directory. The second STUN
+// address and the relay take their defaults (main port + 1 and + 2, or free
+// ports beside it) unless cfg sets them.
 func NewWithConfig(t testing.TB, cfg rendezvous.ServerConfig) *Server {
 	t.Helper()
 	if cfg.Addr == "" && cfg.Conn == nil {
@@ -55,17 +57,23 @@ func (s *Server) start() {
 		s.t.Fatalf("rendezvoustest: %v", err)
 	}
 	s.Server = srv
+	// Restart on the same ports, so clients find the server again.
 	if s.cfg.Conn == nil {
-		// Restart on the same port, so clients find the server again.
 		s.cfg.Addr = srv.Addr().String()
+	}
+	if a := srv.STUNAddr(); a != nil && s.cfg.STUNConn == nil {
+		s.cfg.STUNAddr = a.String()
+	}
+	if a := srv.RelayAddr(); a != nil && s.cfg.RelayConn == nil {
+		s.cfg.RelayAddr = a.String()
 	}
 }
 
 // AddrPort returns the server's UDP address.
 func (s *Server) AddrPort() netip.AddrPort { return s.Addr().AddrPort() }
 
-// Restart closes the server and starts a new one with the same port (or
-// Conn) and DataDir, so the same identity and state.
+// Restart closes the server and starts a new one with the same ports (or
+// Conns) and DataDir, so the same identity and state.
 func (s *Server) Restart() {
 	s.t.Helper()
 	if err := s.Server.Close(); err != nil {
