@@ -42,6 +42,12 @@ type ServerConfig struct {
 	RelayConn *net.UDPConn
 	// RelayAddr is the relay's address when RelayConn is nil, like
 	// STUNAddr: "" means the main port + 2, "-" means no relay.
+	//
+	// The STUN and relay sockets answer from their bound address: on a host
+	// with several addresses, bind them (and Addr) to the public IP rather
+	// than to a wildcard, or answers may leave from another IP than the one
+	// the client sent to (the main socket is not affected: quic-go picks the
+	// source address per packet).
 	RelayAddr string
 	// DataDir holds the identity and the state (DataDir/rendezvous.db,
 	// bbolt). "" keeps state in a temporary file deleted on Close (tests).
