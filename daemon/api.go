@@ -246,10 +246,34 @@ func (d *Daemon) requireTrusted(t addressing.Target) error {
 // dial opens a stream to t's port within ctx.
 func (d *Daemon) dial(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
 	c, err := d.node.DialTarget(ctx, t, port)
+	if errors.Is(err, quicnode.ErrNotTrusted) {
+		// A trust change that List already shows may not have reached the
+		// store's in-memory trust set yet (see settle): retry once after it.
+		if rec, ok := d.record(t); ok && rec.State == trustdb.StateTrusted && !d.store.IsTrusted(rec.Key) {
+			d.settle(ctx, rec)
+			c, err = d.node.DialTarget(ctx, t, port)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// settle waits, briefly, until the store's in-memory trust set (IsTrusted,
+// which gates every dial and handshake) agrees with rec as read by List.
+// trustdb makes a commit visible to readers a moment before it updates the
+// in-memory set, so without this "trust list" could show a peer trusted
+// that a dial right after still refuses.
+func (d *Daemon) settle(ctx context.Context, rec trustdb.Record) {
+	if rec.Key.IsZero() {
+		return
+	}
+	want := rec.State == trustdb.StateTrusted
+	deadline := time.Now().Add(3 * time.Second)
+	for d.store.IsTrusted(rec.Key) != want && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // apiError maps an error to its API error.

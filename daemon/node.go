@@ -173,6 +173,7 @@ func trustRecord(r trustdb.Record) ctl.TrustRecord {
 func (d *Daemon) handleTrustList(w http.ResponseWriter, r *http.Request) error {
 	out := ctl.TrustList{Records: []ctl.TrustRecord{}}
 	for _, rec := range d.store.List() {
+		d.settle(r.Context(), rec)
 		out.Records = append(out.Records, trustRecord(rec))
 	}
 	return writeOK(w, out)
