@@ -100,8 +100,10 @@ type Limits struct {
 	// burst must hold one frame, 1452 bytes).
 	RelayRate  int
 	RelayBurst int
-	// RelayPacketRate is each relay session's packets per second (default
-	// 8192; burst an eighth of a second's worth).
+	// RelayPacketRate is each relay session's packets per second, both
+	// directions together (default RelayRate/512, at least 1024: 16384 for
+	// the default rate, so that the byte rate, not this, limits bulk QUIC
+	// traffic; burst an eighth of a second's worth).
 	RelayPacketRate int
 	// MaxRelaySessions bounds the relay sessions (default 10000). Over it,
 	// introductions carry no relay grant.
@@ -125,7 +127,6 @@ const (
 	DefaultMaxAgents           = 1 << 20
 	DefaultRelayRate           = relay.DefaultRate
 	DefaultRelayBurst          = relay.DefaultBurst
-	DefaultRelayPacketRate     = relay.DefaultPacketRate
 	DefaultMaxRelaySessions    = relay.DefaultMaxSessions
 	DefaultRelayIdle           = relay.DefaultIdle
 )
@@ -171,7 +172,7 @@ func (l Limits) withDefaults() Limits {
 		l.RelayBurst = DefaultRelayBurst
 	}
 	if l.RelayPacketRate == 0 {
-		l.RelayPacketRate = DefaultRelayPacketRate
+		l.RelayPacketRate = relay.DefaultPacketRate(l.RelayRate)
 	}
 	if l.MaxRelaySessions == 0 {
 		l.MaxRelaySessions = DefaultMaxRelaySessions

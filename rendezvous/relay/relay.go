@@ -21,10 +21,16 @@ import (
 const (
 	DefaultRate        = 8 << 20 // bytes/s per session
 	DefaultBurst       = 1 << 20 // bytes
-	DefaultPacketRate  = 8192    // packets/s per session
 	DefaultMaxSessions = 10000
 	DefaultIdle        = 120 * time.Second
 )
+
+// DefaultPacketRate returns the default packets/s per session for a byte
+// rate: rate/512 (16384 for 8 MiB/s), at least 1024. A bulk QUIC transfer
+// at the full byte rate needs about rate/1200 data packets plus half as
+// many ACKs, so the byte bucket, not this one, limits it; tiny packets
+// meet this limit first.
+func DefaultPacketRate(rate int) int { return max(rate/512, 1024) }
 
 // MaxPerPair is the most sessions a pair of agents holds at once; opening
 // another closes the pair's oldest.
@@ -42,8 +48,9 @@ type Config struct {
 	// Rate and Burst are each session's token bucket of bytes (whole
 	// frames, both directions together): DefaultRate, DefaultBurst.
 	Rate, Burst int
-	// PacketRate is each session's packets per second (both directions);
-	// its burst is an eighth of a second's worth, at least 64 packets.
+	// PacketRate is each session's packets per second (both directions),
+	// DefaultPacketRate(Rate); its burst is an eighth of a second's worth,
+	// at least 64 packets.
 	PacketRate int
 	// MaxSessions bounds the number of sessions (DefaultMaxSessions).
 	MaxSessions int
@@ -63,7 +70,7 @@ func (c Config) withDefaults() Config {
 		c.Burst = DefaultBurst
 	}
 	if c.PacketRate == 0 {
-		c.PacketRate = DefaultPacketRate
+		c.PacketRate = DefaultPacketRate(c.Rate)
 	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions

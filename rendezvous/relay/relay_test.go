@@ -368,3 +368,28 @@ func TestCloseLeavesSocket(t *testing.T) {
 	_, err = New(Config{Conn: conn, Idle: -1})
 	require.Error(t, err)
 }
+
+func TestDefaults(t *testing.T) {
+	conn := listen(t)
+	for _, tc := range []struct {
+		cfg        Config
+		packetRate int
+	}{
+		{Config{}, 16384},
+		{Config{Rate: 256 << 20}, 524288},
+		{Config{Rate: 100 << 10}, 1024},
+		{Config{PacketRate: 10}, 10},
+	} {
+		tc.cfg.Conn = conn
+		s, err := New(tc.cfg)
+		require.NoError(t, err)
+		require.Equal(t, tc.packetRate, s.cfg.PacketRate, "%+v", tc.cfg)
+		require.Equal(t, max(float64(tc.packetRate)/8, 64), s.packetBurst)
+	}
+	s, err := New(Config{Conn: conn})
+	require.NoError(t, err)
+	require.Equal(t, DefaultRate, s.cfg.Rate)
+	require.Equal(t, DefaultBurst, s.cfg.Burst)
+	require.Equal(t, DefaultMaxSessions, s.cfg.MaxSessions)
+	require.Equal(t, DefaultIdle, s.cfg.Idle)
+}
