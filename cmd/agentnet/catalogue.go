@@ -113,6 +113,8 @@ func buildCatalogue() catalogue {
 		}
 		if cmd.output != nil {
 			doc.Output = schemaOf(reflect.TypeOf(cmd.output))
+		} else {
+			doc.Output = map[string]any{"type": "null", "description": "no JSON on success: stdout carries the stream's raw bytes"}
 		}
 		c.Commands = append(c.Commands, doc)
 	}

@@ -27,10 +27,10 @@ func init() {
 		noun: "message", verb: "send", summary: "send a typed message (text, JSON or binary) to a peer's inbox",
 		args:   []cliArg{{Name: "peer", Help: "address or hostname"}},
 		output: ctl.DeliveryResult{}, errors: deliveryCodes,
-		example: `agentnet message send bob --json '{"task":"build","ref":"main"}'`,
+		example: `agentnet message send bob --data-json '{"task":"build","ref":"main"}'`,
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 			text := fs.String("text", "", "a text message")
-			js := fs.String("json", "", "a JSON message (one JSON value)")
+			js := fs.String("data-json", "", "a JSON message (one JSON value)")
 			dataFile := fs.String("data-file", "", "a binary message read from this file ('-' for standard input)")
 			return func(x *cliCtx) (any, error) {
 				req := ctl.MessageRequest{Peer: x.args[0], Text: *text}
@@ -42,7 +42,7 @@ func init() {
 					n++
 					var v any
 					if err := json.Unmarshal([]byte(*js), &v); err != nil {
-						return nil, badUsage("--json: %v", err)
+						return nil, badUsage("--data-json: %v", err)
 					}
 					req.JSON = json.RawMessage(*js)
 				}
@@ -61,7 +61,7 @@ func init() {
 					req.DataBase64 = base64.StdEncoding.EncodeToString(b)
 				}
 				if n != 1 {
-					return nil, badUsage("give exactly one of --text, --json, --data-file")
+					return nil, badUsage("give exactly one of --text, --data-json, --data-file")
 				}
 				var res ctl.DeliveryResult
 				return res, x.call(http.MethodPost, ctl.PathMessages, req, &res)
