@@ -43,6 +43,7 @@ const (
 // Status is the answer of GET /v1/status.
 type Status struct {
 	Version    string           `json:"version"`
+	PID        int              `json:"pid"`      // the daemon's process ID
 	Addr       string           `json:"addr"`     // our virtual address, N:XXXX.XXXX.XXXX
 	Key        string           `json:"key"`      // our Ed25519 public key
 	Hostname   string           `json:"hostname"` // as configured ("" for none)

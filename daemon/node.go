@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"reflect"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -15,6 +16,7 @@ import (
 func (d *Daemon) status() ctl.Status {
 	st := ctl.Status{
 		Version:  d.cfg.Version,
+		PID:      os.Getpid(),
 		Addr:     d.node.Addr().String(),
 		Key:      d.node.PublicKey().String(),
 		Hostname: d.currentHostname(),

@@ -15,8 +15,8 @@ import (
 	"github.com/agentnet/agentnet/rendezvous"
 )
 
-// Takeover timing of the zero-config rendezvous.
-const (
+// Takeover timing of the zero-config rendezvous (variables for tests).
+var (
 	watchPeriod   = 2 * time.Second
 	takeoverAfter = 3 // checks in a row without registration
 )

@@ -41,17 +41,40 @@ type cliEnv struct {
 	mu      sync.Mutex
 }
 
-// buildCLI builds the agentnet binary into a temporary directory.
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+	buildDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// buildCLI builds the agentnet binary (once per test run).
 func buildCLI(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "agentnet")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = "go"
-	}
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
-	return bin
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "agentnet-e2e-"); buildErr != nil {
+			return
+		}
+		builtBin = filepath.Join(buildDir, "agentnet")
+		goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+		if _, err := os.Stat(goTool); err != nil {
+			goTool = "go"
+		}
+		out, err := exec.Command(goTool, "build", "-o", builtBin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	require.NoError(t, buildErr)
+	return builtBin
 }
 
 func newCLIEnv(t *testing.T) *cliEnv {
@@ -609,4 +632,48 @@ func startHTTP(t *testing.T) string {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return l.Addr().String()
+}
+
+// TestUpDetachZeroConfig starts two daemons with --detach and no rendezvous
+// configured: the first starts the local rendezvous, the second uses it.
+func TestUpDetachZeroConfig(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs daemons")
+	}
+	e := newCLIEnv(t)
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	local := c.LocalAddr().String()
+	c.Close()
+	var sts []ctl.Status
+	for _, name := range []string{"a", "b"} {
+		var st ctl.Status
+		e.json(name, "up", &st, "up", "--detach", "--hostname", name+"-host", "--local-rendezvous", local, "--listen", "127.0.0.1:0")
+		require.NotZero(t, st.PID)
+		t.Cleanup(func() { syscall.Kill(st.PID, syscall.SIGKILL) })
+		sts = append(sts, st)
+	}
+	require.Equal(t, "embedded", sts[0].Rendezvous.Mode)
+	require.Equal(t, "local", sts[1].Rendezvous.Mode)
+	require.Eventually(t, func() bool {
+		var st ctl.Status
+		e.json("b", "status", &st, "status")
+		return st.Rendezvous.Registered
+	}, 15*time.Second, 50*time.Millisecond)
+	// They find each other by hostname through the shared rendezvous.
+	var tr ctl.TrustResult
+	e.json("a", "trust request", &tr, "trust", "request", "b-host")
+	require.True(t, tr.Delivered, tr.Warning)
+	require.Eventually(t, func() bool {
+		var l ctl.TrustList
+		e.json("b", "trust pending", &l, "trust", "pending")
+		return len(l.Records) == 1
+	}, 15*time.Second, 50*time.Millisecond)
+	for _, st := range sts {
+		require.NoError(t, syscall.Kill(st.PID, syscall.SIGTERM))
+		require.Eventually(t, func() bool {
+			_, err := os.Stat(st.Socket)
+			return os.IsNotExist(err) && syscall.Kill(st.PID, 0) != nil
+		}, 15*time.Second, 50*time.Millisecond, "daemon %d did not exit", st.PID)
+	}
 }
