@@ -419,7 +419,11 @@ func printCommandHelp(w io.Writer, c *cliCommand, fs *flag.FlagSet) {
 		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" {
 			def = " (default " + f.DefValue + ")"
 		}
-		fmt.Fprintf(w, "  --%-14s %s%s\n", f.Name, f.Usage, def)
+		dashes := "--"
+		if len(f.Name) == 1 {
+			dashes = "-"
+		}
+		fmt.Fprintf(w, "  %-16s %s%s\n", dashes+f.Name, f.Usage, def)
 	})
 	if c.example != "" {
 		fmt.Fprintf(w, "\nexample:\n  %s\n", c.example)
