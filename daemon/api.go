@@ -65,6 +65,7 @@ func (d *Daemon) routes() http.Handler {
 	h("POST "+ctl.PathBench, d.handleBench)
 	h("POST "+ctl.PathMessages, d.handleMessage)
 	h("POST "+ctl.PathFiles, d.handleFile)
+	h("PUT "+ctl.PathFiles, d.handleFile) // curl -T
 	h("GET "+ctl.PathInbox, d.handleInboxList)
 	h("GET "+ctl.PathInbox+"/{id}", d.handleInboxGet)
 	h("GET "+ctl.PathInbox+"/{id}/data", d.handleInboxData)
