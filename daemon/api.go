@@ -40,7 +40,7 @@ func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, f handlerFunc) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			d.log.Debug("api request", "code", r.Method, "path", r.URL.Path)
+			d.log.Debug("api request", "method", r.Method, "path", r.URL.Path)
 			if err := f(w, r); err != nil {
 				writeError(w, d.apiError(err))
 			}

@@ -182,7 +182,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 			d.log.Error("control API stopped", "err", err)
 		}
 	})
-	d.log.Info("daemon ready", "addr", node.Addr(), "socket", d.cfg.Socket, "rendezvous", d.rdvAddr, "mode", d.rdvMode)
+	d.log.Info("daemon ready", "addr", node.Addr(), "socket", d.cfg.Socket, "server", d.rdvAddr, "mode", d.rdvMode)
 	close(d.ready)
 
 	<-ctx.Done()

@@ -29,5 +29,6 @@
 // after a clean shutdown once its context ends. A second daemon on the same
 // state directory fails in Run with an error wrapping trustdb.ErrInUse.
 //
-// Log keys: peer, port, addr, err, remote, path, code, socket.
+// Log keys: peer, port, addr, err, remote, path, method, socket, server,
+// mode, key, component.
 package daemon

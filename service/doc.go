@@ -9,6 +9,8 @@
 //	port 1001  message   typed messages and files into the receiver's inbox (service/message)
 //	port 1002  event     publish/subscribe with topic patterns (service/event)
 //
+// Log keys: peer, remote, id, kind, bytes, status, err.
+//
 // Services never import quicnode: the trust gate has admitted every peer
 // before a stream reaches them, and the stream's RemoteAddr
 // (addressing.SockAddr) names the sender.
