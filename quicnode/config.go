@@ -33,6 +33,11 @@ type Config struct {
 	// socket opened inside a network namespace). The Node takes ownership.
 	Conn *net.UDPConn
 
+	// RelayConn, if set, is the socket for relayed traffic (it must be
+	// separate from Conn); otherwise one is opened on Conn's host address.
+	// The Node takes ownership.
+	RelayConn *net.UDPConn
+
 	// Hostname is claimed at the rendezvous (first come, first served).
 	Hostname string
 

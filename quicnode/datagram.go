@@ -133,14 +133,14 @@ func (pc *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if err != nil {
 		return 0, pc.opErr("write", err)
 	}
-	p := pc.n.livePeer(key)
-	if p == nil {
+	l := pc.n.liveLink(key)
+	if l == nil {
 		dl := time.Now().Add(pc.n.cfg.handshakeTimeout())
 		if wd := pc.writeDL.when(); !wd.IsZero() && wd.Before(dl) {
 			dl = wd
 		}
 		ctx, cancel := context.WithDeadline(pc.n.ctx, dl)
-		p, err = pc.n.getPeer(ctx, key)
+		l, err = pc.n.getLink(ctx, key)
 		cancel()
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -153,7 +153,7 @@ func (pc *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	defer dgramPool.Put(bp)
 	buf := vport.AppendDatagram((*bp)[:0], to.Port(), pc.port, b)
 	*bp = buf
-	if err := p.conn.SendDatagram(buf); err != nil {
+	if err := l.conn.SendDatagram(buf); err != nil {
 		var tl *quic.DatagramTooLargeError
 		if errors.As(err, &tl) {
 			err = fmt.Errorf("%w: path allows %d bytes now: %w", ErrDatagramTooLarge, tl.MaxDatagramPayloadSize-vport.DatagramHeaderLen, err)

@@ -37,14 +37,14 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 		return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 	}
 	for attempt := 0; ; attempt++ {
-		p, err := n.getPeer(ctx, key)
+		l, err := n.getLink(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 		}
-		c, err := n.openStream(ctx, p, port)
-		if err != nil && attempt == 0 && p.conn.Context().Err() != nil && ctx.Err() == nil {
+		c, err := n.openStream(ctx, l, port)
+		if err != nil && attempt == 0 && !l.alive() && ctx.Err() == nil {
 			// The cached connection died under us; dial afresh once.
-			n.removePeer(p)
+			n.removeLink(l)
 			continue
 		}
 		if err != nil {
@@ -54,8 +54,8 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 	}
 }
 
-func (n *Node) openStream(ctx context.Context, p *peer, port uint16) (*streamConn, error) {
-	s, err := p.conn.OpenStreamSync(ctx)
+func (n *Node) openStream(ctx context.Context, l *link, port uint16) (*streamConn, error) {
+	s, err := l.conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -89,7 +89,7 @@ func (n *Node) openStream(ctx context.Context, p *peer, port uint16) (*streamCon
 	return &streamConn{
 		s:      s,
 		local:  addressing.SockAddrFrom(n.addr, src),
-		remote: addressing.SockAddrFrom(p.addr, port),
+		remote: addressing.SockAddrFrom(l.addr, port),
 	}, nil
 }
 
@@ -164,28 +164,30 @@ func (n *Node) resolveAddr(a addressing.Addr) (addressing.PublicKey, error) {
 	return k, nil
 }
 
-// livePeer returns the live connection to key, or nil.
-func (n *Node) livePeer(key addressing.PublicKey) *peer {
+// liveLink returns the link new traffic to key should use, or nil.
+func (n *Node) liveLink(key addressing.PublicKey) *link {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if p := n.peers[key]; p != nil && p.conn.Context().Err() == nil {
-		return p
+	if p := n.peers[key]; p != nil {
+		return p.best()
 	}
 	return nil
 }
 
-// getPeer returns the live connection to key, dialling it if needed.
+// getLink returns the link to use for key, dialling the peer if needed.
 // Concurrent callers share one dial.
-func (n *Node) getPeer(ctx context.Context, key addressing.PublicKey) (*peer, error) {
+func (n *Node) getLink(ctx context.Context, key addressing.PublicKey) (*link, error) {
 	for {
 		n.mu.Lock()
 		if n.closed {
 			n.mu.Unlock()
 			return nil, net.ErrClosed
 		}
-		if p := n.peers[key]; p != nil && p.conn.Context().Err() == nil {
-			n.mu.Unlock()
-			return p, nil
+		if p := n.peers[key]; p != nil {
+			if l := p.best(); l != nil {
+				n.mu.Unlock()
+				return l, nil
+			}
 		}
 		if !n.store.IsTrusted(key) {
 			n.mu.Unlock()
@@ -200,7 +202,7 @@ func (n *Node) getPeer(ctx context.Context, key addressing.PublicKey) (*peer, er
 				return nil, ctx.Err()
 			}
 			if d.err == nil {
-				return d.p, nil
+				return d.l, nil
 			}
 			if !errors.Is(d.err, errDuplicate) {
 				return nil, d.err
@@ -211,13 +213,13 @@ func (n *Node) getPeer(ctx context.Context, key addressing.PublicKey) (*peer, er
 		n.dialing[key] = d
 		n.mu.Unlock()
 
-		d.p, d.err = n.dialPeer(ctx, key)
+		d.l, d.err = n.dialPeer(ctx, key)
 		n.mu.Lock()
 		delete(n.dialing, key)
 		n.mu.Unlock()
 		close(d.done)
 		if d.err == nil {
-			return d.p, nil
+			return d.l, nil
 		}
 		if !errors.Is(d.err, errDuplicate) {
 			return nil, d.err
@@ -233,54 +235,138 @@ func (n *Node) getPeer(ctx context.Context, key addressing.PublicKey) (*peer, er
 	}
 }
 
-// dialPeer looks key up at the rendezvous and connects to its locators.
-func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*peer, error) {
-	cands, err := n.candidates(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := n.dialCandidates(ctx, key, cands)
-	if err != nil {
-		return nil, err
-	}
-	return n.addPeer(conn, key, true)
-}
+// traverseDelay is how long a first contact tries the peer's locators
+// plainly before it also asks the rendezvous for an introduction (hole
+// punching, relay). On a LAN or towards an open peer the plain dial wins
+// well within it, and the rendezvous is spared the work.
+const traverseDelay = 150 * time.Millisecond
 
-// candidates returns the UDP addresses to try for key: what the rendezvous
-// says, then the address the peer last connected to us from.
-func (n *Node) candidates(ctx context.Context, key addressing.PublicKey) ([]netip.AddrPort, error) {
-	var cands []netip.AddrPort
-	var lookupErr error
-	if n.rdv != nil {
-		info, err := n.rdv.Lookup(ctx, addressing.TargetAddr(addressing.AddrFrom(0, key.NodeID())))
-		switch {
-		case err == nil && info.Key != key:
-			return nil, fmt.Errorf("%w: rendezvous returned another key for %s", ErrUnreachable, key.NodeID())
-		case err == nil:
-			cands = append(cands, info.Locators...)
-			if !info.Online && len(cands) == 0 {
-				lookupErr = fmt.Errorf("%w: peer is offline", ErrUnreachable)
+// dialPeer connects to key. It dials at once the address the peer last
+// reached us from (if any), beside a rendezvous lookup; then the locators
+// the lookup reports; and, if none of those has answered within
+// traverseDelay, it also asks for an introduction: hole punching, then the
+// relay. The first link up wins; a later one is settled by the tie-break.
+func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*link, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.handshakeTimeout())
+	defer cancel()
+	type result struct {
+		dialResult
+		direct bool
+	}
+	results := make(chan result, 4)
+	running, pendingDirect := 0, 0
+	tried := map[netip.AddrPort]bool{}
+	dialDirect := func(cands []netip.AddrPort) {
+		var fresh []netip.AddrPort
+		for _, c := range cands {
+			if !tried[c] {
+				tried[c] = true
+				fresh = append(fresh, c)
 			}
-		case errors.Is(err, rendezvous.ErrNotFound):
-			// The rendezvous does not (or no longer) see us as a trusted
-			// pair: the peer has not approved us, or revoked us.
-			lookupErr = fmt.Errorf("%w: the rendezvous reports no trust from the peer", ErrNotTrusted)
-		default:
-			lookupErr = fmt.Errorf("%w: rendezvous lookup: %w", ErrUnreachable, err)
 		}
+		if len(fresh) == 0 {
+			return
+		}
+		running++
+		pendingDirect++
+		go func() {
+			conn, err := n.dialCandidates(ctx, key, fresh)
+			if err != nil {
+				results <- result{dialResult{nil, err}, true}
+				return
+			}
+			l, err := n.addLink(conn, key, pathDirect, true)
+			results <- result{dialResult{l, err}, true}
+		}()
 	}
 	n.mu.Lock()
-	if h, ok := n.hints[key]; ok && !containsAddrPort(cands, h) {
-		cands = append(cands, h)
-	}
+	hint, hasHint := n.hints[key]
 	n.mu.Unlock()
-	if len(cands) == 0 {
+	if hasHint {
+		dialDirect([]netip.AddrPort{hint})
+	}
+	info, lookupErr := n.lookupPeer(ctx, key)
+	if lookupErr == nil {
+		dialDirect(info.Locators)
+	}
+	canTraverse := n.rdv != nil && lookupErr == nil && info.Online
+	traversing := false
+	startTraverse := func() {
+		traversing = true
+		running++
+		go func() {
+			l, err := n.traverse(ctx, key)
+			results <- result{dialResult{l, err}, false}
+		}()
+	}
+	var timer <-chan time.Time
+	if canTraverse {
+		if pendingDirect == 0 {
+			startTraverse()
+		} else {
+			t := time.NewTimer(traverseDelay)
+			defer t.Stop()
+			timer = t.C
+		}
+	}
+	if running == 0 {
 		if lookupErr == nil {
-			lookupErr = fmt.Errorf("%w: no locator known", ErrUnreachable)
+			lookupErr = fmt.Errorf("%w: peer is offline", ErrUnreachable)
 		}
 		return nil, lookupErr
 	}
-	return cands, nil
+	var errs []error
+	for running > 0 {
+		select {
+		case r := <-results:
+			running--
+			if r.err == nil {
+				return r.l, nil
+			}
+			errs = append(errs, r.err)
+			if r.direct {
+				pendingDirect--
+				if pendingDirect == 0 && canTraverse && !traversing {
+					startTraverse()
+				}
+			}
+		case <-timer:
+			timer = nil
+			if !traversing {
+				startTraverse()
+			}
+		}
+	}
+	if lookupErr != nil {
+		errs = append([]error{lookupErr}, errs...)
+	}
+	// Prefer the most telling error: a trust refusal beats unreachability.
+	for _, e := range errs {
+		if errors.Is(e, ErrNotTrusted) || errors.Is(e, errDuplicate) {
+			return nil, e
+		}
+	}
+	return nil, errs[0]
+}
+
+// lookupPeer asks the rendezvous where key is. Not found means the
+// rendezvous does not see us as a trusted pair: the peer has not approved
+// us, or revoked us.
+func (n *Node) lookupPeer(ctx context.Context, key addressing.PublicKey) (rendezvous.PeerInfo, error) {
+	if n.rdv == nil {
+		return rendezvous.PeerInfo{}, fmt.Errorf("%w: no rendezvous configured and no known locator", ErrUnreachable)
+	}
+	info, err := n.rdv.Lookup(ctx, addressing.TargetAddr(addressing.AddrFrom(0, key.NodeID())))
+	switch {
+	case err == nil && info.Key != key:
+		return info, fmt.Errorf("%w: rendezvous returned another key for %s", ErrUnreachable, key.NodeID())
+	case err == nil:
+		return info, nil
+	case errors.Is(err, rendezvous.ErrNotFound):
+		return info, fmt.Errorf("%w: the rendezvous reports no trust from the peer", ErrNotTrusted)
+	default:
+		return info, fmt.Errorf("%w: rendezvous lookup: %w", ErrUnreachable, err)
+	}
 }
 
 func containsAddrPort(s []netip.AddrPort, a netip.AddrPort) bool {

@@ -34,6 +34,7 @@ const (
 	CodeDuplicate  quic.ApplicationErrorCode = 0x2 // a simultaneous dial lost the tie-break
 	CodeNotTrusted quic.ApplicationErrorCode = 0x3 // the peer is not (or no longer) trusted
 	CodeBadWelcome quic.ApplicationErrorCode = 0x4 // the peer spoke an unknown protocol
+	CodePathDead   quic.ApplicationErrorCode = 0x5 // nothing came back for pathDead while we sent
 )
 
 // Stream error codes (RESET_STREAM / STOP_SENDING).

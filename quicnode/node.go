@@ -15,9 +15,11 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/probe"
 	"github.com/agentnet/agentnet/internal/vport"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/agentnet/agentnet/trustdb"
+	"github.com/pion/stun/v3"
 	"github.com/quic-go/quic-go"
 )
 
@@ -41,10 +43,14 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	// Set by Start, read-only afterwards.
-	udp *net.UDPConn
-	tr  *quic.Transport
-	ln  *quic.Listener
-	rdv *rendezvous.Client
+	udp        *net.UDPConn
+	tr         *quic.Transport
+	ln         *quic.Listener
+	rdv        *rendezvous.Client
+	relay      *relayConn // nil without a rendezvous
+	relayTr    *quic.Transport
+	relayLn    *quic.Listener
+	relayQconf *quic.Config
 
 	unsubscribe func()
 	outboxKick  chan struct{}
@@ -52,7 +58,7 @@ type Node struct {
 	mu           sync.Mutex
 	started      bool
 	closed       bool
-	peers        map[addressing.PublicKey]*peer
+	peers        map[addressing.PublicKey]*peer // peers with at least one live link
 	dialing      map[addressing.PublicKey]*dialCall
 	peersChanged chan struct{} // closed and replaced on every change of peers
 	listeners    map[uint16]*listener
@@ -61,8 +67,13 @@ type Node struct {
 	byNode       map[addressing.NodeID]addressing.PublicKey // trusted peers
 	byHostname   map[string]addressing.PublicKey            // trusted peers with a known hostname
 	hints        map[addressing.PublicKey]netip.AddrPort    // last address a peer connected from
+	punches      map[[8]byte]*punchSession                  // by token ID
 
 	stats nodeStats
+
+	stun  stunWaiters
+	natMu sync.Mutex
+	nat   NATInfo
 }
 
 type nodeStats struct {
@@ -71,18 +82,64 @@ type nodeStats struct {
 	nonQUICPackets   atomic.Uint64
 }
 
-// peer is a live QUIC connection to a trusted agent.
-type peer struct {
+// pathKind says how a link reaches its peer.
+type pathKind uint8
+
+const (
+	pathDirect pathKind = iota // over the node's own socket, possibly through punched NATs
+	pathRelay                  // through the rendezvous relay
+)
+
+func (k pathKind) String() string {
+	if k == pathRelay {
+		return "relay"
+	}
+	return "direct"
+}
+
+// link is one live QUIC connection to a trusted agent.
+type link struct {
 	key      addressing.PublicKey
 	addr     addressing.Addr
 	conn     *quic.Conn
+	path     pathKind
 	outgoing bool
 	since    time.Time
+	lastPong atomic.Int64 // unix nanoseconds of the last heartbeat answer
+
+	// Path liveness, touched only by maintainLoop.
+	recvCount    uint64    // PacketsReceived at the last check
+	sentAtHeard  uint64    // PacketsSent when we last heard the peer
+	lastHeard    time.Time // when PacketsReceived last grew
+	sendingSince time.Time // first check that saw sends unanswered since lastHeard
+}
+
+// alive reports whether the connection is still open.
+func (l *link) alive() bool { return l.conn.Context().Err() == nil }
+
+// peer holds a trusted agent's links: at most one per path. New streams
+// and datagrams use the direct link when it is healthy, the relay link
+// otherwise. Fields are guarded by Node.mu.
+type peer struct {
+	links        [2]*link // indexed by pathKind
+	directFailed bool     // the direct link stopped answering heartbeats
+}
+
+// best returns the link new traffic should use, or nil.
+func (p *peer) best() *link {
+	d, r := p.links[pathDirect], p.links[pathRelay]
+	switch {
+	case d != nil && d.alive() && (!p.directFailed || r == nil || !r.alive()):
+		return d
+	case r != nil && r.alive():
+		return r
+	}
+	return nil
 }
 
 type dialCall struct {
 	done chan struct{}
-	p    *peer
+	l    *link
 	err  error
 }
 
@@ -119,7 +176,9 @@ func New(cfg Config) (*Node, error) {
 		packetConns:  make(map[uint16]*packetConn),
 		nextPort:     firstEphemeral,
 		hints:        make(map[addressing.PublicKey]netip.AddrPort),
+		punches:      make(map[[8]byte]*punchSession),
 	}
+	n.relayQconf = relayQUICConfig(n.qconf)
 	return n, nil
 }
 
@@ -184,6 +243,10 @@ func (n *Node) Start(ctx context.Context) error {
 	n.unsubscribe = n.store.Subscribe(n.onTrustEvent)
 
 	if n.cfg.RendezvousAddr != "" {
+		if err := n.startRelayTransport(); err != nil {
+			n.shutdownTransport()
+			return err
+		}
 		rdv, err := rendezvous.NewClient(rendezvous.ClientConfig{
 			Identity:   n.id,
 			Transport:  n.tr,
@@ -193,6 +256,7 @@ func (n *Node) Start(ctx context.Context) error {
 			Hostname:   n.cfg.Hostname,
 			LocalAddrs: localCandidates(udp),
 			Deliver:    n.deliver,
+			Introduced: n.introduced,
 			Logger:     n.log.With("component", "rendezvous-client"),
 		})
 		if err != nil {
@@ -202,7 +266,17 @@ func (n *Node) Start(ctx context.Context) error {
 		n.rdv = rdv
 		rdv.Start()
 		n.goFunc(n.outboxLoop)
+		n.goFunc(func() {
+			if rdv.WaitReady(n.ctx) == nil {
+				ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+				defer cancel()
+				if info, err := n.checkNAT(ctx); err == nil {
+					n.log.Info("nat checked", "nat", info.Kind, "mapped", info.Mapped)
+				}
+			}
+		})
 	}
+	n.goFunc(n.maintainLoop)
 	n.goFunc(n.acceptLoop)
 	if !n.cfg.DisableEcho {
 		if err := n.startEcho(); err != nil {
@@ -231,9 +305,13 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
-	peers := make([]*peer, 0, len(n.peers))
+	var links []*link
 	for _, p := range n.peers {
-		peers = append(peers, p)
+		for _, l := range p.links {
+			if l != nil {
+				links = append(links, l)
+			}
+		}
 	}
 	lns := make([]*listener, 0, len(n.listeners))
 	for _, l := range n.listeners {
@@ -252,8 +330,8 @@ func (n *Node) Close() error {
 	if n.rdv != nil {
 		n.rdv.Close()
 	}
-	for _, p := range peers {
-		p.conn.CloseWithError(CodeClosing, "node closing")
+	for _, l := range links {
+		l.conn.CloseWithError(CodeClosing, "node closing")
 	}
 	for _, l := range lns {
 		l.Close()
@@ -266,7 +344,46 @@ func (n *Node) Close() error {
 	return nil
 }
 
+// startRelayTransport opens the relay socket (beside the main one, on the
+// same host address) and its QUIC transport and listener.
+func (n *Node) startRelayTransport() error {
+	udp := n.cfg.RelayConn
+	if udp == nil {
+		la := n.udp.LocalAddr().(*net.UDPAddr)
+		var err error
+		if udp, err = net.ListenUDP("udp", &net.UDPAddr{IP: la.IP}); err != nil {
+			return fmt.Errorf("quicnode: relay socket: %w", err)
+		}
+	}
+	n.relay = newRelayConn(udp)
+	n.relayTr = &quic.Transport{Conn: n.relay}
+	ln, err := n.relayTr.Listen(certs.ServerConfig(n.cert, alpn, n.gate), n.relayQconf)
+	if err != nil {
+		return fmt.Errorf("quicnode: relay listen: %w", err)
+	}
+	n.relayLn = ln
+	n.goFunc(func() {
+		for {
+			conn, err := ln.Accept(n.ctx)
+			if err != nil {
+				return
+			}
+			n.goFunc(func() { n.admit(conn, pathRelay) })
+		}
+	})
+	return nil
+}
+
 func (n *Node) shutdownTransport() {
+	if n.relayLn != nil {
+		n.relayLn.Close()
+	}
+	if n.relayTr != nil {
+		n.relayTr.Close()
+	}
+	if n.relay != nil {
+		n.relay.Close()
+	}
 	if n.ln != nil {
 		n.ln.Close()
 	}
@@ -295,15 +412,25 @@ func (n *Node) gate(k addressing.PublicKey) error {
 	return nil
 }
 
-// nonQUICLoop drains non-QUIC packets (STUN, punch probes) from the socket.
+// nonQUICLoop reads the packets beside QUIC on the main socket: STUN
+// answers and punch probes. Anything else is counted and dropped.
 func (n *Node) nonQUICLoop() {
 	buf := make([]byte, 1500)
 	for {
-		_, _, err := n.tr.ReadNonQUICPacket(n.ctx, buf)
+		m, from, err := n.tr.ReadNonQUICPacket(n.ctx, buf)
 		if err != nil {
 			return
 		}
 		n.stats.nonQUICPackets.Add(1)
+		b := buf[:m]
+		switch {
+		case stun.IsMessage(b):
+			n.handleSTUN(b)
+		case len(b) > 0 && b[0] == probe.Type:
+			if ua, ok := from.(*net.UDPAddr); ok {
+				n.handleProbe(b, ua.AddrPort())
+			}
+		}
 	}
 }
 
@@ -313,18 +440,18 @@ func (n *Node) acceptLoop() {
 		if err != nil {
 			return
 		}
-		n.goFunc(func() { n.admit(conn) })
+		n.goFunc(func() { n.admit(conn, pathDirect) })
 	}
 }
 
 // admit registers an accepted connection and sends the welcome.
-func (n *Node) admit(conn *quic.Conn) {
+func (n *Node) admit(conn *quic.Conn, path pathKind) {
 	key, err := certs.PeerKey(conn.ConnectionState().TLS)
 	if err != nil || !n.store.IsTrusted(key) {
 		conn.CloseWithError(CodeNotTrusted, "not trusted")
 		return
 	}
-	p, err := n.addPeer(conn, key, false)
+	l, err := n.addLink(conn, key, path, false)
 	if err != nil {
 		return
 	}
@@ -334,47 +461,65 @@ func (n *Node) admit(conn *quic.Conn) {
 	}
 	s.Write(welcome)
 	s.Close()
-	if ap, ok := netip.AddrFromSlice(conn.RemoteAddr().(*net.UDPAddr).IP); ok {
+	if ua, ok := conn.RemoteAddr().(*net.UDPAddr); ok && path == pathDirect {
 		n.mu.Lock()
-		n.hints[key] = netip.AddrPortFrom(ap.Unmap(), uint16(conn.RemoteAddr().(*net.UDPAddr).Port))
+		n.hints[key] = ua.AddrPort()
 		n.mu.Unlock()
 	}
-	n.log.Debug("peer connected", "peer", p.addr, "remote", conn.RemoteAddr())
+	n.log.Debug("peer connected", "peer", l.addr, "path", path, "remote", conn.RemoteAddr())
 }
 
-// addPeer registers conn as the connection to key, applying the tie-break
-// when a live connection exists already, and starts its loops.
-func (n *Node) addPeer(conn *quic.Conn, key addressing.PublicKey, outgoing bool) (*peer, error) {
-	p := &peer{key: key, addr: addressing.AddrFrom(0, key.NodeID()), conn: conn, outgoing: outgoing, since: time.Now()}
+// addLink registers conn as the link to key on path, applying the
+// tie-break when a live link on that path exists already, and starts its
+// loops.
+func (n *Node) addLink(conn *quic.Conn, key addressing.PublicKey, path pathKind, outgoing bool) (*link, error) {
+	l := &link{key: key, addr: addressing.AddrFrom(0, key.NodeID()), conn: conn, path: path, outgoing: outgoing, since: time.Now()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		conn.CloseWithError(CodeClosing, "node closing")
 		return nil, net.ErrClosed
 	}
+	p := n.peers[key]
+	if p == nil {
+		p = &peer{}
+		n.peers[key] = p
+	}
 	var loser *quic.Conn
-	if old := n.peers[key]; old != nil && old.conn.Context().Err() == nil {
-		if old.outgoing != outgoing && n.keepOld(old) {
+	if old := p.links[path]; old != nil && old.alive() {
+		switch {
+		case old.outgoing && outgoing:
+			// Two of our own dials (say a plain one and a punched one)
+			// both got through: keep the first, which may be in use.
+			n.mu.Unlock()
+			conn.CloseWithError(CodeDuplicate, "duplicate connection")
+			return old, nil
+		case old.outgoing != outgoing && n.keepOld(old):
 			n.mu.Unlock()
 			conn.CloseWithError(CodeDuplicate, "duplicate connection")
 			return nil, errDuplicate
 		}
+		// The peer dialled again while we thought the old link alive (it
+		// saw it die), or it won the tie-break: the new link replaces it.
 		loser = old.conn
 	}
-	n.peers[key] = p
+	p.links[path] = l
+	if path == pathDirect {
+		p.directFailed = false
+	}
 	n.notifyPeersLocked()
 	n.mu.Unlock()
 	if loser != nil {
 		loser.CloseWithError(CodeDuplicate, "duplicate connection")
 	}
-	n.goFunc(func() { n.streamLoop(p) })
-	n.goFunc(func() { n.datagramLoop(p) })
-	return p, nil
+	n.goFunc(func() { n.streamLoop(l) })
+	n.goFunc(func() { n.datagramLoop(l) })
+	return l, nil
 }
 
-// keepOld reports whether old wins the tie-break against a connection in the
-// other direction: the connection dialled by the lower NodeID is kept.
-func (n *Node) keepOld(old *peer) bool {
+// keepOld reports whether old wins the tie-break against a link on the same
+// path in the other direction: the one dialled by the lower NodeID is kept.
+func (n *Node) keepOld(old *link) bool {
 	weAreLower := n.addr.Node().Compare(old.key.NodeID()) < 0
 	return old.outgoing == weAreLower
 }
@@ -384,44 +529,56 @@ func (n *Node) notifyPeersLocked() {
 	n.peersChanged = make(chan struct{})
 }
 
-func (n *Node) removePeer(p *peer) {
+// removeLink forgets a link whose connection has ended.
+func (n *Node) removeLink(l *link) {
 	n.mu.Lock()
-	if n.peers[p.key] == p {
-		delete(n.peers, p.key)
+	if p := n.peers[l.key]; p != nil && p.links[l.path] == l {
+		p.links[l.path] = nil
+		if p.links[pathDirect] == nil && p.links[pathRelay] == nil {
+			delete(n.peers, l.key)
+		}
 		n.notifyPeersLocked()
 	}
 	n.mu.Unlock()
+	if l.path == pathRelay && n.relay != nil {
+		n.relay.forget(l.conn.RemoteAddr())
+	}
 }
 
-// closePeer closes every live connection to key with code.
+// closePeer closes every live link to key with code.
 func (n *Node) closePeer(key addressing.PublicKey, code quic.ApplicationErrorCode, reason string) {
 	n.mu.Lock()
 	p := n.peers[key]
+	delete(n.peers, key)
 	if p != nil {
-		delete(n.peers, key)
 		n.notifyPeersLocked()
 	}
 	n.mu.Unlock()
-	if p != nil {
-		p.conn.CloseWithError(code, reason)
-		n.log.Info("peer connection closed", "peer", p.addr, "code", uint64(code))
+	if p == nil {
+		return
+	}
+	for _, l := range p.links {
+		if l != nil {
+			l.conn.CloseWithError(code, reason)
+			n.log.Info("peer connection closed", "peer", l.addr, "path", l.path, "code", uint64(code))
+		}
 	}
 }
 
-// streamLoop accepts the peer's streams until the connection ends.
-func (n *Node) streamLoop(p *peer) {
-	defer n.removePeer(p)
+// streamLoop accepts the link's streams until the connection ends.
+func (n *Node) streamLoop(l *link) {
+	defer n.removeLink(l)
 	for {
-		s, err := p.conn.AcceptStream(n.ctx)
+		s, err := l.conn.AcceptStream(n.ctx)
 		if err != nil {
 			return
 		}
-		n.goFunc(func() { n.dispatchStream(p, s) })
+		n.goFunc(func() { n.dispatchStream(l, s) })
 	}
 }
 
 // dispatchStream reads the port header and hands the stream to its listener.
-func (n *Node) dispatchStream(p *peer, s *quic.Stream) {
+func (n *Node) dispatchStream(l *link, s *quic.Stream) {
 	var hdr [vport.StreamHeaderLen]byte
 	s.SetReadDeadline(time.Now().Add(headerTimeout))
 	_, err := io.ReadFull(s, hdr[:])
@@ -434,9 +591,9 @@ func (n *Node) dispatchStream(p *peer, s *quic.Stream) {
 		return
 	}
 	n.mu.Lock()
-	l := n.listeners[h.Dst]
+	ln := n.listeners[h.Dst]
 	n.mu.Unlock()
-	if l == nil {
+	if ln == nil {
 		s.CancelRead(StreamPortClosed)
 		s.CancelWrite(StreamPortClosed)
 		return
@@ -444,9 +601,9 @@ func (n *Node) dispatchStream(p *peer, s *quic.Stream) {
 	c := &streamConn{
 		s:      s,
 		local:  addressing.SockAddrFrom(n.addr, h.Dst),
-		remote: addressing.SockAddrFrom(p.addr, h.Src),
+		remote: addressing.SockAddrFrom(l.addr, h.Src),
 	}
-	if !l.enqueue(c) {
+	if !ln.enqueue(c) {
 		s.CancelRead(StreamBusy)
 		s.CancelWrite(StreamBusy)
 		return
@@ -455,9 +612,9 @@ func (n *Node) dispatchStream(p *peer, s *quic.Stream) {
 }
 
 // datagramLoop reads the peer's datagrams and queues them by port.
-func (n *Node) datagramLoop(p *peer) {
+func (n *Node) datagramLoop(l *link) {
 	for {
-		b, err := p.conn.ReceiveDatagram(n.ctx)
+		b, err := l.conn.ReceiveDatagram(n.ctx)
 		if err != nil {
 			return
 		}
@@ -469,7 +626,11 @@ func (n *Node) datagramLoop(p *peer) {
 		n.mu.Lock()
 		pc := n.packetConns[dst]
 		n.mu.Unlock()
-		if pc == nil || !pc.deliver(addressing.SockAddrFrom(p.addr, src), payload) {
+		if dst == portControl {
+			n.handleControl(l, src, payload)
+			continue
+		}
+		if pc == nil || !pc.deliver(addressing.SockAddrFrom(l.addr, src), payload) {
 			n.stats.datagramsDropped.Add(1)
 		}
 	}

@@ -1,6 +1,7 @@
 package quicnode
 
 import (
+	"fmt"
 	"net"
 	"sort"
 	"time"
@@ -8,11 +9,14 @@ import (
 	"github.com/agentnet/agentnet/addressing"
 )
 
-// PeerStatus describes a live connection to a peer.
+// PeerStatus describes a live connection (link) to a peer. A peer with both
+// a direct and a relayed connection appears twice; the one not carrying new
+// traffic has Standby set.
 type PeerStatus struct {
 	Addr          addressing.Addr
 	Key           addressing.PublicKey
-	Path          string   // "direct" (relayed paths come with NAT traversal)
+	Path          string   // "direct" or "relay"
+	Standby       bool     // kept as a fallback; new streams use the other link
 	Remote        net.Addr // the UDP address in use
 	Outgoing      bool     // we dialled it
 	Since         time.Time
@@ -24,21 +28,33 @@ type PeerStatus struct {
 // Peers reports every live peer connection, sorted by address.
 func (n *Node) Peers() []PeerStatus {
 	n.mu.Lock()
-	ps := make([]*peer, 0, len(n.peers))
+	ls := make([]*link, 0, len(n.peers))
+	standby := make(map[*link]bool)
 	for _, p := range n.peers {
-		ps = append(ps, p)
+		best := p.best()
+		for _, l := range p.links {
+			if l != nil {
+				ls = append(ls, l)
+				standby[l] = l != best
+			}
+		}
 	}
 	n.mu.Unlock()
-	out := make([]PeerStatus, 0, len(ps))
-	for _, p := range ps {
-		st := p.conn.ConnectionStats()
+	out := make([]PeerStatus, 0, len(ls))
+	for _, l := range ls {
+		st := l.conn.ConnectionStats()
 		out = append(out, PeerStatus{
-			Addr: p.addr, Key: p.key, Path: "direct", Remote: p.conn.RemoteAddr(),
-			Outgoing: p.outgoing, Since: p.since, RTT: st.SmoothedRTT,
+			Addr: l.addr, Key: l.key, Path: l.path.String(), Standby: standby[l], Remote: l.conn.RemoteAddr(),
+			Outgoing: l.outgoing, Since: l.since, RTT: st.SmoothedRTT,
 			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived,
 		})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Node().Compare(out[j].Addr.Node()) < 0 })
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Addr.Node().Compare(out[j].Addr.Node()); c != 0 {
+			return c < 0
+		}
+		return out[i].Path < out[j].Path
+	})
 	return out
 }
 
@@ -56,4 +72,19 @@ func (n *Node) Stats() Stats {
 		BadStreams:       n.stats.badStreams.Load(),
 		NonQUICPackets:   n.stats.nonQUICPackets.Load(),
 	}
+}
+
+// Disconnect closes every connection to peer (an address or hostname of a
+// trusted peer) without touching trust: the next Dial connects afresh.
+func (n *Node) Disconnect(peer string) error {
+	t, err := addressing.ParseTarget(peer)
+	if err != nil {
+		return fmt.Errorf("quicnode: disconnect: %w", err)
+	}
+	k, err := n.resolve(n.ctx, t)
+	if err != nil {
+		return fmt.Errorf("quicnode: disconnect %s: %w", peer, err)
+	}
+	n.closePeer(k, CodeClosing, "disconnect")
+	return nil
 }
