@@ -150,9 +150,12 @@ func waitRegistered(t *testing.T, d *testDaemon) {
 
 func TestMessagesFilesEventsRevoke(t *testing.T) {
 	checkNoLeaks(t)
-	a, b := pair(t, Config{MaxMessage: 64 << 10})
+	a, b := pair(t, Config{MaxMessage: 64 << 10, MaxFile: 5 << 20})
 	var st ctl.Status
 	b.must(t, "GET", ctl.PathStatus, nil, &st)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 
 	// A typed message.
 	var del ctl.DeliveryResult
@@ -168,11 +171,14 @@ func TestMessagesFilesEventsRevoke(t *testing.T) {
 	err := a.do(t, "POST", ctl.PathMessages, ctl.MessageRequest{Peer: "bob", DataBase64: b64(big)}, nil)
 	requireCode(t, err, ctl.CodeTooLarge)
 
+	// A file over b's file limit is refused before its body is sent.
+	huge := make([]byte, 6<<20)
+	err = a.c.Upload(ctx, ctl.PathFiles, map[string][]string{"peer": {"bob"}, "name": {"huge"}}, bytes.NewReader(huge), int64(len(huge)), nil)
+	requireCode(t, err, ctl.CodeTooLarge)
+
 	// A file whose name tries to escape the inbox.
 	data := make([]byte, 3<<20)
 	rand.Read(data)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	require.NoError(t, a.c.Upload(ctx, ctl.PathFiles, map[string][]string{"peer": {"bob"}, "name": {"../../x"}}, bytes.NewReader(data), int64(len(data)), &del))
 	require.Equal(t, "x", del.Name)
 	var inbox ctl.InboxList
