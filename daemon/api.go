@@ -236,9 +236,15 @@ func (d *Daemon) peerHostname(a net.Addr) string {
 	return ""
 }
 
-// requireTrusted fails with not_trusted unless we trust the peer t names.
+// requireTrusted fails with not_trusted unless we trust the peer t names. A
+// hostname no record knows passes: the rendezvous may resolve it to a
+// trusted peer (one that changed its hostname), and every dial checks again.
 func (d *Daemon) requireTrusted(t addressing.Target) error {
-	if r, ok := d.record(t); ok && r.State == trustdb.StateTrusted {
+	r, ok := d.record(t)
+	if ok && r.State == trustdb.StateTrusted {
+		return nil
+	}
+	if _, byName := t.Hostname(); byName && !ok {
 		return nil
 	}
 	return d.apiError(fmt.Errorf("%s: %w", t, quicnode.ErrNotTrusted))
