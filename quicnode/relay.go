@@ -227,3 +227,8 @@ func (rc *relayConn) LocalAddr() net.Addr                { return rc.udp.LocalAd
 func (rc *relayConn) SetDeadline(t time.Time) error      { return rc.udp.SetDeadline(t) }
 func (rc *relayConn) SetReadDeadline(t time.Time) error  { return rc.udp.SetReadDeadline(t) }
 func (rc *relayConn) SetWriteDeadline(t time.Time) error { return rc.udp.SetWriteDeadline(t) }
+
+// SetReadBuffer and SetWriteBuffer let quic-go size the relay socket's
+// buffers as it does the main socket's.
+func (rc *relayConn) SetReadBuffer(n int) error  { return rc.udp.SetReadBuffer(n) }
+func (rc *relayConn) SetWriteBuffer(n int) error { return rc.udp.SetWriteBuffer(n) }

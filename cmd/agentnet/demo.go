@@ -97,6 +97,13 @@ func demo(ctx context.Context, out io.Writer, pings int) error {
 	}
 	defer func() { bob.node.Close(); bob.store.Close() }()
 	say("agents up: alice = %s, bob = %s (addresses derived from their Ed25519 keys)", alice.node.Addr(), bob.node.Addr())
+	for _, a := range []*demoAgent{alice, bob} {
+		for a.node.NATInfo().Checked.IsZero() && ctx.Err() == nil {
+			sleepCtx(ctx, 5*time.Millisecond)
+		}
+		nat := a.node.NATInfo()
+		note("%s: NAT %s (STUN: %s towards the rendezvous, %s towards its second address)", a.name, nat.Kind, nat.Mapped, nat.Mapped2)
+	}
 
 	// 1. Before trust: refused, and bob's listener sees nothing.
 	ln80, err := bob.node.Listen(80)
@@ -204,6 +211,9 @@ func demo(ctx context.Context, out io.Writer, pings int) error {
 	}
 	ec.Close()
 	say("echo on bob:7, %d round trips: min %v, mean %v", pings, best, total/time.Duration(max(pings, 1)))
+	for _, p := range alice.node.Peers() {
+		note("alice -> %s: path %s via %s, rtt %v, %d bytes sent, %d received", p.Addr, p.Path, p.Remote, p.RTT.Round(time.Microsecond), p.BytesSent, p.BytesReceived)
+	}
 
 	// 5. Revocation cuts an open stream.
 	ln81, err := bob.node.Listen(81)
