@@ -310,12 +310,8 @@ func (d *Daemon) listenAPI() error {
 			return fmt.Errorf("daemon: remove stale socket: %w", err)
 		}
 	}
-	l, err := net.Listen("unix", p)
+	l, err := listenPrivate(p)
 	if err != nil {
-		return fmt.Errorf("daemon: control socket: %w", err)
-	}
-	if err := os.Chmod(p, 0o600); err != nil {
-		l.Close()
 		return fmt.Errorf("daemon: control socket: %w", err)
 	}
 	d.sock = l
@@ -327,6 +323,53 @@ func (d *Daemon) listenAPI() error {
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
 	return nil
+}
+
+// listenPrivate listens on a Unix socket at p that is never accessible to
+// anyone but us: it is bound inside a fresh 0700 directory, set to 0600 and
+// only then renamed into place. Closing the listener removes p.
+func listenPrivate(p string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(p), ".agentnet-sock-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	if len(tmp) >= maxSocketPath {
+		// No room for the detour: bind in place (the state directory is
+		// 0700, which covers the moment before the chmod).
+		tmp = p
+	}
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ul := l.(*net.UnixListener)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if tmp != p {
+		if err := os.Rename(tmp, p); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	ul.SetUnlinkOnClose(false)
+	return &privateListener{UnixListener: ul, path: p}, nil
+}
+
+// privateListener removes its socket file on Close.
+type privateListener struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (l *privateListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { os.Remove(l.path) })
+	return err
 }
 
 // stopAPI ends every request: streaming handlers see their context end
