@@ -52,7 +52,7 @@ type Status struct {
 	Listen     string           `json:"listen"` // the node's UDP socket
 	Started    time.Time        `json:"started"`
 	Rendezvous RendezvousStatus `json:"rendezvous"`
-	NAT        string           `json:"nat"` // what NAT traversal reports, or "unknown"
+	NAT        NATStatus        `json:"nat"`
 	Services   []ServiceStatus  `json:"services"`
 	Peers      int              `json:"peers"` // live peer connections
 	Trusted    int              `json:"trusted"`
@@ -67,6 +67,13 @@ type RendezvousStatus struct {
 	Mode       string `json:"mode"`       // "configured", "local" (zero-config, another daemon hosts it) or "embedded" (this daemon hosts it)
 	Registered bool   `json:"registered"` // the node is registered right now
 	Error      string `json:"error"`      // why not, if known
+}
+
+// NATStatus is what the node's STUN check found about the NAT in front of it.
+type NATStatus struct {
+	Kind    string    `json:"kind"`    // "none", "easy" (hole punching works), "hard" (symmetric) or "unknown"
+	Mapped  string    `json:"mapped"`  // our reflexive address as the rendezvous sees it ("" before the check)
+	Checked time.Time `json:"checked"` // when (zero before the first check)
 }
 
 // ServiceStatus describes one built-in service.

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"reflect"
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/ctl"
+	"github.com/agentnet/agentnet/quicnode"
 	"github.com/agentnet/agentnet/trustdb"
 )
 
@@ -23,7 +23,7 @@ func (d *Daemon) status() ctl.Status {
 		StateDir: d.cfg.StateDir,
 		Socket:   d.cfg.Socket,
 		Started:  d.started,
-		NAT:      natInfo(d.node),
+		NAT:      natStatus(d.node),
 		Services: []ctl.ServiceStatus{
 			{Name: ServiceEcho, Port: ctl.PortEcho, Enabled: d.cfg.enabled(ServiceEcho)},
 			{Name: ServiceDiscard, Port: ctl.PortDiscard, Enabled: d.cfg.enabled(ServiceDiscard)},
@@ -72,23 +72,17 @@ func (d *Daemon) status() ctl.Status {
 	return st
 }
 
-// natInfo reports what the node knows about its NAT: the String (or JSON
-// form) of Node.NATInfo() once quicnode offers it, else "unknown". Looked
-// up by name so the daemon builds against quicnode before and after NAT
-// traversal lands.
-func natInfo(n any) string {
-	m := reflect.ValueOf(n).MethodByName("NATInfo")
-	if !m.IsValid() || m.Type().NumIn() != 0 || m.Type().NumOut() < 1 {
-		return "unknown"
+// natStatus reports the node's last NAT check.
+func natStatus(n *quicnode.Node) ctl.NATStatus {
+	info := n.NATInfo()
+	st := ctl.NATStatus{Kind: string(info.Kind), Checked: info.Checked.UTC()}
+	if st.Kind == "" {
+		st.Kind = string(quicnode.NATUnknown)
 	}
-	v := m.Call(nil)[0].Interface()
-	if s, ok := v.(fmt.Stringer); ok {
-		return s.String()
+	if info.Mapped.IsValid() {
+		st.Mapped = info.Mapped.String()
 	}
-	if s := fmt.Sprint(v); s != "" {
-		return s
-	}
-	return "unknown"
+	return st
 }
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {

@@ -100,7 +100,11 @@ func printStatus(w io.Writer, st ctl.Status) {
 	fmt.Fprintf(tw, "hostname\t%s\n", dash(st.Hostname))
 	fmt.Fprintf(tw, "key\t%s\n", st.Key)
 	fmt.Fprintf(tw, "rendezvous\t%s (%s, %s)\n", st.Rendezvous.Addr, st.Rendezvous.Mode, reg)
-	fmt.Fprintf(tw, "nat\t%s\n", st.NAT)
+	nat := st.NAT.Kind
+	if st.NAT.Mapped != "" {
+		nat += " (mapped " + st.NAT.Mapped + ")"
+	}
+	fmt.Fprintf(tw, "nat\t%s\n", nat)
 	fmt.Fprintf(tw, "udp\t%s\n", st.Listen)
 	fmt.Fprintf(tw, "trust\t%d trusted, %d pending\n", st.Trusted, st.Pending)
 	fmt.Fprintf(tw, "peers\t%d connected\n", st.Peers)
