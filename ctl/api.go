@@ -101,7 +101,7 @@ type Peer struct {
 	Addr          string    `json:"addr"`
 	Key           string    `json:"key"`
 	Hostname      string    `json:"hostname"`
-	Path          string    `json:"path"`   // "direct", "relayed", ...
+	Path          string    `json:"path"`   // "direct" or "relay"; a peer may have both for a while
 	Remote        string    `json:"remote"` // UDP address in use
 	Outgoing      bool      `json:"outgoing"`
 	Since         time.Time `json:"since"`
