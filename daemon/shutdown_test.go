@@ -78,3 +78,53 @@ func TestShutdownEndsStreams(t *testing.T) {
 	_, err = cc.Read(buf)
 	require.Error(t, err, "the connect stream ends")
 }
+
+// TestTunnelEndClosesConnections: ending a forward request closes the
+// connections it carries, and frees its port.
+func TestTunnelEndClosesConnections(t *testing.T) {
+	checkNoLeaks(t)
+	a, b := pair(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ex, err := b.c.Stream(ctx, "POST", ctl.PathExpose, ctl.ExposeRequest{Port: 7000, To: "127.0.0.1:9"}) // nothing there
+	require.NoError(t, err)
+	defer ex.Close()
+	fw, err := a.c.Stream(ctx, "POST", ctl.PathForward, ctl.ForwardRequest{Listen: "127.0.0.1:0", Peer: "bob", Port: 7})
+	require.NoError(t, err)
+	var f ctl.Forwarded
+	require.NoError(t, fw.Next(&f))
+	tc, err := net.Dial("tcp", f.Listen)
+	require.NoError(t, err)
+	defer tc.Close()
+	_, err = tc.Write([]byte("abcd"))
+	require.NoError(t, err)
+	buf := make([]byte, 4)
+	_, err = io.ReadFull(tc, buf)
+	require.NoError(t, err)
+	require.Equal(t, "abcd", string(buf))
+
+	fw.Close()
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = tc.Read(buf)
+	require.Error(t, err, "the forwarded connection ends with the forward")
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", f.Listen)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 5*time.Second, 20*time.Millisecond, "the local port is freed")
+
+	// The virtual port of a finished expose can be taken again; while it
+	// runs, a second expose of it is port_in_use.
+	_, err = b.c.Stream(ctx, "POST", ctl.PathExpose, ctl.ExposeRequest{Port: 7000, To: "127.0.0.1:9"})
+	requireCode(t, err, ctl.CodePortInUse)
+	ex.Close()
+	require.Eventually(t, func() bool {
+		s, err := b.c.Stream(ctx, "POST", ctl.PathExpose, ctl.ExposeRequest{Port: 7000, To: "127.0.0.1:9"})
+		if err == nil {
+			s.Close()
+		}
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond)
+}

@@ -300,10 +300,17 @@ func (b *bufferedConn) CloseWrite() error {
 // when one side's reads end with EOF, the other side's write half is
 // closed. An error in either direction closes both. Both are closed when
 // it returns; shutdown closes them early.
-func (d *Daemon) bridge(a, b net.Conn) {
+//
+// Owners (the tunnel a bridge belongs to) may register both conns too, to
+// close them when the tunnel ends.
+func (d *Daemon) bridge(a, b net.Conn, owners ...*tracker) {
 	ra := d.work.addCloser(a)
 	rb := d.work.addCloser(b)
 	defer func() { ra(); rb(); a.Close(); b.Close() }()
+	for _, o := range owners {
+		oa, ob := o.addCloser(a), o.addCloser(b)
+		defer func() { oa(); ob() }()
+	}
 	var wg sync.WaitGroup
 	var once sync.Once
 	abort := func() { once.Do(func() { a.Close(); b.Close() }) }

@@ -39,6 +39,9 @@ func (d *Daemon) handleExpose(w http.ResponseWriter, r *http.Request) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer l.Close()
+	// The connections of this tunnel end with it.
+	var conns tracker
+	defer conns.shutdown()
 	sw := &streamWriter{w: w}
 	if !sw.line(ctl.Exposed{Addr: l.Addr().String(), Port: int(port), To: req.To}) {
 		return nil
@@ -59,7 +62,7 @@ func (d *Daemon) handleExpose(w http.ResponseWriter, r *http.Request) error {
 				c.Close()
 				return
 			}
-			d.bridge(c, tc)
+			d.bridge(c, tc, &conns)
 		}) {
 			c.Close()
 			return nil
@@ -109,6 +112,8 @@ func (d *Daemon) handleForward(w http.ResponseWriter, r *http.Request) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer l.Close()
+	var conns tracker
+	defer conns.shutdown()
 	sw := &streamWriter{w: w}
 	if !sw.line(ctl.Forwarded{Listen: l.Addr().String(), Peer: req.Peer, Addr: d.peerAddrString(t), Port: int(port)}) {
 		return nil
@@ -128,7 +133,7 @@ func (d *Daemon) handleForward(w http.ResponseWriter, r *http.Request) error {
 				tc.Close()
 				return
 			}
-			d.bridge(tc, c)
+			d.bridge(tc, c, &conns)
 		}) {
 			tc.Close()
 			return nil
