@@ -323,10 +323,11 @@ func (p *agentnetPeer) Dial(ctx context.Context) (net.Conn, error) {
 	return p.n.node.DialTarget(ctx, p.env.target, benchPort)
 }
 
-// Disconnect is not supported: quicnode has no call that drops the
-// connection to one peer and keeps the node.
+// Disconnect drops the connection to the hub and keeps the node: the next
+// Dial is a repeat contact (the hub's last address is known, the lookup
+// runs beside the handshake).
 func (p *agentnetPeer) Disconnect() error {
-	return notSupported("quicnode cannot drop one peer's connection")
+	return p.n.node.Disconnect(p.env.target.String())
 }
 
 // Close closes the node; its trusted store goes back to the pool for the
