@@ -423,7 +423,7 @@ func printCommandHelp(w io.Writer, c *cliCommand, fs *flag.FlagSet) {
 		if len(f.Name) == 1 {
 			dashes = "-"
 		}
-		fmt.Fprintf(w, "  %-16s %s%s\n", dashes+f.Name, f.Usage, def)
+		fmt.Fprintf(w, "  %-20s %s%s\n", dashes+f.Name, f.Usage, def)
 	})
 	if c.example != "" {
 		fmt.Fprintf(w, "\nexample:\n  %s\n", c.example)
