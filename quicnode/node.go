@@ -54,8 +54,10 @@ type Node struct {
 
 	unsubscribe func()
 	outboxKick  chan struct{}
+	flushing    chan struct{} // one-slot semaphore: one outbox flush at a time
 
 	mu           sync.Mutex
+	hostname     string // claimed at the rendezvous
 	started      bool
 	closed       bool
 	peers        map[addressing.PublicKey]*peer // peers with at least one live link
@@ -169,6 +171,8 @@ func New(cfg Config) (*Node, error) {
 		ctx:          ctx,
 		cancel:       cancel,
 		outboxKick:   make(chan struct{}, 1),
+		flushing:     make(chan struct{}, 1),
+		hostname:     cfg.Hostname,
 		peers:        make(map[addressing.PublicKey]*peer),
 		dialing:      make(map[addressing.PublicKey]*dialCall),
 		peersChanged: make(chan struct{}),

@@ -50,7 +50,7 @@ func (n *Node) deliver(ctx context.Context, b []byte) error {
 		n.log.Warn("dropping malformed trust message", "err", err)
 		return nil
 	}
-	rec, err := n.store.HandleMessage(m, n.cfg.Hostname)
+	rec, err := n.store.HandleMessage(m, n.Hostname())
 	if err != nil {
 		if n.ctx.Err() != nil {
 			return err // closing: leave it in the mailbox
@@ -89,10 +89,17 @@ func (n *Node) outboxLoop() {
 }
 
 // flushOutbox sends every queued message in order and acknowledges each one
-// the rendezvous took. It stops at the first failure.
+// the rendezvous took. It stops at the first failure. One flush runs at a
+// time (a message sent twice would be refused as a replay).
 func (n *Node) flushOutbox(ctx context.Context) error {
 	if err := n.rdv.WaitReady(ctx); err != nil {
 		return err
+	}
+	select {
+	case n.flushing <- struct{}{}:
+		defer func() { <-n.flushing }()
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	for _, it := range n.store.Outbox() {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -140,10 +147,10 @@ func (n *Node) RequestTrust(ctx context.Context, target, note string) error {
 	if a, ok := t.Addr(); ok && a.Node() == n.addr.Node() {
 		return errors.New("quicnode: request trust: that is our own address")
 	}
-	if h, ok := t.Hostname(); ok && h == n.cfg.Hostname {
+	if h, ok := t.Hostname(); ok && h == n.Hostname() {
 		return errors.New("quicnode: request trust: that is our own hostname")
 	}
-	if _, err := n.store.Request(t, n.cfg.Hostname, note); err != nil {
+	if _, err := n.store.Request(t, n.Hostname(), note); err != nil {
 		return fmt.Errorf("quicnode: request trust: %w", err)
 	}
 	return n.sendNow(ctx)
@@ -169,7 +176,7 @@ func (n *Node) ApproveTrust(ctx context.Context, peer string) error {
 	if err != nil {
 		return fmt.Errorf("quicnode: approve: %w", err)
 	}
-	if _, err := n.store.Approve(k, n.cfg.Hostname); err != nil {
+	if _, err := n.store.Approve(k, n.Hostname()); err != nil {
 		return fmt.Errorf("quicnode: approve: %w", err)
 	}
 	return n.sendNow(ctx)
@@ -181,7 +188,7 @@ func (n *Node) RejectTrust(ctx context.Context, peer string) error {
 	if err != nil {
 		return fmt.Errorf("quicnode: reject: %w", err)
 	}
-	if _, err := n.store.Reject(k, n.cfg.Hostname); err != nil {
+	if _, err := n.store.Reject(k, n.Hostname()); err != nil {
 		return fmt.Errorf("quicnode: reject: %w", err)
 	}
 	return n.sendNow(ctx)
@@ -194,7 +201,7 @@ func (n *Node) RevokeTrust(ctx context.Context, peer string) error {
 	if err != nil {
 		return fmt.Errorf("quicnode: revoke: %w", err)
 	}
-	if _, err := n.store.Revoke(k, n.cfg.Hostname); err != nil {
+	if _, err := n.store.Revoke(k, n.Hostname()); err != nil {
 		return fmt.Errorf("quicnode: revoke: %w", err)
 	}
 	// Subscribers run asynchronously: close the connections here so that
@@ -221,4 +228,33 @@ func (n *Node) recordKey(peer string) (addressing.PublicKey, error) {
 		}
 	}
 	return addressing.PublicKey{}, fmt.Errorf("no trust record for %s", peer)
+}
+
+// Hostname returns the hostname the node claims at the rendezvous ("" for
+// none).
+func (n *Node) Hostname() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.hostname
+}
+
+// SetHostname claims name at the rendezvous (first come, first served;
+// rendezvous.ErrHostnameTaken if another key holds it), or gives the
+// current one up when name is "". Later trust messages carry it.
+func (n *Node) SetHostname(ctx context.Context, name string) error {
+	if name != "" {
+		if err := addressing.ValidateHostname(name); err != nil {
+			return fmt.Errorf("quicnode: set hostname: %w", err)
+		}
+	}
+	if n.rdv == nil {
+		return errors.New("quicnode: set hostname: no rendezvous configured")
+	}
+	if err := n.rdv.SetHostname(ctx, name); err != nil {
+		return fmt.Errorf("quicnode: %w", err)
+	}
+	n.mu.Lock()
+	n.hostname = name
+	n.mu.Unlock()
+	return nil
 }

@@ -277,7 +277,15 @@ func (s *Store) TrustedKeys() []addressing.PublicKey {
 
 // view runs fn in a read transaction; it reports false if the store is
 // closed.
+// view runs fn in a read transaction. It holds the writer lock, so a reader
+// never sees a committed change before IsTrusted does (update applies the
+// trusted set before it releases the lock).
 func (s *Store) view(fn func(tx *bolt.Tx) error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
 	return s.db.View(fn) == nil
 }
 
@@ -517,10 +525,18 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 		return errClosed(op)
 	}
 	var c change
+	before := s.trusted.Load()
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		c = change{}
-		return fn(tx, &c)
+		if err := fn(tx, &c); err != nil {
+			return err
+		}
+		// Fail closed: trust that this change withdraws stops counting
+		// before the commit is visible (restored below if it fails).
+		s.applyTrustedLocked(withdrawals(c.events))
+		return nil
 	}); err != nil {
+		s.trusted.Store(before)
 		return err
 	}
 	s.outboxLen += c.outbox
@@ -534,6 +550,17 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 }
 
 // applyTrustedLocked updates the trusted-key mirror (copy on write).
+// withdrawals returns the events that take a key out of the trusted state.
+func withdrawals(evs []Event) []Event {
+	var out []Event
+	for _, ev := range evs {
+		if ev.Record.State != StateTrusted {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
 func (s *Store) applyTrustedLocked(evs []Event) {
 	cur := *s.trusted.Load()
 	var next map[addressing.PublicKey]struct{}

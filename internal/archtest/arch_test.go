@@ -23,6 +23,9 @@ var allowed = map[string][]string{
 	"rendezvous/proto": {"addressing"},
 	"rendezvous":       {"addressing", "trustdb", "rendezvous", "internal/"},
 	"quicnode":         {"addressing", "trustdb", "rendezvous", "internal/"},
+	"ctl":              {},
+	"service":          {"addressing", "service"},
+	"daemon":           {"addressing", "trustdb", "rendezvous", "quicnode", "ctl", "service", "internal/"},
 }
 
 func TestImportDirections(t *testing.T) {
