@@ -74,10 +74,3 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nRun \"agentnet <command> -h\" for a command's flags.")
 }
-
-func init() {
-	register(&command{name: "version", summary: "print the version", run: func(_ context.Context, _ []string, stdout, _ io.Writer) int {
-		fmt.Fprintln(stdout, "agentnet", version)
-		return 0
-	}})
-}
