@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 	"time"
@@ -31,7 +32,10 @@ const knockEpoch = 5 * time.Minute
 // knockSuffix ends every knock server name.
 const knockSuffix = ".agentnet"
 
-var errKnock = errors.New("quicnode: no valid knock")
+// errKnock refuses a handshake. It carries TLS alert bad_certificate, the
+// one the certificate gate sends, so a refused dialer sees the same QUIC
+// error (CRYPTO_ERROR 0x12a) whichever check refused it.
+var errKnock = fmt.Errorf("quicnode: no valid knock%.0w", tls.AlertError(42))
 
 // curve25519P is 2^255 - 19.
 var curve25519P = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
