@@ -89,6 +89,8 @@
 //	seen_time  time (8) ‖ from ‖ nonce -> empty            (its prune index)
 //	meta       caller's key           -> caller's value    (Meta, SetMeta)
 //	info       schema version, identity key, time of our last message
+//	networks   network ID (2)         -> Network (name, owner, our Join, members'
+//	                                     Joins, former members' Leave/Remove)
 //
 // Pending-out requests live in their own bucket, keyed by nonce, because an
 // address names only a NodeID; the approval that reveals the key moves the
@@ -104,6 +106,17 @@
 // an atomic pointer, replaced after each commit that changes it) so that
 // IsTrusted, called in every TLS handshake, never touches the disk and sees a
 // change as soon as the method making it returns.
+//
+// # Networks
+//
+// For every network the agent is in (REQ-2), the Store keeps the signed
+// documents that prove its membership list (package network defines them).
+// It does not judge them: the node verifies each against the owner key it
+// learnt out of band and stores the outcome with UpdateNetwork, one
+// read-modify-write transaction. The members of every network are mirrored
+// in memory like the trusted keys (IsMember, MemberByNode), and members a
+// change drops stop counting before the commit is visible. Every change
+// publishes an Event whose Network field lists the keys that came and went.
 //
 // # Events
 //

@@ -89,6 +89,9 @@ type Event struct {
 	Old State
 	// Record is the record after the change.
 	Record Record
+	// Network is set, and Key, Old and Record are zero, for a change of a
+	// network's membership (UpdateNetwork).
+	Network *NetworkChange
 }
 
 // Store is the agent's trust database: its identity and one record per peer,
@@ -103,6 +106,8 @@ type Store struct {
 
 	// trusted is an immutable set replaced on every change (copy on write).
 	trusted atomic.Pointer[map[addressing.PublicKey]struct{}]
+	// nets mirrors every network's members (network.go), copy on write.
+	nets atomic.Pointer[netIndex]
 
 	mu        sync.Mutex // serialises writes; guards the fields below
 	closed    bool
@@ -170,8 +175,9 @@ func Open(dir string) (*Store, error) {
 // in-memory state.
 func (s *Store) load(path string) error {
 	trusted := make(map[addressing.PublicKey]struct{})
+	var members map[addressing.NetworkID]map[addressing.PublicKey]struct{}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo} {
+		for _, name := range [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo, bucketNetworks} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -211,6 +217,9 @@ func (s *Store) load(path string) error {
 		if err != nil {
 			return err
 		}
+		if members, err = loadNetworks(tx, path); err != nil {
+			return err
+		}
 		s.outboxLen = tx.Bucket(bucketOutbox).Stats().KeyN
 		s.seenLen = tx.Bucket(bucketSeen).Stats().KeyN
 		return nil
@@ -219,6 +228,7 @@ func (s *Store) load(path string) error {
 		return fmt.Errorf("trustdb: load %s: %w", path, err)
 	}
 	s.trusted.Store(&trusted)
+	s.nets.Store(newNetIndex(members, s.id.pub))
 	return nil
 }
 
@@ -240,6 +250,7 @@ func (s *Store) Close() error {
 		s.closed = true
 		empty := map[addressing.PublicKey]struct{}{}
 		s.trusted.Store(&empty)
+		s.nets.Store(newNetIndex(nil, s.id.pub))
 		s.mu.Unlock()
 
 		s.subMu.Lock()
@@ -514,6 +525,7 @@ type change struct {
 	outbox   int       // messages queued
 	seen     int       // net change of the seen set
 	lastSent time.Time // time of the message we made, if any
+	nets     []netUpdate
 }
 
 // update runs fn in a write transaction under s.mu and, if it commits,
@@ -525,7 +537,7 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 		return errClosed(op)
 	}
 	var c change
-	before := s.trusted.Load()
+	before, beforeNets := s.trusted.Load(), s.nets.Load()
 	if err := s.db.Update(func(tx *bolt.Tx) error {
 		c = change{}
 		if err := fn(tx, &c); err != nil {
@@ -534,9 +546,11 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 		// Fail closed: trust that this change withdraws stops counting
 		// before the commit is visible (restored below if it fails).
 		s.applyTrustedLocked(withdrawals(c.events))
+		s.withdrawMembersLocked(c.nets)
 		return nil
 	}); err != nil {
 		s.trusted.Store(before)
+		s.nets.Store(beforeNets)
 		return err
 	}
 	s.outboxLen += c.outbox
@@ -545,6 +559,7 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 		s.lastSent = c.lastSent
 	}
 	s.applyTrustedLocked(c.events)
+	s.applyNetworksLocked(c.nets)
 	s.publishLocked(c.events)
 	return nil
 }
