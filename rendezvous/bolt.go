@@ -60,6 +60,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 		}
 		return nil, fmt.Errorf("rendezvous: open store %s: %w", path, err)
 	}
+	db.MaxBatchDelay = batchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -99,6 +100,18 @@ func (s *BoltStore) View(fn func(Tx) error) error {
 func (s *BoltStore) Update(fn func(Tx) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
+
+// Batch is Update for writes that may share one transaction (and one disk
+// sync) with concurrent ones: registrations arriving together commit
+// together, at most batchDelay later. fn may run more than once (bbolt
+// retries a failed batch one function at a time), so it must not have side
+// effects outside the transaction.
+func (s *BoltStore) Batch(fn func(Tx) error) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// batchDelay bounds how long Batch waits for company.
+const batchDelay = 2 * time.Millisecond
 
 // Close implements Store.
 func (s *BoltStore) Close() error {

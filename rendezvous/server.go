@@ -847,7 +847,11 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 	}
 	now := time.Now()
 	var rec AgentRecord
-	err := s.store.Update(func(tx Tx) error {
+	update := s.store.Update
+	if b, ok := s.store.(interface{ Batch(func(Tx) error) error }); ok {
+		update = b.Batch // registrations commit together under load
+	}
+	err := update(func(tx Tx) error {
 		old, had, err := tx.Agent(c.key)
 		if err != nil {
 			return err
