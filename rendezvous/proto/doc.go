@@ -13,13 +13,22 @@
 //	SetHostname  → OK | Error
 //	TrustSend    → OK | Error
 //	Connect      → Introduce | NotFound | Error
+//	NetworkCreate  → NetworkInfo | Error
+//	NetworkSend    → NetworkInfo (a Join) | OK (a Leave or Remove) | NotFound | Error
+//	NetworkMembers → NetworkState … NetworkState (Last set) | NotFound
+//
+// NetworkMembers is the one request answered by several frames: the pages
+// of a full list, the last with its Last flag set.
 //
 // Besides these, every client keeps one long-lived "session" stream, opened
 // right after the handshake. The client writes Register on it and the server
 // answers Registered (or Error, and closes). After that the server pushes
 // Deliver frames on it and the client answers each with an Ack frame once the
 // message is safely handled. The server also pushes Introduce frames on it
-// (never acked: an introduction is best effort). A client ignores pushed
+// (never acked: an introduction is best effort), and NetworkState frames:
+// after Register a full list of every network the agent is in (and the
+// Leave or Remove that ended a membership of its own it may have missed),
+// later each change of those networks. A client ignores pushed
 // frame types it does not know. The session ends with the connection.
 //
 // # Frame
@@ -73,6 +82,16 @@
 //	0x0c  Connect       addr target | ipports the sender's candidates | uint8 flags (bit 0: relay)
 //	0x0d  Introduce     key peer | addr peer | ipports the peer's candidates | token[16] |
 //	                    uint8 flags (bit 0: initiator; bit 1: a grant follows) | [grant]
+//	0x0e  NetworkCreate    str name
+//	0x0f  NetworkInfo      uint16 network (never 0) | str name | key owner
+//	0x10  NetworkSend      doc
+//	0x11  NetworkMembers   uint16 network
+//	0x12  NetworkState     uint16 network | str name | key owner |
+//	                       uint8 flags (bit 0: first page of a full list; bit 1: last page) |
+//	                       uint16 count | count × doc
+//
+// where doc is a uint16 length (1-1024) and a signed network document
+// (package network: Join, Leave or Remove), opaque to this package.
 //
 // Error codes are stable; ErrorCode.String gives their names ("rate_limited",
 // "hostname_taken", …), which clients and logs use.

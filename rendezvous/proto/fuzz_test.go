@@ -110,3 +110,13 @@ func FuzzParseAck(f *testing.F)         { fuzzBody(f, TypeAck, ParseAck) }
 func FuzzParseError(f *testing.F)       { fuzzBody(f, TypeError, ParseError) }
 func FuzzParseConnect(f *testing.F)     { fuzzBody(f, TypeConnect, ParseConnect) }
 func FuzzParseIntroduce(f *testing.F)   { fuzzBody(f, TypeIntroduce, ParseIntroduce) }
+
+func FuzzParseNetworkCreate(f *testing.F) {
+	fuzzBody(f, TypeNetworkCreate, ParseNetworkCreate)
+}
+func FuzzParseNetworkInfo(f *testing.F) { fuzzBody(f, TypeNetworkInfo, ParseNetworkInfo) }
+func FuzzParseNetworkSend(f *testing.F) { fuzzBody(f, TypeNetworkSend, ParseNetworkSend) }
+func FuzzParseNetworkMembers(f *testing.F) {
+	fuzzBody(f, TypeNetworkMembers, ParseNetworkMembers)
+}
+func FuzzParseNetworkState(f *testing.F) { fuzzBody(f, TypeNetworkState, ParseNetworkState) }

@@ -56,6 +56,12 @@ const (
 	TypeError        Type = 0x0b
 	TypeConnect      Type = 0x0c
 	TypeIntroduce    Type = 0x0d
+
+	TypeNetworkCreate  Type = 0x0e
+	TypeNetworkInfo    Type = 0x0f
+	TypeNetworkSend    Type = 0x10
+	TypeNetworkMembers Type = 0x11
+	TypeNetworkState   Type = 0x12
 )
 
 var typeNames = [...]string{
@@ -63,6 +69,8 @@ var typeNames = [...]string{
 	TypeLookupResult: "lookup_result", TypeNotFound: "not_found", TypeSetHostname: "set_hostname",
 	TypeTrustSend: "trust_send", TypeDeliver: "deliver", TypeAck: "ack", TypeOK: "ok", TypeError: "error",
 	TypeConnect: "connect", TypeIntroduce: "introduce",
+	TypeNetworkCreate: "network_create", TypeNetworkInfo: "network_info", TypeNetworkSend: "network_send",
+	TypeNetworkMembers: "network_members", TypeNetworkState: "network_state",
 }
 
 // String returns the type's snake_case name, or "type_0xNN".
@@ -214,6 +222,16 @@ func ParseMessage(f Frame) (Message, error) {
 		return parse(ParseConnect, f.Body)
 	case TypeIntroduce:
 		return parse(ParseIntroduce, f.Body)
+	case TypeNetworkCreate:
+		return parse(ParseNetworkCreate, f.Body)
+	case TypeNetworkInfo:
+		return parse(ParseNetworkInfo, f.Body)
+	case TypeNetworkSend:
+		return parse(ParseNetworkSend, f.Body)
+	case TypeNetworkMembers:
+		return parse(ParseNetworkMembers, f.Body)
+	case TypeNetworkState:
+		return parse(ParseNetworkState, f.Body)
 	}
 	return nil, fmt.Errorf("%w: unknown frame type %s", ErrMalformed, f.Type)
 }
@@ -482,13 +500,14 @@ const (
 	CodeNoRequest     ErrorCode = 9  // approve/reject without a matching pending request
 	CodeLimit         ErrorCode = 10 // a capacity limit (agents, mailbox)
 	CodeInternal      ErrorCode = 11 // server failure; retry later
+	CodeNetworkTaken  ErrorCode = 12 // network name taken
 )
 
 var codeNames = [...]string{
 	CodeBadRequest: "bad_request", CodeRateLimited: "rate_limited", CodeHostnameTaken: "hostname_taken",
 	CodeNodeIDTaken: "nodeid_taken", CodeNotRegistered: "not_registered", CodeTooLarge: "too_large",
 	CodeBadMessage: "bad_message", CodeReplay: "replay", CodeNoRequest: "no_request",
-	CodeLimit: "limit", CodeInternal: "internal",
+	CodeLimit: "limit", CodeInternal: "internal", CodeNetworkTaken: "network_taken",
 }
 
 // String returns the code's stable snake_case name, or "code_N".

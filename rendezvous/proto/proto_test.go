@@ -60,6 +60,13 @@ func sampleMessages() []Message {
 		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4, v6}, Token: [TokenSize]byte{9}, Initiator: true,
 			Relay: &RelayGrant{Addr: netip.AddrPortFrom(netip.Addr{}, 7422), Session: [8]byte{1, 7: 8}, Secret: [16]byte{2, 15: 3}, Side: 1}},
 		&Introduce{Peer: k, PeerAddr: a, Relay: &RelayGrant{Addr: v6, Side: 0}},
+		&NetworkCreate{Name: "builders"},
+		&NetworkInfo{ID: 1, Name: "b", Owner: k},
+		&NetworkSend{Doc: bytes.Repeat([]byte{3}, MaxNetworkDoc)},
+		&NetworkMembers{ID: 65535},
+		&NetworkState{ID: 9, Name: "builders", Owner: k, First: true, Last: true},
+		&NetworkState{ID: 9, Name: "builders", Owner: k, Docs: [][]byte{[]byte("join"), []byte("leave")}},
+		&NetworkState{ID: 9, Name: "builders", Owner: k, Last: true, Docs: [][]byte{bytes.Repeat([]byte{1}, MaxNetworkDoc)}},
 	}
 }
 
@@ -230,6 +237,25 @@ func TestFrameLimits(t *testing.T) {
 	require.Error(t, err)
 	_, err = AppendMessage(nil, &Introduce{PeerAddr: a, Relay: &RelayGrant{}})
 	require.Error(t, err)
+	_, err = AppendMessage(nil, &NetworkCreate{Name: "Bad"})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &NetworkInfo{Name: "x"})
+	require.Error(t, err, "network 0")
+	_, err = AppendMessage(nil, &NetworkSend{})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &NetworkMembers{})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: [][]byte{make([]byte, MaxNetworkDoc+1)}})
+	require.Error(t, err)
+	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: make([][]byte, 9, 9)})
+	require.Error(t, err, "empty documents")
+	// A full page of large documents stays under MaxBody only up to 7.
+	page := make([][]byte, 7)
+	for i := range page {
+		page[i] = make([]byte, MaxNetworkDoc)
+	}
+	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: page})
+	require.NoError(t, err)
 }
 
 func TestErrorCodeNames(t *testing.T) {
@@ -286,4 +312,10 @@ var bodyFuzzers = map[Type]string{
 	TypeError:        "FuzzParseError",
 	TypeConnect:      "FuzzParseConnect",
 	TypeIntroduce:    "FuzzParseIntroduce",
+
+	TypeNetworkCreate:  "FuzzParseNetworkCreate",
+	TypeNetworkInfo:    "FuzzParseNetworkInfo",
+	TypeNetworkSend:    "FuzzParseNetworkSend",
+	TypeNetworkMembers: "FuzzParseNetworkMembers",
+	TypeNetworkState:   "FuzzParseNetworkState",
 }
