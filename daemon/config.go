@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/atomicfile"
 	"log/slog"
 	"net"
 	"os"
@@ -279,11 +280,7 @@ func setFileKey(dir, key, value string) error {
 		m[key] = value
 	}
 	b, _ := json.MarshalIndent(m, "", "  ")
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return atomicfile.WriteFile(p, append(b, '\n'), 0o600)
 }
 
 func (c *Config) stateDir() string {

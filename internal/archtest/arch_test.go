@@ -25,7 +25,7 @@ var allowed = map[string][]string{
 	"rendezvous":       {"addressing", "trustdb", "network", "rendezvous", "internal/"},
 	"quicnode":         {"addressing", "trustdb", "network", "rendezvous", "internal/"},
 	"ctl":              {},
-	"service":          {"addressing", "service"},
+	"service":          {"addressing", "service", "internal/atomicfile"},
 	"daemon":           {"addressing", "trustdb", "rendezvous", "quicnode", "ctl", "service", "internal/"},
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/atomicfile"
 	"os"
 	"path"
 	"path/filepath"
@@ -240,13 +241,7 @@ func extension(k Kind) string {
 	return ".bin"
 }
 
-func writeFileAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
-}
+func writeFileAtomic(p string, b []byte) error { return atomicfile.WriteFile(p, b, 0o600) }
 
 // newID returns a new item ID: 16 hex digits of Unix nanoseconds and 6 random
 // hex digits, so IDs sort by arrival.
