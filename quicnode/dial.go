@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
-	"github.com/agentnet/agentnet/internal/certs"
 	"github.com/agentnet/agentnet/internal/vport"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/quic-go/quic-go"
@@ -422,7 +421,7 @@ func (n *Node) dialCandidates(ctx context.Context, key addressing.PublicKey, can
 
 // dialOne runs one handshake plus welcome.
 func (n *Node) dialOne(ctx context.Context, key addressing.PublicKey, to netip.AddrPort) (*quic.Conn, error) {
-	tlsConf := certs.ClientConfig(n.cert, alpn, key, n.gate)
+	tlsConf := n.clientTLS(key)
 	conn, err := n.tr.Dial(ctx, net.UDPAddrFromAddrPort(to), tlsConf, n.qconf)
 	if err != nil {
 		return nil, classify(err)

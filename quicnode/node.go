@@ -36,6 +36,7 @@ type Node struct {
 	id    *trustdb.Identity
 	addr  addressing.Addr
 	cert  tls.Certificate
+	knock *knocker
 	qconf *quic.Config
 
 	ctx    context.Context
@@ -82,6 +83,7 @@ type nodeStats struct {
 	datagramsDropped atomic.Uint64 // no listener, or queue full
 	badStreams       atomic.Uint64 // malformed or late headers
 	nonQUICPackets   atomic.Uint64
+	knocksRefused    atomic.Uint64 // handshakes refused before key exchange
 }
 
 // pathKind says how a link reaches its peer.
@@ -155,6 +157,10 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quicnode: %w", err)
 	}
+	kn, err := newKnocker(id.PublicKey(), id.PrivateKey())
+	if err != nil {
+		return nil, fmt.Errorf("quicnode: %w", err)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -167,6 +173,7 @@ func New(cfg Config) (*Node, error) {
 		id:           id,
 		addr:         id.Addr(),
 		cert:         cert,
+		knock:        kn,
 		qconf:        cfg.quicConfig(),
 		ctx:          ctx,
 		cancel:       cancel,
@@ -235,7 +242,7 @@ func (n *Node) Start(ctx context.Context) error {
 	// few such packets and drops what arrives before the first read.
 	n.goFunc(n.nonQUICLoop)
 
-	ln, err := n.tr.Listen(certs.ServerConfig(n.cert, alpn, n.gate), n.qconf)
+	ln, err := n.tr.Listen(n.serverTLS(), n.qconf)
 	if err != nil {
 		n.tr.Close()
 		udp.Close()
@@ -361,7 +368,7 @@ func (n *Node) startRelayTransport() error {
 	}
 	n.relay = newRelayConn(udp)
 	n.relayTr = &quic.Transport{Conn: n.relay}
-	ln, err := n.relayTr.Listen(certs.ServerConfig(n.cert, alpn, n.gate), n.relayQconf)
+	ln, err := n.relayTr.Listen(n.serverTLS(), n.relayQconf)
 	if err != nil {
 		return fmt.Errorf("quicnode: relay listen: %w", err)
 	}

@@ -199,6 +199,9 @@ func TestGateRefusesUntrustedHandshake(t *testing.T) {
 // the welcome, bypassing a's own trust check.
 func rawDial(ctx context.Context, a, b *testNode, cache tls.ClientSessionCache) (*quic.Conn, error) {
 	tlsConf := certs.ClientConfig(a.cert, alpn, b.PublicKey(), nil)
+	if name, err := a.knock.name(b.PublicKey()); err == nil {
+		tlsConf.ServerName = name // knock as a's own dialer would
+	}
 	tlsConf.ClientSessionCache = cache
 	conn, err := a.tr.Dial(ctx, b.LocalAddr(), tlsConf, a.qconf)
 	if err != nil {
@@ -624,4 +627,38 @@ func TestCloseIsIdempotentAndFinal(t *testing.T) {
 	require.ErrorIs(t, err, net.ErrClosed)
 	_, err = a.Node.ListenPacket(0)
 	require.ErrorIs(t, err, net.ErrClosed)
+}
+
+// TestKnockRefusesEarlyAndIsBound checks the pre-handshake filter: a
+// stranger is refused before key exchange (counted), and a knock copied
+// from a trusted pair does not let another key in.
+func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	c := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ctx := ctxT(t, 10*time.Second)
+
+	before := b.Stats().KnocksRefused
+	_, err := rawDial(ctx, c, b, nil) // c knocks with its own (untrusted) pair secret
+	require.ErrorIs(t, err, ErrNotTrusted)
+	require.Greater(t, b.Stats().KnocksRefused, before, "the stranger was refused at the knock")
+
+	// Now b trusts c too; c replaying a's knock name with its own
+	// certificate still gets nowhere: the knock is bound to a's key.
+	establishTrust(t, c, b, b.Addr().String())
+	conn, err := rawDial(ctx, c, b, nil)
+	require.NoError(t, err, "c's own knock works once trusted")
+	conn.CloseWithError(0, "")
+	stolen, err := a.knock.name(b.PublicKey())
+	require.NoError(t, err)
+	tlsConf := certs.ClientConfig(c.cert, alpn, b.PublicKey(), nil)
+	tlsConf.ServerName = stolen
+	conn, err = c.tr.Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
+	if err == nil {
+		err = awaitWelcome(ctx, conn)
+	}
+	require.ErrorIs(t, classify(err), ErrNotTrusted)
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
-	"github.com/agentnet/agentnet/internal/certs"
 	"github.com/agentnet/agentnet/internal/probe"
 	"github.com/agentnet/agentnet/internal/relayframe"
 	"github.com/agentnet/agentnet/rendezvous"
@@ -291,7 +290,7 @@ func (n *Node) dialRelay(ctx context.Context, key addressing.PublicKey, g *rende
 	if err := n.relay.waitBound(ctx, s); err != nil {
 		return nil, fmt.Errorf("relay bind: %w", err)
 	}
-	tlsConf := certs.ClientConfig(n.cert, alpn, key, n.gate)
+	tlsConf := n.clientTLS(key)
 	conn, err := n.relayTr.Dial(ctx, relayAddr{s.id}, tlsConf, n.relayQconf)
 	if err != nil {
 		return nil, classify(err)
@@ -322,6 +321,7 @@ func (n *Node) maintainLoop() {
 		}
 		n.heartbeat()
 		n.checkPaths()
+		n.knock.refresh()
 		if n.relay != nil {
 			n.relay.rebindDue()
 		}

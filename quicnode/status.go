@@ -63,6 +63,7 @@ type Stats struct {
 	DatagramsDropped uint64 // no listener on the port, queue full, or malformed
 	BadStreams       uint64 // streams reset for a malformed or late header
 	NonQUICPackets   uint64 // packets read beside QUIC (STUN, probes)
+	KnocksRefused    uint64 // handshakes refused before key exchange (no valid knock)
 }
 
 // Stats returns the node's counters.
@@ -71,6 +72,7 @@ func (n *Node) Stats() Stats {
 		DatagramsDropped: n.stats.datagramsDropped.Load(),
 		BadStreams:       n.stats.badStreams.Load(),
 		NonQUICPackets:   n.stats.nonQUICPackets.Load(),
+		KnocksRefused:    n.stats.knocksRefused.Load(),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 // rebuildIndex rebuilds the address and hostname indexes of trusted peers.
 func (n *Node) rebuildIndex() {
+	n.knock.rebuild(n.admissibleKeys())
 	byNode := make(map[addressing.NodeID]addressing.PublicKey)
 	byHost := make(map[string]addressing.PublicKey)
 	for _, r := range n.store.List() {
