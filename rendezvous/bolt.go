@@ -29,6 +29,8 @@ import (
 //	pairs:     lower key ‖ higher key → trust pair
 //	mail:      recipient key → bucket{ uint64 id → time ‖ message }
 //	meta:      "agent_count" → uint64
+//
+// and the network buckets drawn in boltnet.go.
 type BoltStore struct {
 	db     *bolt.DB
 	remove string // file to delete on Close ("" = keep)
@@ -62,7 +64,7 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 	}
 	db.MaxBatchDelay = batchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail, bucketMeta} {
+		for _, name := range append([][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail, bucketMeta}, networkBuckets...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

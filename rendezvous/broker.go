@@ -97,7 +97,7 @@ func (s *Server) connectable(from addressing.PublicKey, target addressing.Addr) 
 			return err
 		}
 		peer = k
-		ok, err = s.canSee(tx, from, k)
+		ok, err = s.canSeeIn(tx, target.Network(), from, k)
 		return err
 	})
 	return peer, ok && err == nil, err

@@ -84,6 +84,12 @@ type ClientConfig struct {
 	// mailbox deliveries, so it must not block (hand the work to another
 	// goroutine). nil ignores introductions.
 	Introduced func(Introduce)
+	// Network receives the network documents the server pushes: after each
+	// registration the full list of every network we own or are in (and
+	// the Leave or Remove that ended a membership of ours), later every
+	// change. It is called from the session goroutine, in order, one at a
+	// time; verify every document before acting on it. nil ignores them.
+	Network func(NetworkState)
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 }
@@ -476,6 +482,7 @@ func (c *Client) dial() (*quic.Conn, error) {
 // address the connection dialled.
 func (c *Client) receive(ctx context.Context, str *quic.Stream, server netip.AddrPort) error {
 	var buf []byte
+	var lists listAssembler
 	for {
 		f, err := proto.ReadFrame(str, proto.MaxBody)
 		if err != nil {
@@ -495,6 +502,19 @@ func (c *Client) receive(ctx context.Context, str *quic.Stream, server netip.Add
 			}
 			if c.cfg.Introduced != nil {
 				c.cfg.Introduced(intro)
+			}
+			continue
+		case proto.TypeNetworkState:
+			m, err := proto.ParseNetworkState(f.Body)
+			if err != nil {
+				return fmt.Errorf("rendezvous: session: %w", err)
+			}
+			st, err := lists.add(&m)
+			if err != nil {
+				c.log.Warn("rendezvous: pushed network list dropped", "err", err)
+			}
+			if st != nil && c.cfg.Network != nil {
+				c.cfg.Network(*st)
 			}
 			continue
 		default:

@@ -111,6 +111,13 @@ type Limits struct {
 	// RelayIdle is how long a relay session lives without an accepted Bind
 	// or forwarded Data (default 120 s).
 	RelayIdle time.Duration
+	// MaxNetworksPerAgent is the number of networks an agent may own or be
+	// a member of (default 64).
+	MaxNetworksPerAgent int
+	// MaxNetworkMembers is the number of members a network may have besides
+	// its owner (default 1024); as many former members' Leave or Remove
+	// documents are kept, the oldest dropped first.
+	MaxNetworkMembers int
 }
 
 // Defaults of Limits.
@@ -129,6 +136,8 @@ const (
 	DefaultRelayBurst          = relay.DefaultBurst
 	DefaultMaxRelaySessions    = relay.DefaultMaxSessions
 	DefaultRelayIdle           = relay.DefaultIdle
+	DefaultMaxNetworksPerAgent = 64
+	DefaultMaxNetworkMembers   = 1024
 )
 
 func (l Limits) withDefaults() Limits {
@@ -180,6 +189,12 @@ func (l Limits) withDefaults() Limits {
 	if l.RelayIdle == 0 {
 		l.RelayIdle = DefaultRelayIdle
 	}
+	if l.MaxNetworksPerAgent == 0 {
+		l.MaxNetworksPerAgent = DefaultMaxNetworksPerAgent
+	}
+	if l.MaxNetworkMembers == 0 {
+		l.MaxNetworkMembers = DefaultMaxNetworkMembers
+	}
 	return l
 }
 
@@ -190,7 +205,8 @@ func (l Limits) validate() error {
 	case l.KeyRate < 0 || l.KeyBurst < 0 || l.AddrRate < 0 || l.AddrBurst < 0:
 		return errors.New("rendezvous: Limits: rates and bursts must not be negative")
 	case l.RateTableSize < 0 || l.MaxPendingPerTarget < 0 || l.MaxMailbox < 0 ||
-		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0:
+		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0 ||
+		l.MaxNetworksPerAgent < 0 || l.MaxNetworkMembers < 0:
 		return errors.New("rendezvous: Limits: sizes must not be negative")
 	case l.RelayRate < 0 || l.RelayBurst < 0 || l.RelayPacketRate < 0 || l.MaxRelaySessions < 0 || l.RelayIdle < 0:
 		return errors.New("rendezvous: Limits: relay limits must not be negative")

@@ -18,7 +18,8 @@
 // # Privacy (REQ-10, REQ-11)
 //
 // Lookup by address or hostname answers only when the asker may see the
-// agent (canSee: the pair trusts each other; shared networks will come). For
+// agent (canSee: the pair trusts each other, or both are members of a
+// network; an address N:x with N != 0 needs both to be members of N). For
 // anyone else the answer is the NotFound frame, byte for byte the one for an
 // agent that does not exist. A trust request is answered OK whether its
 // target exists or not, is online, or is over its limits; the requester
@@ -35,6 +36,22 @@
 // connects, and a message is deleted only when the recipient acks it.
 // Recipients verify every message again themselves: the server cannot forge
 // consent.
+//
+// # Networks
+//
+// An agent creates a network (NetworkCreate: the lowest free ID, a unique
+// name, the agent as owner). Members join with a Join signed by them over an
+// invite signed by the owner, and leave with a Leave; the owner removes them
+// with a Remove (package network). The server applies the same rules as the
+// nodes, refuses documents more than five minutes from its clock, and keeps
+// each member's Join and each former member's last Leave or Remove. Every
+// change is pushed to the network's online members (and to the former
+// member) on their session streams; after each registration an agent gets
+// the full list of every network it is in. A member can ask for the full
+// list (NetworkMembers); anyone else gets the NotFound frame. Nodes verify
+// every document against the owner key they learnt out of band, so a
+// compromised server can withhold changes but not add a member. A Leave or
+// Remove closes the relay sessions of pairs that no longer see each other.
 //
 // # NAT traversal
 //

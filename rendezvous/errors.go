@@ -31,6 +31,8 @@ var (
 	// ErrLimit: a capacity limit of the server (registered agents, a
 	// mailbox); retry later.
 	ErrLimit = errors.New("rendezvous: server limit reached")
+	// ErrNetworkTaken: another network has that name.
+	ErrNetworkTaken = errors.New("rendezvous: network name taken")
 )
 
 // ServerError is an error answer from the server. It matches the sentinel of
@@ -70,6 +72,8 @@ func codeSentinel(c proto.ErrorCode) error {
 		return ErrNoRequest
 	case proto.CodeLimit:
 		return ErrLimit
+	case proto.CodeNetworkTaken:
+		return ErrNetworkTaken
 	}
 	return nil
 }

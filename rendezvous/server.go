@@ -118,6 +118,9 @@ type counters struct {
 	prunedStoreEntries atomic.Uint64
 	introductions      atomic.Uint64
 	introPushDropped   atomic.Uint64
+	networkDocs        atomic.Uint64
+	networkRefused     atomic.Uint64
+	networkPushes      atomic.Uint64
 }
 
 // Stats is a snapshot of the server's counters.
@@ -137,6 +140,9 @@ type Stats struct {
 	StoreErrors      uint64
 	Introductions    uint64 // Connect requests answered with an introduction
 	IntroPushDropped uint64 // introductions not pushed: the target's push queue was full
+	NetworkDocs      uint64 // networks created, and Joins, Leaves and Removes accepted
+	NetworkRefused   uint64 // network documents refused (malformed, forged, stale, over a limit)
+	NetworkPushes    uint64 // NetworkState frames pushed on session streams
 }
 
 // RelayStats is a snapshot of the relay's and the STUN responder's counters.
@@ -177,6 +183,7 @@ type session struct {
 	locators []netip.AddrPort // reflexive first, then local
 	wake     chan struct{}    // capacity 1: new mail
 	push     chan []byte      // encoded frames (Introduce) for the session stream; capacity pushQueue
+	net      *netPusher       // network frames for the session stream (network.go)
 }
 
 // NewServer checks cfg and returns a server that is not yet serving. It does
@@ -502,6 +509,7 @@ func (s *Server) Stats() Stats {
 		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
 		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
 		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(),
+		NetworkDocs: c.networkDocs.Load(), NetworkRefused: c.networkRefused.Load(), NetworkPushes: c.networkPushes.Load(),
 	}
 }
 
@@ -751,6 +759,13 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		resp = s.trustSend(c.key, m.Msg)
 	case *proto.Connect:
 		resp = s.connect(c, m)
+	case *proto.NetworkCreate:
+		resp = s.createNetwork(c.key, m.Name)
+	case *proto.NetworkSend:
+		resp = s.networkSend(c.key, m.Doc)
+	case *proto.NetworkMembers:
+		s.answerAll(str, s.networkMembers(c.key, m.ID))
+		return
 	default:
 		s.stats.badFrames.Add(1)
 		resp = &proto.Error{Code: proto.CodeBadRequest, Text: "unexpected " + f.Type.String()}
@@ -761,10 +776,20 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 // answer writes resp as the only frame of a request stream and finishes the
 // stream in both directions.
 func (s *Server) answer(str *quic.Stream, resp proto.Message) {
-	b, err := proto.AppendMessage(make([]byte, 0, 64), resp)
-	if err != nil {
-		s.log.Error("rendezvous: encode answer", "type", resp.FrameType().String(), "err", err)
-		b, _ = proto.AppendMessage(nil, &proto.Error{Code: proto.CodeInternal})
+	s.answerAll(str, []proto.Message{resp})
+}
+
+// answerAll writes the frames of resps as the answer of a request stream
+// and finishes the stream in both directions.
+func (s *Server) answerAll(str *quic.Stream, resps []proto.Message) {
+	b := make([]byte, 0, 64)
+	for _, resp := range resps {
+		var err error
+		if b, err = proto.AppendMessage(b, resp); err != nil {
+			s.log.Error("rendezvous: encode answer", "type", resp.FrameType().String(), "err", err)
+			b, _ = proto.AppendMessage(b[:0], &proto.Error{Code: proto.CodeInternal})
+			break
+		}
 	}
 	str.SetWriteDeadline(time.Now().Add(requestTimeout))
 	if _, err := str.Write(b); err != nil {
@@ -796,6 +821,7 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 	s.wg.Add(1)
 	s.mu.Unlock()
 	c.registered.Store(true)
+	s.queueNetworkSync(sess)
 	if old != nil && old.c != c {
 		s.stats.sessionsReplaced.Add(1)
 		old.c.qc.CloseWithError(closeReplaced, "replaced by a newer connection")
@@ -889,6 +915,7 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 			c: c, locators: locators,
 			wake: make(chan struct{}, 1),
 			push: make(chan []byte, pushQueue),
+			net:  newNetPusher(),
 		}
 }
 
@@ -907,6 +934,8 @@ func (s *Server) errorAnswer(op string, err error) *proto.Error {
 		return &proto.Error{Code: proto.CodeNoRequest}
 	case errors.Is(err, ErrBadMessage):
 		return &proto.Error{Code: proto.CodeBadMessage, Text: err.Error()}
+	case errors.Is(err, ErrNetworkTaken):
+		return &proto.Error{Code: proto.CodeNetworkTaken}
 	}
 	s.stats.storeErrors.Add(1)
 	s.log.Error("rendezvous: store", "op", op, "err", err)
@@ -956,6 +985,12 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 			select {
 			case <-sess.wake:
 				break wait
+			case <-sess.net.wake:
+				var ok bool
+				if buf, ok = s.writeNetworkPushes(sess, str, buf); !ok {
+					sess.c.qc.CloseWithError(closeSessionEnded, "session write failed")
+					return
+				}
 			case b := <-sess.push:
 				str.SetWriteDeadline(time.Now().Add(requestTimeout))
 				if _, err := str.Write(b); err != nil {
@@ -1011,9 +1046,18 @@ func (s *Server) wake(k addressing.PublicKey) {
 	}
 }
 
+// targetNetwork returns the network an address target names (0 for a
+// hostname).
+func targetNetwork(t addressing.Target) addressing.NetworkID {
+	if a, ok := t.Addr(); ok {
+		return a.Network()
+	}
+	return 0
+}
+
 // resolve returns the key a target names. The network part of an address is
 // ignored: an agent has the same NodeID in every network, and who may see
-// whom is canSee's decision.
+// whom is canSeeIn's decision.
 func resolve(tx Tx, t addressing.Target) (addressing.PublicKey, bool, error) {
 	if h, ok := t.Hostname(); ok {
 		return tx.AgentByHostname(h)
@@ -1025,14 +1069,16 @@ func resolve(tx Tx, t addressing.Target) (addressing.PublicKey, bool, error) {
 }
 
 // canSee reports whether agent a may learn agent b's record (existence,
-// hostname, locators): b itself, or a peer b trusts. Networks (shared
-// membership) will add to this.
+// hostname, locators): b itself, a peer b trusts, or a fellow member of a
+// network (canSeeIn narrows this to one network).
 func (s *Server) canSee(tx Tx, a, b addressing.PublicKey) (bool, error) {
 	if a == b {
 		return true, nil
 	}
-	_, ok, err := tx.Pair(a, b)
-	return ok, err
+	if _, ok, err := tx.Pair(a, b); err != nil || ok {
+		return ok, err
+	}
+	return shareNetwork(tx, a, b)
 }
 
 // lookup answers a Lookup from key from. For an agent that does not exist
@@ -1045,7 +1091,7 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 		if err != nil || !ok {
 			return err
 		}
-		if ok, err = s.canSee(tx, from, k); err != nil || !ok {
+		if ok, err = s.canSeeIn(tx, targetNetwork(t), from, k); err != nil || !ok {
 			return err
 		}
 		rec, found, err = tx.Agent(k)
@@ -1069,7 +1115,7 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 	}
 	return &proto.LookupResult{
 		Key:      rec.Key,
-		Addr:     addressing.AddrFrom(0, rec.Key.NodeID()),
+		Addr:     addressing.AddrFrom(targetNetwork(t), rec.Key.NodeID()),
 		Hostname: rec.Hostname,
 		Online:   sess != nil,
 		Locators: locators,

@@ -76,6 +76,8 @@ type Tx interface {
 	// Prune deletes replay-cache entries, pending requests and mailbox
 	// messages whose time is before cutoff, and returns how many.
 	Prune(cutoff time.Time) (int, error)
+
+	NetworkTx // networks (netstore.go)
 }
 
 // AgentRecord is a registration.
