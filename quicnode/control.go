@@ -33,7 +33,7 @@ func (n *Node) handleControl(l *link, _ uint16, payload []byte) {
 	switch payload[0] {
 	case ctlPing:
 		b := vport.AppendDatagram(make([]byte, 0, 16), portControl, portControl, []byte{ctlPong})
-		l.conn.SendDatagram(b)
+		n.sendDatagram(l, b)
 	case ctlPong:
 		l.lastPong.Store(time.Now().UnixNano())
 	}
@@ -64,7 +64,7 @@ func (n *Node) heartbeat() {
 	}
 	n.mu.Unlock()
 	for _, d := range probe {
-		d.conn.SendDatagram(ping)
+		n.sendDatagram(d, ping)
 	}
 }
 

@@ -153,7 +153,7 @@ func (pc *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	defer dgramPool.Put(bp)
 	buf := vport.AppendDatagram((*bp)[:0], to.Port(), pc.port, b)
 	*bp = buf
-	if err := l.conn.SendDatagram(buf); err != nil {
+	if err := pc.n.sendDatagram(l, buf); err != nil {
 		var tl *quic.DatagramTooLargeError
 		if errors.As(err, &tl) {
 			err = fmt.Errorf("%w: path allows %d bytes now: %w", ErrDatagramTooLarge, tl.MaxDatagramPayloadSize-vport.DatagramHeaderLen, err)

@@ -110,6 +110,7 @@ type link struct {
 	outgoing bool
 	since    time.Time
 	lastPong atomic.Int64 // unix nanoseconds of the last heartbeat answer
+	dgrams   atomic.Bool  // the datagram loop runs
 
 	// Path liveness, touched only by maintainLoop.
 	recvCount    uint64    // PacketsReceived at the last check
@@ -524,7 +525,8 @@ func (n *Node) addLink(conn *quic.Conn, key addressing.PublicKey, path pathKind,
 		loser.CloseWithError(CodeDuplicate, "duplicate connection")
 	}
 	n.goFunc(func() { n.streamLoop(l) })
-	n.goFunc(func() { n.datagramLoop(l) })
+	// The datagram loop starts only once datagrams flow on the link (see
+	// startDatagrams): an idle link costs one goroutine of ours.
 	return l, nil
 }
 
@@ -601,6 +603,13 @@ func (n *Node) dispatchStream(l *link, s *quic.Stream) {
 		s.CancelWrite(StreamBadHeader)
 		return
 	}
+	if h.Dst == portControl {
+		// The peer is about to send datagrams: read them from now on.
+		n.startDatagrams(l)
+		s.CancelRead(StreamClosed)
+		s.Close()
+		return
+	}
 	n.mu.Lock()
 	ln := n.listeners[h.Dst]
 	n.mu.Unlock()
@@ -620,6 +629,32 @@ func (n *Node) dispatchStream(l *link, s *quic.Stream) {
 		return
 	}
 	s.Write([]byte{vport.StatusOK})
+}
+
+// startDatagrams starts the link's datagram loop once; it reports whether
+// this call started it.
+func (n *Node) startDatagrams(l *link) bool {
+	if !l.dgrams.CompareAndSwap(false, true) {
+		return false
+	}
+	n.goFunc(func() { n.datagramLoop(l) })
+	return true
+}
+
+// sendDatagram sends b on l. The first datagram we send on a link starts
+// our datagram loop (answers will come) and tells the peer to start its own
+// with a stream to the control port; datagrams that arrive before the peer
+// reads them wait in quic-go's queue.
+func (n *Node) sendDatagram(l *link, b []byte) error {
+	if n.startDatagrams(l) {
+		if s, err := l.conn.OpenStream(); err == nil {
+			var hdr [vport.StreamHeaderLen]byte
+			s.Write(vport.AppendStreamHeader(hdr[:0], vport.StreamHeader{Dst: portControl, Src: portControl}))
+			s.Close()
+			s.CancelRead(StreamClosed)
+		}
+	}
+	return l.conn.SendDatagram(b)
 }
 
 // datagramLoop reads the peer's datagrams and queues them by port.
