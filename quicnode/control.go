@@ -101,7 +101,7 @@ func (n *Node) checkPaths() {
 		case now.Sub(l.sendingSince) >= pathDead:
 			n.log.Info("path dead: closing link", "peer", l.addr, "path", l.path, "silent_for", now.Sub(l.lastHeard).Round(time.Millisecond))
 			l.conn.CloseWithError(CodePathDead, "path dead")
-			if l.outgoing && n.store.IsTrusted(l.key) {
+			if l.outgoing && n.admissible(l.key) {
 				key := l.key
 				n.goFunc(func() {
 					ctx, cancel := context.WithTimeout(n.ctx, n.cfg.handshakeTimeout())

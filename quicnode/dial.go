@@ -16,8 +16,9 @@ import (
 )
 
 // Dial opens a stream to port on target, an address ("0:3f2a.91c0.0b17") or
-// a hostname. It fails with ErrNotTrusted, before any packet is sent, when
-// the local trust store does not mark the target trusted, and with
+// a hostname; "N:xxxx.xxxx.xxxx" with N != 0 names a fellow member of
+// network N. It fails with ErrNotTrusted, before any packet is sent, when
+// the target is neither trusted nor a fellow network member, and with
 // ErrNotTrusted when the target's gate refuses us; with ErrPortClosed when
 // nothing listens on port. The returned net.Conn is a QUIC stream on the
 // connection shared with every other stream and datagram to that peer.
@@ -36,7 +37,7 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 		return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 	}
 	for attempt := 0; ; attempt++ {
-		l, err := n.getLink(ctx, key)
+		l, err := n.getLinkRetry(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 		}
@@ -103,8 +104,8 @@ func (n *Node) ephemeralStreamPort() uint16 {
 	return p
 }
 
-// resolve maps a target to the key of a trusted peer. Only trusted peers
-// resolve: everything else is ErrNotTrusted, decided locally.
+// resolve maps a target to the key of a trusted peer or fellow network
+// member (admissible). Everything else is ErrNotTrusted, decided locally.
 func (n *Node) resolve(ctx context.Context, t addressing.Target) (addressing.PublicKey, error) {
 	if a, ok := t.Addr(); ok {
 		return n.resolveAddr(a)
@@ -126,7 +127,7 @@ func (n *Node) resolve(ctx context.Context, t addressing.Target) (addressing.Pub
 		}
 		return addressing.PublicKey{}, err
 	}
-	if !n.store.IsTrusted(info.Key) {
+	if !n.admissible(info.Key) {
 		return addressing.PublicKey{}, ErrNotTrusted
 	}
 	return info.Key, nil
@@ -148,17 +149,22 @@ func (n *Node) lookupIndex(find func() (addressing.PublicKey, bool)) (addressing
 	return find()
 }
 
-// resolveAddr maps an address to the key of a trusted peer, locally.
+// resolveAddr maps an address to the key of a trusted peer or, for N:x, of
+// a fellow member of network N; 0:x may also name a fellow member of any
+// network. Locally.
 func (n *Node) resolveAddr(a addressing.Addr) (addressing.PublicKey, error) {
 	if a.Node() == n.addr.Node() {
 		return addressing.PublicKey{}, errors.New("quicnode: cannot dial ourselves")
+	}
+	if a.Network() != 0 {
+		return n.resolveMember(a) // N:x names a fellow member of N, nothing else
 	}
 	k, ok := n.lookupIndex(func() (addressing.PublicKey, bool) {
 		k, ok := n.byNode[a.Node()]
 		return k, ok
 	})
 	if !ok {
-		return addressing.PublicKey{}, ErrNotTrusted
+		return n.resolveMember(a)
 	}
 	return k, nil
 }
@@ -188,7 +194,7 @@ func (n *Node) getLink(ctx context.Context, key addressing.PublicKey) (*link, er
 				return l, nil
 			}
 		}
-		if !n.store.IsTrusted(key) {
+		if !n.admissible(key) {
 			n.mu.Unlock()
 			return nil, ErrNotTrusted
 		}

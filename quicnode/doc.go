@@ -12,6 +12,18 @@
 // return a connection. Session tickets are disabled so no handshake skips the
 // gate. Revoking trust closes every live connection to that peer at once.
 //
+// Networks (network.go) are the other consent: members of a network the
+// node is in reach each other without a trust request. An address N:x with
+// N != 0 names a fellow member of network N and nothing else; 0:x and
+// hostnames name a trusted peer or a fellow member of any network. The node
+// keeps each network's owner key from its own creation or the invite it
+// accepted, and admits a member only on a Join that verifies under that key:
+// documents the rendezvous pushes are checked, never taken on its word.
+// Leaving a network, or being removed, closes the links to every member that
+// is no longer trusted or a fellow in another network. Memberships travel
+// through the rendezvous, so a dial to a fellow member that the peer refuses
+// is retried for up to three seconds while the peer learns of it.
+//
 // Streams begin with a virtual-port header (see internal/vport); the acceptor
 // answers with one status byte, or resets the stream with StreamPortClosed.
 // Datagrams carry a 4-byte port header and at most vport.MaxPayload bytes.

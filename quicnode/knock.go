@@ -228,5 +228,14 @@ func (n *Node) clientTLS(key addressing.PublicKey) *tls.Config {
 	return c
 }
 
-// admissibleKeys lists the peers whose handshakes the listener admits.
-func (n *Node) admissibleKeys() []addressing.PublicKey { return n.store.TrustedKeys() }
+// admissibleKeys lists the peers whose handshakes the listener admits:
+// trusted peers and fellow network members.
+func (n *Node) admissibleKeys() []addressing.PublicKey {
+	keys := n.store.TrustedKeys()
+	for _, k := range n.store.Fellows() {
+		if !n.store.IsTrusted(k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}

@@ -72,7 +72,8 @@ type Node struct {
 	hints        map[addressing.PublicKey]netip.AddrPort    // last address a peer connected from
 	punches      map[[8]byte]*punchSession                  // by token ID
 
-	stats nodeStats
+	stats    nodeStats
+	netStats netCounters // network.go
 
 	stun  stunWaiters
 	natMu sync.Mutex
@@ -269,6 +270,7 @@ func (n *Node) Start(ctx context.Context) error {
 			LocalAddrs: localCandidates(udp),
 			Deliver:    n.deliver,
 			Introduced: n.introduced,
+			Network:    n.networkPushed,
 			Logger:     n.log.With("component", "rendezvous-client"),
 		})
 		if err != nil {
@@ -418,7 +420,7 @@ func (n *Node) goFunc(f func()) {
 // gate is the listener's trust gate, run in VerifyConnection of every
 // incoming handshake.
 func (n *Node) gate(k addressing.PublicKey) error {
-	if !n.store.IsTrusted(k) {
+	if !n.admissible(k) {
 		return fmt.Errorf("quicnode: %s is not trusted", k.NodeID())
 	}
 	return nil
@@ -459,7 +461,7 @@ func (n *Node) acceptLoop() {
 // admit registers an accepted connection and sends the welcome.
 func (n *Node) admit(conn *quic.Conn, path pathKind) {
 	key, err := certs.PeerKey(conn.ConnectionState().TLS)
-	if err != nil || !n.store.IsTrusted(key) {
+	if err != nil || !n.admissible(key) {
 		conn.CloseWithError(CodeNotTrusted, "not trusted")
 		return
 	}

@@ -135,7 +135,7 @@ func (n *Node) ownCandidates() []netip.AddrPort {
 // trusted peer wants to reach us: probe its candidates, and bind the relay
 // session so its relayed dial can reach us. It must not block.
 func (n *Node) introduced(intro rendezvous.Introduce) {
-	if !n.store.IsTrusted(intro.Peer) {
+	if !n.admissible(intro.Peer) {
 		return
 	}
 	n.startPunch(intro)

@@ -64,15 +64,19 @@ type Stats struct {
 	BadStreams       uint64 // streams reset for a malformed or late header
 	NonQUICPackets   uint64 // packets read beside QUIC (STUN, probes)
 	KnocksRefused    uint64 // handshakes refused before key exchange (no valid knock)
+	// NetworkDocsRefused counts network documents from the rendezvous that
+	// did not verify against the owner key we know (or did not fit).
+	NetworkDocsRefused uint64
 }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
 	return Stats{
-		DatagramsDropped: n.stats.datagramsDropped.Load(),
-		BadStreams:       n.stats.badStreams.Load(),
-		NonQUICPackets:   n.stats.nonQUICPackets.Load(),
-		KnocksRefused:    n.stats.knocksRefused.Load(),
+		DatagramsDropped:   n.stats.datagramsDropped.Load(),
+		BadStreams:         n.stats.badStreams.Load(),
+		NonQUICPackets:     n.stats.nonQUICPackets.Load(),
+		KnocksRefused:      n.stats.knocksRefused.Load(),
+		NetworkDocsRefused: n.netStats.docsRefused.Load(),
 	}
 }
 

@@ -40,6 +40,9 @@ func (n *Node) onTrustEvent(ev trustdb.Event) {
 	if ev.Old == trustdb.StateTrusted && ev.Record.State != trustdb.StateTrusted {
 		n.closePeer(ev.Key, CodeRevoked, "trust revoked")
 	}
+	if ev.Network != nil {
+		n.onNetworkEvent(ev.Network)
+	}
 }
 
 // deliver handles a trust message from the rendezvous mailbox. Messages the

@@ -314,6 +314,17 @@ func (s *Store) MemberByNode(id addressing.NetworkID, node addressing.NodeID) (a
 	return addressing.PublicKey{}, false
 }
 
+// Fellows returns the keys, other than ours, that are members (or owners)
+// of some network we are in, in no particular order. It reads only memory.
+func (s *Store) Fellows() []addressing.PublicKey {
+	x := s.nets.Load()
+	out := make([]addressing.PublicKey, 0, len(x.fellows))
+	for k := range x.fellows {
+		out = append(out, k)
+	}
+	return out
+}
+
 // netIndex is the in-memory mirror of every network's member keys; it is
 // immutable and replaced on every change (copy on write).
 type netIndex struct {

@@ -62,6 +62,7 @@ func TestNetworkStore(t *testing.T) {
 	require.False(t, s.IsMember(5, carol))
 	require.True(t, s.IsMember(0, bob))
 	require.False(t, s.IsMember(0, self), "id 0 means fellow members, not us")
+	require.ElementsMatch(t, []addressing.PublicKey{owner, bob}, s.Fellows())
 	k, ok := s.MemberByNode(5, bob.NodeID())
 	require.True(t, ok)
 	require.Equal(t, bob, k)
