@@ -26,7 +26,8 @@ const (
 	PathInbox           = "/v1/inbox"
 	PathEventsPublish   = "/v1/events/publish"
 	PathEventsSubscribe = "/v1/events/subscribe"
-	PathNetworks        = "/v1/networks"
+	PathNetworks        = "/v1/networks"      // GET: list; POST: create; /{network}: members
+	PathNetworksJoin    = "/v1/networks/join" // POST: join with an invite token
 )
 
 // UpgradeProtocol is the Upgrade token of /v1/connect.
@@ -372,19 +373,4 @@ type Event struct {
 	Seq        uint64    `json:"seq"`         // per bus, increasing
 	Time       time.Time `json:"time"`
 	Dropped    uint64    `json:"dropped"` // events this subscription lost so far (queue full)
-}
-
-// NetworkRequest is the body of the network endpoints.
-type NetworkRequest struct {
-	Name   string `json:"name,omitempty"`
-	Token  string `json:"token,omitempty"`
-	Member string `json:"member,omitempty"`
-}
-
-// NetworkResult is the answer of the network endpoints (once networks land).
-type NetworkResult struct {
-	ID      int      `json:"id"`
-	Name    string   `json:"name"`
-	Token   string   `json:"token"`
-	Members []string `json:"members"`
 }

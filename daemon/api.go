@@ -72,8 +72,7 @@ func (d *Daemon) routes() http.Handler {
 	h("DELETE "+ctl.PathInbox+"/{id}", d.handleInboxDelete)
 	h("POST "+ctl.PathEventsPublish, d.handlePublish)
 	h("POST "+ctl.PathEventsSubscribe, d.handleSubscribe)
-	h(ctl.PathNetworks, d.handleNetworks)
-	h(ctl.PathNetworks+"/", d.handleNetworks)
+	d.networkRoutes(h)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern == "" {
 			notFound(w, r, mux)
@@ -236,10 +235,16 @@ func (d *Daemon) peerHostname(a net.Addr) string {
 	return ""
 }
 
-// requireTrusted fails with not_trusted unless we trust the peer t names. A
-// hostname no record knows passes: the rendezvous may resolve it to a
-// trusted peer (one that changed its hostname), and every dial checks again.
+// requireTrusted fails with not_trusted unless we trust the peer t names or
+// it is a fellow network member (for N:x, of network N). A hostname no
+// record knows passes: the rendezvous may resolve it to a trusted peer (one
+// that changed its hostname) or a fellow member, and every dial checks again.
 func (d *Daemon) requireTrusted(t addressing.Target) error {
+	if a, ok := t.Addr(); ok {
+		if _, member := d.store.MemberByNode(a.Network(), a.Node()); member {
+			return nil
+		}
+	}
 	r, ok := d.record(t)
 	if ok && r.State == trustdb.StateTrusted {
 		return nil

@@ -261,7 +261,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"bad inbox id", "DELETE", ctl.PathInbox + "/..%2F..%2Fx", ``, ctl.CodeInvalidArgument},
 		{"unknown path", "GET", "/v1/nope", ``, ctl.CodeNotFound},
 		{"wrong method", "DELETE", ctl.PathStatus, ``, ctl.CodeInvalidArgument},
-		{"networks", "POST", ctl.PathNetworks, `{"name":"x"}`, ctl.CodeNotImplemented},
+		{"unknown network", "GET", ctl.PathNetworks + "/nope", ``, ctl.CodeNotFound},
+		{"network bad field", "POST", ctl.PathNetworks, `{"name":"x","owner":"y"}`, ctl.CodeInvalidArgument},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -266,9 +266,3 @@ func (d *Daemon) trustAction(action string) handlerFunc {
 		return writeOK(w, res)
 	}
 }
-
-func (d *Daemon) handleNetworks(w http.ResponseWriter, r *http.Request) error {
-	return ctl.Errorf(ctl.CodeNotImplemented,
-		"networks (create, invite, join, leave, members) are being built into the rendezvous and quicnode; until then agents reach each other through pairwise trust",
-		"networks are not implemented in this build")
-}

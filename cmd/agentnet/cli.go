@@ -120,7 +120,7 @@ var nounDoc = map[string]string{
 	"message":  "send a typed message to a peer's inbox",
 	"inbox":    "messages and files received",
 	"events":   "publish and subscribe to events",
-	"network":  "networks (not yet implemented)",
+	"network":  "networks: members reach each other without trust requests",
 }
 
 // cliCtx is what a command body works with.

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -550,9 +551,29 @@ func TestEndToEnd(t *testing.T) {
 	e.json("b", "hostname set", &hn, "hostname", "set", "bobby")
 	require.True(t, hn.Saved)
 	e.json("b", "hostname clear", &hn, "hostname", "clear")
-	for _, v := range []string{"create", "invite", "join", "leave", "members"} {
-		e.fail("a", "network "+v, ctl.CodeNotImplemented, nil, "network", v, "x")
-	}
+	var nw ctl.Network
+	e.json("a", "network create", &nw, "network", "create", "team")
+	require.True(t, nw.Owned)
+	var inv ctl.NetworkInvite
+	e.json("a", "network invite", &inv, "network", "invite", "team", "--for", "bob", "--ttl", "1h")
+	require.Equal(t, stB.Key, inv.Invitee)
+	e.json("b", "network join", &nw, "network", "join", inv.Token)
+	require.Equal(t, "team", nw.Name)
+	var ms ctl.NetworkMembers
+	e.json("b", "network members", &ms, "network", "members", "team")
+	require.Len(t, ms.Members, 2)
+	var nl ctl.NetworkList
+	e.json("b", "network list", &nl, "network", "list")
+	require.Len(t, nl.Networks, 1)
+	e.json("b", "network leave", &nw, "network", "leave", "team")
+	e.fail("b", "network members", ctl.CodeNotFound, nil, "network", "members", "team")
+	e.fail("a", "network remove", ctl.CodeNotFound, nil, "network", "remove", "team", "bob")
+	e.json("a", "network invite", &inv, "network", "invite", strconv.Itoa(nw.ID))
+	require.True(t, inv.Bearer)
+	e.json("b", "network join", &nw, "network", "join", inv.Token)
+	e.json("a", "network remove", &ms, "network", "remove", "team", "bob")
+	require.Len(t, ms.Members, 1)
+	e.fail("b", "network join", ctl.CodeInvalidArgument, nil, "network", "join", "anet-invite:AAAA")
 
 	// Revoke: then every command against the peer fails with not_trusted.
 	e.json("a", "trust revoke", &tr, "trust", "revoke", "bob")

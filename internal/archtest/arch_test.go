@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"quicnode":         {"addressing", "trustdb", "network", "rendezvous", "internal/"},
 	"ctl":              {},
 	"service":          {"addressing", "service", "internal/atomicfile"},
-	"daemon":           {"addressing", "trustdb", "rendezvous", "quicnode", "ctl", "service", "internal/"},
+	"daemon":           {"addressing", "trustdb", "network", "rendezvous", "quicnode", "ctl", "service", "internal/"},
 }
 
 func TestImportDirections(t *testing.T) {
