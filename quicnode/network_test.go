@@ -249,3 +249,38 @@ func TestNetworkCompromisedRendezvous(t *testing.T) {
 	require.NoError(t, err)
 	c.Close()
 }
+
+// TestNetworkRemovalCutsFellows: when the owner removes a member, the
+// member's links to the other members (not only to the owner) close at
+// once, and neither side can dial the other.
+func TestNetworkRemovalCutsFellows(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	alice := startNode(t, srv, "")
+	bob := startNode(t, srv, "")
+	dave := startNode(t, srv, "")
+	ctx := ctxT(t, 20*time.Second)
+	id, err := alice.CreateNetwork(ctx, "crew")
+	require.NoError(t, err)
+	tok, err := alice.Invite(id, addressing.PublicKey{}, time.Hour)
+	require.NoError(t, err)
+	for _, n := range []*testNode{bob, dave} {
+		_, err = n.JoinNetwork(ctx, tok)
+		require.NoError(t, err)
+	}
+	daveIn := addressing.AddrFrom(id, dave.Addr().Node()).String()
+	ln, err := dave.Listen(80)
+	require.NoError(t, err)
+	defer ln.Close()
+	reads := openStream(t, bob, ln, daveIn, 80)
+
+	start := time.Now()
+	require.NoError(t, alice.RemoveMember(ctx, id, bob.PublicKey().String()))
+	requireCut(t, reads, 3*time.Second)
+	t.Logf("fellow link cut %v after the removal", time.Since(start).Round(time.Millisecond))
+	_, err = bob.Dial(ctx, daveIn, PortEcho)
+	require.ErrorIs(t, err, ErrNotTrusted)
+	_, err = dave.Dial(ctx, bob.Addr().String(), PortEcho)
+	require.ErrorIs(t, err, ErrNotTrusted)
+	require.Len(t, dave.Members(id), 2)
+}
