@@ -110,8 +110,9 @@ type Store struct {
 	nets atomic.Pointer[netIndex]
 
 	mu        sync.Mutex // serialises writes; guards the fields below
-	closed    bool
-	lastSent  time.Time // Time of the newest message we made
+	closed    bool       // no more writes (Close began)
+	dbClosed  bool       // no more reads either (Close delivered every event)
+	lastSent  time.Time  // Time of the newest message we made
 	outboxLen int
 	seenLen   int
 
@@ -259,6 +260,11 @@ func (s *Store) Close() error {
 		s.subMu.Unlock()
 		<-s.done
 
+		// Callbacks of the events Close delivered could still read; now
+		// nothing reads any more.
+		s.mu.Lock()
+		s.dbClosed = true
+		s.mu.Unlock()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("trustdb: close: %w", err)
 		}
@@ -294,7 +300,7 @@ func (s *Store) TrustedKeys() []addressing.PublicKey {
 func (s *Store) view(fn func(tx *bolt.Tx) error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.dbClosed {
 		return false
 	}
 	return s.db.View(fn) == nil
