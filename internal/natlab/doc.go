@@ -55,8 +55,28 @@
 // With plain UDP probes both ways, peer-reflexive learning and LAN
 // candidates, every pair punches a direct path except home/symmetric,
 // symmetric/symmetric and symmetric/double; two hosts behind one NAT reach
-// each other only by their LAN addresses (no hairpinning). TestPunchMatrix
-// measures and prints this.
+// each other only by their LAN addresses (no hairpinning by default).
+// TestPunchMatrix measures and prints this.
+//
+// # LAN isolation and hairpinning
+//
+//   - [Site.IsolateLAN] makes every host port on the LAN bridge an isolated
+//     bridge port ("bridge_slave isolated on"), including hosts added later:
+//     hosts reach the router (and through it the internet) but not each
+//     other's LAN addresses, as under Wi-Fi client isolation.
+//   - [Site.EnableHairpin] (KindCone only) adds NAT loopback for UDP: a LAN
+//     host's packet to PublicIP and a mapped port is dnat'ed through the
+//     cone map to the LAN endpoint owning that port, and source-NATed to the
+//     sender's own public mapping (RFC 4787 REQ-9), looked up in a second
+//     learnt map (LAN endpoint -> public endpoint); a sender with no mapping
+//     yet gets the public address and its own port. Replies go back through
+//     the router. The rules live in their own chains (hairpin, hairpinsrc),
+//     so Rebind leaves them alone, and after a Rebind the receiver sees the
+//     sender's new mapping.
+//
+// Together they model two agents behind one NAT that can meet only through
+// their public candidates: isolated without hairpinning, only a relay
+// outside connects them. TestLabIsolateLAN and TestHairpin show both.
 //
 // # Traps (each cost time; keep them in mind when changing the rules)
 //
@@ -86,6 +106,10 @@
 //   - /proc/sys/net resolves against the calling thread's namespace, and a
 //     process forked from a thread that joined a namespace starts inside it:
 //     natlab sets sysctls and runs nft, conntrack and tc that way.
+//   - A packet a LAN host sends to the public address before hairpinning is
+//     on makes a conntrack entry with no NAT (it is for the router itself);
+//     later packets of that flow follow it and bypass the hairpin rules
+//     until it expires. EnableHairpin deletes such entries.
 //   - The kernel has no netem: delay and jitter must be emulated in user
 //     space. tbf works for rate limits.
 //   - The internet namespace forwards between ports of one bridge, which

@@ -256,7 +256,7 @@ func (l *Lab) addPublicHost(name string) (*Host, error) {
 		return nil, err
 	}
 	err = parallel(
-		func() error { return attachPort(l.inet, port) },
+		func() error { return attachPort(l.inet, port, false) },
 		func() error {
 			if err := h.ns.baseSysctls(false); err != nil {
 				return err
@@ -270,12 +270,21 @@ func (l *Lab) addPublicHost(name string) (*Host, error) {
 	return h, nil
 }
 
-// attachPort enslaves a new veth end to the bridge of parent and brings it up.
-func attachPort(parent *Host, port string) error {
-	return runIP(context.Background(), parent.ns.name, []string{
-		"link set " + port + " master " + lanIf,
-		"link set " + port + " up",
-	})
+// attachPort enslaves a new veth end to the bridge of parent and brings it
+// up, isolated from the bridge's other isolated ports if isolated.
+func attachPort(parent *Host, port string, isolated bool) error {
+	lines := []string{"link set " + port + " master " + lanIf}
+	if isolated {
+		lines = append(lines, isolateLine(port))
+	}
+	return runIP(context.Background(), parent.ns.name, append(lines, "link set "+port+" up"))
+}
+
+// isolateLine makes a bridge port isolated: the bridge forwards nothing
+// between two isolated ports, only between them and the bridge itself or
+// non-isolated ports.
+func isolateLine(port string) string {
+	return "link set " + port + " type bridge_slave isolated on"
 }
 
 func hostLines(dev string, addr netip.Prefix, gw netip.Addr) []string {
@@ -389,7 +398,7 @@ func (l *Lab) addSite(name string, kind Kind) (*Site, error) {
 		r := routers[i]
 		parent, port := r.uplink, r.uplinkPort
 		jobs = append(jobs, func() error {
-			if err := attachPort(parent, port); err != nil {
+			if err := attachPort(parent, port, false); err != nil {
 				return err
 			}
 			return runIP(context.Background(), parent.ns.name, sp.routeOnNet)

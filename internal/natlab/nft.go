@@ -30,7 +30,9 @@ const defaultMapTimeout = 120 * time.Second
 //     masquerade silently pick another port.
 //   - postrouting (srcnat): masquerade, rewritten on Rebind.
 //   - cone only: prerouting (dstnat) sends inbound UDP through the learnt map,
-//     learn (postrouting, after srcnat) records WAN port -> LAN address:port.
+//     learn (postrouting, after srcnat) records WAN port -> LAN address:port
+//     in @cone and the reverse, LAN address:port -> public address:port, in
+//     @conesrc (used by hairpinning, see hairpinRules).
 func rulesetFor(kind Kind) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table %s {\n", nftTable)
@@ -41,6 +43,7 @@ func rulesetFor(kind Kind) string {
 	}
 	if kind == KindCone {
 		b.WriteString("\tmap cone { type inet_service : ipv4_addr . inet_service; flags dynamic, timeout; }\n")
+		b.WriteString("\tmap conesrc { type ipv4_addr . inet_service : ipv4_addr . inet_service; flags dynamic, timeout; }\n")
 		fmt.Fprintf(&b, "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
 		fmt.Fprintf(&b, "\t\tiifname %q meta l4proto udp dnat ip to udp dport map @cone\n\t}\n", wanIf)
 		fmt.Fprintf(&b, "\tchain learn {\n\t\ttype filter hook postrouting priority 200; policy accept;\n%s\t}\n",
@@ -81,15 +84,42 @@ func masqueradeRules(kind Kind, lo, hi int) []string {
 }
 
 // learnRules renders the full-cone learning rules. They run after srcnat, so
-// "udp sport" is the WAN port; the LAN endpoint comes from conntrack: the
-// original source for LAN-initiated flows, the reply source for flows that
-// came in through the map. Every outbound packet refreshes the entry.
+// "ip saddr . udp sport" is the public endpoint; the LAN endpoint comes from
+// conntrack: the original source for LAN-initiated flows, the reply source
+// for flows that came in through the map. Every outbound packet refreshes
+// both entries: @cone (WAN port -> LAN endpoint) and @conesrc (LAN endpoint
+// -> public endpoint).
 func learnRules(timeout time.Duration) []string {
 	secs := max(int(timeout.Round(time.Second)/time.Second), 1)
-	return []string{
-		fmt.Sprintf("oifname %q meta l4proto udp ct direction original update @cone { udp sport timeout %ds : ct original ip saddr . ct original proto-src }", wanIf, secs),
-		fmt.Sprintf("oifname %q meta l4proto udp ct direction reply update @cone { udp sport timeout %ds : ct reply ip saddr . ct reply proto-src }", wanIf, secs),
+	var rules []string
+	for _, dir := range []string{"original", "reply"} {
+		lan := fmt.Sprintf("ct %s ip saddr . ct %s proto-src", dir, dir)
+		rules = append(rules, fmt.Sprintf("oifname %q meta l4proto udp ct direction %s update @cone { udp sport timeout %ds : %s } update @conesrc { %s timeout %ds : ip saddr . udp sport }",
+			wanIf, dir, secs, lan, lan, secs))
 	}
+	return rules
+}
+
+// hairpinRules renders the two chains that make a full-cone router hairpin
+// UDP: a LAN host's packet to the public address pub and a mapped port is
+// dnat'ed through @cone to the LAN endpoint that owns the mapping, and
+// source-NATed to the sender's own public endpoint (@conesrc; the public
+// address with the port kept when the sender has no mapping yet), as RFC
+// 4787 REQ-9 asks. The receiver's replies then go back through the router,
+// which undoes both translations. The chains are separate from prerouting
+// and postrouting, which Rebind rewrites.
+func hairpinRules(pub netip.Addr, lan netip.Prefix) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "add chain %s hairpin { type nat hook prerouting priority dstnat; policy accept; }\n", nftTable)
+	fmt.Fprintf(&b, "add chain %s hairpinsrc { type nat hook postrouting priority srcnat; policy accept; }\n", nftTable)
+	fmt.Fprintf(&b, "flush chain %s hairpin\n", nftTable)
+	fmt.Fprintf(&b, "flush chain %s hairpinsrc\n", nftTable)
+	fmt.Fprintf(&b, "add rule %s hairpin iifname %q ip saddr %s ip daddr %s meta l4proto udp dnat ip to udp dport map @cone\n",
+		nftTable, lanIf, lan.Masked(), pub)
+	match := fmt.Sprintf("oifname %q ip saddr %s ct original ip daddr %s meta l4proto udp", lanIf, lan.Masked(), pub)
+	fmt.Fprintf(&b, "add rule %s hairpinsrc %s snat ip to ip saddr . udp sport map @conesrc\n", nftTable, match)
+	fmt.Fprintf(&b, "add rule %s hairpinsrc %s snat ip to %s\n", nftTable, match, pub)
+	return b.String()
 }
 
 // replaceChain renders an atomic rewrite of one chain.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -24,7 +26,9 @@ type Site struct {
 	outer *router // owns the public address
 	gw    *router // the LAN's default gateway; == outer unless KindDouble
 
-	hosts int // guarded by lab.mu
+	hosts    int      // guarded by lab.mu
+	ports    []string // the hosts' ports on the gateway's br0; guarded by lab.mu
+	isolated bool     // IsolateLAN was called; guarded by lab.mu
 }
 
 // router is a router namespace and the state of its nftables impairments.
@@ -43,6 +47,7 @@ type router struct {
 	rebinds    int
 	mapTimeout time.Duration
 	rate       int64 // bit/s, 0 = unlimited
+	hairpin    bool
 }
 
 // Name returns the site's name.
@@ -116,8 +121,9 @@ func (s *Site) addHost(name string) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.ports = append(s.ports, port)
 	err = parallel(
-		func() error { return attachPort(gw, port) },
+		func() error { return attachPort(gw, port, s.isolated) },
 		func() error {
 			if err := h.ns.baseSysctls(false); err != nil {
 				return err
@@ -129,6 +135,67 @@ func (s *Site) addHost(name string) (*Host, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// IsolateLAN cuts the site's hosts off from each other at layer 2, as
+// "client isolation" on a Wi-Fi access point does: every host's port on the
+// LAN bridge becomes an isolated bridge port (bridge_slave isolated on), now
+// and for hosts added later. Hosts still reach the router, and through it
+// the internet, but no longer each other's LAN addresses (not even their
+// ARP requests get through). Two hosts of an isolated LAN talk only through
+// the router: by hairpinning (EnableHairpin) or via a relay outside.
+func (s *Site) IsolateLAN() error {
+	l := s.lab
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("natlab: lab is closed")
+	}
+	var lines []string
+	for _, p := range s.ports {
+		lines = append(lines, isolateLine(p))
+	}
+	if err := runIP(context.Background(), s.gw.host.ns.name, lines); err != nil {
+		return err
+	}
+	s.isolated = true
+	return nil
+}
+
+// EnableHairpin makes the site's full-cone router hairpin UDP: a LAN host
+// that sends to the site's public address and a mapped port reaches the LAN
+// host that owns the mapping, and sees replies come from that public
+// address and port. The receiver sees the packets come from the sender's
+// own public mapping (the public address, with the sender's port kept if
+// it has no mapping yet), so its replies go back through the router. Only
+// KindCone has the table of mappings this needs; other kinds fail. Calling
+// it again is a no-op.
+func (s *Site) EnableHairpin() error {
+	r := s.outer
+	if r.kind != KindCone {
+		return fmt.Errorf("natlab: site %s is %s: hairpinning needs a %s router", s.name, s.kind, KindCone)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hairpin {
+		return nil
+	}
+	ctx := context.Background()
+	if _, err := r.host.ns.exec(ctx, hairpinRules(s.PublicIP(), s.lan), "nft", "-f", "-"); err != nil {
+		return err
+	}
+	// Packets a LAN host already sent to the public address made conntrack
+	// entries without NAT (they went to the router itself); later packets of
+	// those flows would follow them, bypassing the hairpin until they expire.
+	lan := s.lan.Masked()
+	mask := net.IP(net.CIDRMask(lan.Bits(), 32)).String()
+	_, err := r.host.ns.exec(ctx, "", "conntrack", "-D", "-p", "udp",
+		"-s", lan.Addr().String(), "--mask-src", mask, "-d", s.PublicIP().String())
+	if err != nil && !strings.Contains(err.Error(), "0 flow entries have been deleted") {
+		return err
+	}
+	r.hairpin = true
+	return nil
 }
 
 // FlushConntrack empties the connection tracking table of every router of
@@ -192,7 +259,7 @@ func (s *Site) Rebind() error {
 		return err
 	}
 	if r.kind == KindCone {
-		if _, err := r.host.ns.exec(ctx, "flush map "+nftTable+" cone\n", "nft", "-f", "-"); err != nil {
+		if _, err := r.host.ns.exec(ctx, "flush map "+nftTable+" cone\nflush map "+nftTable+" conesrc\n", "nft", "-f", "-"); err != nil {
 			return err
 		}
 	}
