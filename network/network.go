@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/wire"
 	"math"
 	"strings"
 	"time"
@@ -573,7 +574,7 @@ func Parse(b []byte) (Doc, error) {
 
 // ParseInvite decodes an invite; see Parse.
 func ParseInvite(b []byte) (*Invite, error) {
-	r := reader{b: b}
+	r := reader{wire.NewReader(b)}
 	v := r.invite()
 	if err := r.done(); err != nil {
 		return nil, fmt.Errorf("network: parse invite: %w: %w", ErrMalformed, err)
@@ -586,23 +587,23 @@ func ParseInvite(b []byte) (*Invite, error) {
 
 // ParseJoin decodes a join; see Parse.
 func ParseJoin(b []byte) (*Join, error) {
-	r := reader{b: b}
+	r := reader{wire.NewReader(b)}
 	r.header(KindJoin)
-	n := int(r.uint16())
-	ir := reader{b: r.next(n)}
+	n := int(r.Uint16())
+	ir := reader{wire.NewReader(r.Next(n))}
 	j := &Join{}
 	if v := ir.invite(); v != nil {
 		j.Invite = *v
 	}
-	if err := ir.done(); err != nil && r.err == nil {
-		r.err = err
+	if err := ir.done(); err != nil && r.Err() == nil {
+		r.Fail(err)
 	}
-	r.copy(j.Member[:])
-	j.Time = timeFrom(r.uint64())
+	r.Copy(j.Member[:])
+	j.Time = timeFrom(r.Uint64())
 	if j.Invite.Bearer {
-		r.copy(j.Claim[:])
+		r.Copy(j.Claim[:])
 	}
-	r.copy(j.Sig[:])
+	r.Copy(j.Sig[:])
 	if err := r.done(); err != nil {
 		return nil, fmt.Errorf("network: parse join: %w: %w", ErrMalformed, err)
 	}
@@ -614,22 +615,22 @@ func ParseJoin(b []byte) (*Join, error) {
 
 // ParseExit decodes a leave or remove; see Parse.
 func ParseExit(b []byte) (*Exit, error) {
-	r := reader{b: b}
+	r := reader{wire.NewReader(b)}
 	e := &Exit{}
 	switch k := r.header(0); k {
 	case KindLeave:
 	case KindRemove:
 		e.Remove = true
 	default:
-		if r.err == nil {
-			r.err = fmt.Errorf("kind %d is not leave or remove", k)
+		if r.Err() == nil {
+			r.Fail(fmt.Errorf("kind %d is not leave or remove", k))
 		}
 	}
-	e.Network = addressing.NetworkID(r.uint16())
-	r.copy(e.Owner[:])
-	r.copy(e.Member[:])
-	e.Time = timeFrom(r.uint64())
-	r.copy(e.Sig[:])
+	e.Network = addressing.NetworkID(r.Uint16())
+	r.Copy(e.Owner[:])
+	r.Copy(e.Member[:])
+	e.Time = timeFrom(r.Uint64())
+	r.Copy(e.Sig[:])
 	if err := r.done(); err != nil {
 		return nil, fmt.Errorf("network: parse exit: %w: %w", ErrMalformed, err)
 	}
@@ -661,61 +662,20 @@ func timeFrom(v uint64) time.Time {
 	return time.Unix(0, int64(v))
 }
 
-// reader is a bounds-checked cursor; after the first failure every read
-// returns zeros and err is set.
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) next(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n > len(r.b) {
-		r.err = errors.New("truncated")
-		r.b = nil
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) byte() byte {
-	if v := r.next(1); v != nil {
-		return v[0]
-	}
-	return 0
-}
-
-func (r *reader) uint16() uint16 {
-	if v := r.next(2); v != nil {
-		return binary.BigEndian.Uint16(v)
-	}
-	return 0
-}
-
-func (r *reader) uint64() uint64 {
-	if v := r.next(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
-}
-
-func (r *reader) copy(dst []byte) { copy(dst, r.next(len(dst))) }
+// reader is wire.Reader plus this package's own helpers.
+type reader struct{ *wire.Reader }
 
 // header reads the version and kind; want 0 accepts any kind.
 func (r *reader) header(want Kind) Kind {
-	if r.err == nil && len(r.b) > MaxDocSize {
-		r.err = fmt.Errorf("%d bytes, max %d", len(r.b), MaxDocSize)
+	if r.Err() == nil && r.Len() > MaxDocSize {
+		r.Fail(fmt.Errorf("%d bytes, max %d", r.Len(), MaxDocSize))
 	}
-	if v := r.byte(); r.err == nil && v != docVersion {
-		r.err = fmt.Errorf("unknown version %d", v)
+	if v := r.Byte(); r.Err() == nil && v != docVersion {
+		r.Fail(fmt.Errorf("unknown version %d", v))
 	}
-	k := Kind(r.byte())
-	if r.err == nil && want != 0 && k != want {
-		r.err = fmt.Errorf("kind %s, want %s", k, want)
+	k := Kind(r.Byte())
+	if r.Err() == nil && want != 0 && k != want {
+		r.Fail(fmt.Errorf("kind %s, want %s", k, want))
 	}
 	return k
 }
@@ -723,29 +683,29 @@ func (r *reader) header(want Kind) Kind {
 func (r *reader) invite() *Invite {
 	r.header(KindInvite)
 	v := &Invite{}
-	v.Network = addressing.NetworkID(r.uint16())
-	v.Name = string(r.next(int(r.byte())))
-	r.copy(v.Owner[:])
-	flags := r.byte()
-	if r.err == nil && flags&^flagBearer != 0 {
-		r.err = fmt.Errorf("unknown flags %#x", flags)
+	v.Network = addressing.NetworkID(r.Uint16())
+	v.Name = string(r.Next(int(r.Byte())))
+	r.Copy(v.Owner[:])
+	flags := r.Byte()
+	if r.Err() == nil && flags&^flagBearer != 0 {
+		r.Fail(fmt.Errorf("unknown flags %#x", flags))
 	}
 	v.Bearer = flags&flagBearer != 0
-	r.copy(v.Invitee[:])
-	v.Issued = timeFrom(r.uint64())
-	v.Expires = timeFrom(r.uint64())
-	r.copy(v.Nonce[:])
-	r.copy(v.Sig[:])
+	r.Copy(v.Invitee[:])
+	v.Issued = timeFrom(r.Uint64())
+	v.Expires = timeFrom(r.Uint64())
+	r.Copy(v.Nonce[:])
+	r.Copy(v.Sig[:])
 	return v
 }
 
 // done reports the first error, or trailing bytes.
 func (r *reader) done() error {
-	if r.err != nil {
-		return r.err
+	if r.Err() != nil {
+		return r.Err()
 	}
-	if len(r.b) != 0 {
-		return fmt.Errorf("%w: %d", errTrailingBytes, len(r.b))
+	if r.Len() != 0 {
+		return fmt.Errorf("%w: %d", errTrailingBytes, r.Len())
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/wire"
 	"math"
 	"time"
 	"unicode/utf8"
@@ -240,22 +241,22 @@ func parseMessage(b []byte) (*Message, error) {
 	if len(b) > MaxMessageSize {
 		return nil, fmt.Errorf("%d bytes, max %d", len(b), MaxMessageSize)
 	}
-	r := reader{b: b}
-	if v := r.byte(); r.err == nil && v != messageVersion {
+	r := wire.NewReader(b)
+	if v := r.Byte(); r.Err() == nil && v != messageVersion {
 		return nil, fmt.Errorf("unknown version %d", v)
 	}
 	m := new(Message)
-	m.Kind = Kind(r.byte())
-	r.copy(m.From[:])
-	switch r.byte() {
+	m.Kind = Kind(r.Byte())
+	r.Copy(m.From[:])
+	switch r.Byte() {
 	case toAddr:
-		a, ok := addressing.AddrFromBinary(r.next(addressing.AddrSize))
+		a, ok := addressing.AddrFromBinary(r.Next(addressing.AddrSize))
 		if ok {
 			m.To = addressing.TargetAddr(a)
 		}
 	case toHostname:
-		h := r.next(int(r.byte()))
-		if r.err == nil {
+		h := r.Next(int(r.Byte()))
+		if r.Err() == nil {
 			t, err := addressing.ParseTarget(string(h))
 			if err != nil || len(h) == 0 {
 				return nil, fmt.Errorf("invalid To hostname %q", h)
@@ -266,21 +267,21 @@ func parseMessage(b []byte) (*Message, error) {
 			m.To = t
 		}
 	default:
-		if r.err == nil {
+		if r.Err() == nil {
 			return nil, errors.New("unknown To type")
 		}
 	}
-	r.copy(m.Nonce[:])
-	r.copy(m.ReplyTo[:])
-	m.Time = time.Unix(0, int64(r.uint64()))
-	m.Hostname = string(r.next(int(r.byte())))
-	m.Note = string(r.next(int(r.uint16())))
-	r.copy(m.Sig[:])
-	if r.err != nil {
-		return nil, r.err
+	r.Copy(m.Nonce[:])
+	r.Copy(m.ReplyTo[:])
+	m.Time = time.Unix(0, int64(r.Uint64()))
+	m.Hostname = string(r.Next(int(r.Byte())))
+	m.Note = string(r.Next(int(r.Uint16())))
+	r.Copy(m.Sig[:])
+	if r.Err() != nil {
+		return nil, r.Err()
 	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("%d trailing bytes", len(r.b))
+	if r.Len() != 0 {
+		return nil, fmt.Errorf("%d trailing bytes", r.Len())
 	}
 	if err := m.validate(); err != nil {
 		return nil, err
@@ -307,49 +308,3 @@ func (m *Message) Verify() error {
 func (m *Message) String() string {
 	return fmt.Sprintf("%s from %s (%s) to %s at %s", m.Kind, m.From.NodeID(), m.From, m.To, m.Time.UTC().Format(time.RFC3339Nano))
 }
-
-// reader is a bounds-checked cursor; after the first short read every read
-// returns zeros and err is set.
-type reader struct {
-	b   []byte
-	err error
-}
-
-var errShort = errors.New("truncated")
-
-func (r *reader) next(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n > len(r.b) {
-		r.err = errShort
-		r.b = nil
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) byte() byte {
-	if v := r.next(1); v != nil {
-		return v[0]
-	}
-	return 0
-}
-
-func (r *reader) uint16() uint16 {
-	if v := r.next(2); v != nil {
-		return binary.BigEndian.Uint16(v)
-	}
-	return 0
-}
-
-func (r *reader) uint64() uint64 {
-	if v := r.next(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
-}
-
-func (r *reader) copy(dst []byte) { copy(dst, r.next(len(dst))) }

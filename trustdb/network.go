@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/wire"
 	"maps"
 	"slices"
 	"time"
@@ -499,32 +500,32 @@ func parseNetwork(k, v []byte) (Network, error) {
 		return n, fmt.Errorf("%w: network key %x", ErrMalformed, k)
 	}
 	n.ID = addressing.NetworkID(binary.BigEndian.Uint16(k))
-	r := reader{b: v}
-	if ver := r.byte(); r.err == nil && ver != networkVersion {
+	r := wire.NewReader(v)
+	if ver := r.Byte(); r.Err() == nil && ver != networkVersion {
 		return Network{}, fmt.Errorf("%w: network version %d", ErrMalformed, ver)
 	}
-	n.Name = string(r.next(int(r.byte())))
-	r.copy(n.Owner[:])
-	n.Created = timeFrom(r.uint64())
-	n.Updated = timeFrom(r.uint64())
-	if p := r.next(int(r.uint16())); len(p) > 0 {
+	n.Name = string(r.Next(int(r.Byte())))
+	r.Copy(n.Owner[:])
+	n.Created = timeFrom(r.Uint64())
+	n.Updated = timeFrom(r.Uint64())
+	if p := r.Next(int(r.Uint16())); len(p) > 0 {
 		n.Proof = bytes.Clone(p)
 	}
 	docs := func() []NetworkDoc {
-		c := int(r.uint16())
+		c := int(r.Uint16())
 		var ds []NetworkDoc
-		for i := 0; i < c && r.err == nil; i++ {
+		for i := 0; i < c && r.Err() == nil; i++ {
 			var d NetworkDoc
-			r.copy(d.Key[:])
-			d.Doc = bytes.Clone(r.next(int(r.uint16())))
+			r.Copy(d.Key[:])
+			d.Doc = bytes.Clone(r.Next(int(r.Uint16())))
 			ds = append(ds, d)
 		}
 		return ds
 	}
 	n.Members = docs()
 	n.Ended = docs()
-	if r.err != nil {
-		return Network{}, fmt.Errorf("%w: network: %w", ErrMalformed, r.err)
+	if r.Err() != nil {
+		return Network{}, fmt.Errorf("%w: network: %w", ErrMalformed, r.Err())
 	}
 	if err := n.validate(); err != nil {
 		return Network{}, fmt.Errorf("%w: network: %w", ErrMalformed, err)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/internal/wire"
 	"time"
 	"unicode/utf8"
 
@@ -170,24 +171,24 @@ func ParseRecord(b []byte) (Record, error) {
 
 func parseRecord(b []byte) (Record, error) {
 	var r Record
-	rd := reader{b: b}
-	if v := rd.byte(); rd.err == nil && v != recordVersion {
+	rd := wire.NewReader(b)
+	if v := rd.Byte(); rd.Err() == nil && v != recordVersion {
 		return r, fmt.Errorf("unknown version %d", v)
 	}
-	r.State = State(rd.byte())
-	rd.copy(r.Key[:])
-	rd.copy(r.Nonce[:])
-	r.PeerTime = timeFrom(rd.uint64())
-	r.Created = timeFrom(rd.uint64())
-	r.Updated = timeFrom(rd.uint64())
-	r.Target = string(rd.next(int(rd.byte())))
-	r.Hostname = string(rd.next(int(rd.byte())))
-	r.Note = string(rd.next(int(rd.uint16())))
-	if c := rd.next(int(rd.uint16())); len(c) > 0 {
+	r.State = State(rd.Byte())
+	rd.Copy(r.Key[:])
+	rd.Copy(r.Nonce[:])
+	r.PeerTime = timeFrom(rd.Uint64())
+	r.Created = timeFrom(rd.Uint64())
+	r.Updated = timeFrom(rd.Uint64())
+	r.Target = string(rd.Next(int(rd.Byte())))
+	r.Hostname = string(rd.Next(int(rd.Byte())))
+	r.Note = string(rd.Next(int(rd.Uint16())))
+	if c := rd.Next(int(rd.Uint16())); len(c) > 0 {
 		r.Consent = append([]byte(nil), c...)
 	}
-	if rd.err != nil {
-		return Record{}, rd.err
+	if rd.Err() != nil {
+		return Record{}, rd.Err()
 	}
 	if err := r.validate(); err != nil {
 		return Record{}, err

@@ -18,9 +18,10 @@ const module = "github.com/agentnet/agentnet"
 var allowed = map[string][]string{
 	"addressing":       {},
 	"internal/vport":   {},
+	"internal/wire":    {},
 	"internal/certs":   {"addressing"},
-	"trustdb":          {"addressing"},
-	"network":          {"addressing"},
+	"trustdb":          {"addressing", "internal/wire"},
+	"network":          {"addressing", "internal/wire"},
 	"rendezvous/proto": {"addressing"},
 	"rendezvous":       {"addressing", "trustdb", "network", "rendezvous", "internal/"},
 	"quicnode":         {"addressing", "trustdb", "network", "rendezvous", "internal/"},
