@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/service"
 )
 
 const (
@@ -24,71 +24,14 @@ type Server struct {
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 
-	mu     sync.Mutex
-	closed bool
-	lns    map[net.Listener]struct{}
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	acc service.Acceptor
 }
 
 // Serve accepts streams on l until l fails or the Server closes; it closes l.
-func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
-		return net.ErrClosed
-	}
-	if s.lns == nil {
-		s.lns = make(map[net.Listener]struct{})
-		s.conns = make(map[net.Conn]struct{})
-	}
-	s.lns[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.lns, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return net.ErrClosed
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.handle(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
-	}
-}
+func (s *Server) Serve(l net.Listener) error { return s.acc.Serve(l, s.handle) }
 
 // Close closes the listeners and every stream, and waits. Idempotent.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.lns {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
-}
+func (s *Server) Close() error { return s.acc.Close() }
 
 func (s *Server) log() *slog.Logger {
 	if s.Logger == nil {

@@ -9,11 +9,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/agentnet/agentnet/service"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -70,83 +70,16 @@ type Server struct {
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 
-	mu     sync.Mutex
-	closed bool
-	lns    map[net.Listener]struct{}
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	acc service.Acceptor
 }
 
 // Serve accepts streams on l and receives one item from each. It returns
 // when l fails or the Server is closed; it closes l.
-func (s *Server) Serve(l net.Listener) error {
-	if !s.track(l) {
-		l.Close()
-		return net.ErrClosed
-	}
-	defer s.untrack(l)
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			return net.ErrClosed
-		}
-		if s.conns == nil {
-			s.conns = make(map[net.Conn]struct{})
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.handle(c)
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
-	}
-}
-
-func (s *Server) track(l net.Listener) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if s.lns == nil {
-		s.lns = make(map[net.Listener]struct{})
-	}
-	s.lns[l] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(l net.Listener) {
-	s.mu.Lock()
-	delete(s.lns, l)
-	s.mu.Unlock()
-	l.Close()
-}
+func (s *Server) Serve(l net.Listener) error { return s.acc.Serve(l, s.handle) }
 
 // Close closes the listeners and every transfer in progress, and waits for
 // them. It is idempotent.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.lns {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
-}
+func (s *Server) Close() error { return s.acc.Close() }
 
 func (s *Server) log() *slog.Logger {
 	if s.Logger == nil {
