@@ -82,10 +82,13 @@ func FuzzSTUNAnswer(f *testing.F) {
 
 // TestWriteSTUNSeeds rewrites testdata/fuzz/FuzzSTUNAnswer with -update-seeds.
 func TestWriteSTUNSeeds(t *testing.T) {
-	if !*updateSeeds {
-		t.Skip("run with -update-seeds to rewrite the seed corpora")
+	// Without the switch the generator still runs (it must produce valid
+	// seeds), into a temporary directory.
+	root := t.TempDir()
+	if *updateSeeds {
+		root = filepath.Join("testdata", "fuzz")
 	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzSTUNAnswer")
+	dir := filepath.Join(root, "FuzzSTUNAnswer")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
