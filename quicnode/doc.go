@@ -31,10 +31,26 @@
 // When both sides dial each other at once, the connection dialled by the
 // lower NodeID is kept and the other is closed with CodeDuplicate.
 //
-// Goroutines: per node an accept loop, a non-QUIC packet reader, an outbox
-// sender and the rendezvous session; per peer a stream-accept loop and a
-// datagram loop (plus quic-go's own); per incoming stream a short-lived
-// header reader. Close stops and waits for all of them.
+// Before the handshake, the knock (knock.go) filters strangers: the dialer
+// puts an HMAC under the pair's X25519 secret in the ClientHello's server
+// name, and the listener refuses unknown names before any key exchange.
 //
-// Log keys: peer, addr, port, err, remote, code.
+// Paths (punch.go, relay.go, nat.go, control.go): a peer has at most one
+// direct and one relayed link. A first contact dials the peer's known
+// locators, then asks the rendezvous for an introduction: both sides send
+// authenticated probes (internal/probe) and the dialling side starts QUIC
+// towards whatever address a genuine probe came from; without a direct path
+// the relay session the introduction opened carries an end-to-end QUIC
+// connection over a second quic.Transport. New traffic uses the direct link
+// while heartbeats say it is healthy, the relay link otherwise; a link that
+// hears nothing while we send is closed after pathDead.
+//
+// Goroutines: per node an accept loop per transport, a non-QUIC packet
+// reader, an outbox sender, a maintenance loop and the rendezvous session;
+// per link a stream-accept loop, plus a datagram loop once datagrams flow
+// (and quic-go's own two); per incoming stream a short-lived header reader;
+// per introduction a bounded probing loop. Close stops and waits for all of
+// them.
+//
+// Log keys: peer, addr, port, err, remote, code, path, nat.
 package quicnode
