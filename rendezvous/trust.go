@@ -152,19 +152,24 @@ func (s *Server) applyAnswer(tx Tx, m *trustdb.Message, raw []byte, now time.Tim
 	if !ok || p.Nonce != m.ReplyTo {
 		return ErrNoRequest
 	}
+	if err := tx.DeletePending(m.From, requester); err != nil {
+		return err
+	}
+	if m.Kind == trustdb.KindReject {
+		// A rejection is never passed on: until the target approves, the
+		// requester must not learn that it exists (REQ-10/11), and a
+		// rejection would tell it. To the requester a rejected request
+		// looks exactly like one never answered.
+		return nil
+	}
 	if n, err := tx.MailCount(requester); err != nil {
 		return err
 	} else if n >= s.limits.MaxMailbox {
 		return fmt.Errorf("%w: requester's mailbox is full", ErrLimit)
 	}
-	if err := tx.DeletePending(m.From, requester); err != nil {
+	err = tx.PutPair(TrustPair{A: requester, B: m.From, Request: p.Msg, Approve: raw, Created: now})
+	if err != nil {
 		return err
-	}
-	if m.Kind == trustdb.KindApprove {
-		err := tx.PutPair(TrustPair{A: requester, B: m.From, Request: p.Msg, Approve: raw, Created: now})
-		if err != nil {
-			return err
-		}
 	}
 	if _, err := tx.Enqueue(requester, raw, now); err != nil {
 		return err
