@@ -646,6 +646,16 @@ func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotTrusted)
 	require.Greater(t, b.Stats().KnocksRefused, before, "the stranger was refused at the knock")
 
+	// The stranger never sees b's certificate: the refusal comes before it.
+	sawCert := false
+	tlsConf := certs.ClientConfig(c.cert, alpn, addressing.PublicKey{}, func(addressing.PublicKey) error {
+		sawCert = true
+		return nil
+	})
+	_, err = c.tr.Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
+	require.ErrorIs(t, classify(err), ErrNotTrusted)
+	require.False(t, sawCert, "a stranger learnt b's key")
+
 	// Now b trusts c too; c replaying a's knock name with its own
 	// certificate still gets nowhere: the knock is bound to a's key.
 	establishTrust(t, c, b, b.Addr().String())
@@ -654,7 +664,7 @@ func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
 	conn.CloseWithError(0, "")
 	stolen, err := a.knock.name(b.PublicKey())
 	require.NoError(t, err)
-	tlsConf := certs.ClientConfig(c.cert, alpn, b.PublicKey(), nil)
+	tlsConf = certs.ClientConfig(c.cert, alpn, b.PublicKey(), nil)
 	tlsConf.ServerName = stolen
 	conn, err = c.tr.Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
 	if err == nil {
