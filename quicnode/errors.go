@@ -45,10 +45,6 @@ const (
 	StreamBadHeader  quic.StreamErrorCode = 0x12 // malformed or late port header
 )
 
-// tlsBadCertificate is the QUIC CRYPTO_ERROR for TLS alert bad_certificate,
-// which crypto/tls sends when VerifyConnection refuses the peer.
-const tlsBadCertificate = 0x100 + 42
-
 // classify maps QUIC errors from a peer connection to our sentinels.
 func classify(err error) error {
 	if err == nil {

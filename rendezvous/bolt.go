@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/trustdb"
@@ -57,7 +58,7 @@ const recordVersion = 1
 func OpenBoltStore(path string) (*BoltStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("rendezvous: open store %s: in use by another process", path)
 		}
 		return nil, fmt.Errorf("rendezvous: open store %s: %w", path, err)

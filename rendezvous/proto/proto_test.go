@@ -247,7 +247,7 @@ func TestFrameLimits(t *testing.T) {
 	require.Error(t, err)
 	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: [][]byte{make([]byte, MaxNetworkDoc+1)}})
 	require.Error(t, err)
-	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: make([][]byte, 9, 9)})
+	_, err = AppendMessage(nil, &NetworkState{ID: 1, Name: "x", Docs: make([][]byte, 9)})
 	require.Error(t, err, "empty documents")
 	// A full page of large documents stays under MaxBody only up to 7.
 	page := make([][]byte, 7)
