@@ -61,6 +61,7 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 		PeerAddr:   addressing.AddrFrom(0, c.key.NodeID()),
 		Candidates: candidates(own),
 		Token:      token,
+		PeerNAT:    natOf(self),
 	}
 	answer := &proto.Introduce{
 		Peer:       peer,
@@ -68,6 +69,7 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 		Candidates: candidates(target.locators),
 		Token:      token,
 		Initiator:  true,
+		PeerNAT:    natOf(target),
 	}
 	if grant != nil {
 		answer.Relay = &proto.RelayGrant{Addr: s.relaySvc, Session: grant.Session, Secret: grant.Secrets[0], Side: 0}
@@ -84,6 +86,25 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 	}
 	s.stats.introductions.Add(1)
 	return answer
+}
+
+// natReport records the NAT kind c's agent reported for its session.
+func (s *Server) natReport(c *serverConn, m *proto.NATReport) proto.Message {
+	s.mu.Lock()
+	sess := s.sessions[c.key]
+	s.mu.Unlock()
+	if sess != nil && sess.c == c {
+		sess.nat.Store(uint32(m.Kind))
+	}
+	return &proto.OK{}
+}
+
+// natOf is the NAT kind sess last reported (unknown for nil).
+func natOf(sess *session) proto.NATKind {
+	if sess == nil {
+		return proto.NATUnknown
+	}
+	return proto.NATKind(sess.nat.Load())
 }
 
 // connectable resolves a Connect target and reports whether from may be

@@ -104,6 +104,9 @@ type Introduce struct {
 	Token      [proto.TokenSize]byte
 	Initiator  bool
 	Relay      *RelayGrant // nil if no relay session was opened
+	// PeerNAT is the NAT kind the peer last reported (ReportNAT): "none",
+	// "easy", "hard" or "unknown".
+	PeerNAT string
 }
 
 // RelayGrant is our side of a relay session opened for an introduction.
@@ -692,6 +695,7 @@ func introduction(m *proto.Introduce, server netip.AddrPort) (Introduce, error) 
 		Candidates: m.Candidates,
 		Token:      m.Token,
 		Initiator:  m.Initiator,
+		PeerNAT:    natName(m.PeerNAT),
 	}
 	if g := m.Relay; g != nil {
 		addr := resolveService(g.Addr, server)
@@ -701,6 +705,38 @@ func introduction(m *proto.Introduce, server netip.AddrPort) (Introduce, error) 
 		intro.Relay = &RelayGrant{Addr: addr, Session: g.Session, Secret: g.Secret, Side: g.Side}
 	}
 	return intro, nil
+}
+
+// NAT kinds as ReportNAT takes them and Introduce.PeerNAT gives them.
+var natNames = map[proto.NATKind]string{
+	proto.NATUnknown: "unknown", proto.NATNone: "none", proto.NATEasy: "easy", proto.NATHard: "hard",
+}
+
+func natName(k proto.NATKind) string {
+	if s, ok := natNames[k]; ok {
+		return s
+	}
+	return "unknown"
+}
+
+// ReportNAT tells the server our NAT kind ("none", "easy", "hard" or
+// "unknown"), which it passes to the peers it introduces us to
+// (Introduce.PeerNAT) until our session ends.
+func (c *Client) ReportNAT(ctx context.Context, kind string) error {
+	k := proto.NATUnknown
+	for v, name := range natNames {
+		if name == kind {
+			k = v
+		}
+	}
+	m, err := c.roundTrip(ctx, &proto.NATReport{Kind: k})
+	if err != nil {
+		return fmt.Errorf("rendezvous: report nat: %w", err)
+	}
+	if _, ok := m.(*proto.OK); !ok {
+		return fmt.Errorf("rendezvous: report nat: unexpected answer %s", m.FrameType())
+	}
+	return nil
 }
 
 // Send relays a signed trust message (an encoded trustdb.Message) through

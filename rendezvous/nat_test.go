@@ -365,6 +365,40 @@ func TestConnectIntroducesBoth(t *testing.T) {
 	require.EqualValues(t, 3, srv.Stats().Introductions)
 }
 
+func TestConnectPeerNAT(t *testing.T) {
+	checkGoroutines(t)
+	srv := rendezvoustest.New(t)
+	alice := newNATAgent(t, srv, nil)
+	bob := newNATAgent(t, srv, nil)
+	trust(t, alice.agent, bob.agent)
+	ctx := ctxT(t)
+
+	// Nothing reported yet: unknown both ways.
+	in, err := alice.c.Connect(ctx, bob.id.Addr(), nil, false)
+	require.NoError(t, err)
+	require.Equal(t, "unknown", in.PeerNAT)
+	require.Equal(t, "unknown", bob.introduced(t).PeerNAT)
+
+	require.NoError(t, alice.c.ReportNAT(ctx, "hard"))
+	require.NoError(t, bob.c.ReportNAT(ctx, "easy"))
+	in, err = alice.c.Connect(ctx, bob.id.Addr(), nil, false)
+	require.NoError(t, err)
+	require.Equal(t, "easy", in.PeerNAT, "the answer carries the target's kind")
+	require.Equal(t, "hard", bob.introduced(t).PeerNAT, "the push carries the requester's kind")
+
+	// The last report wins; an unknown name reports unknown.
+	require.NoError(t, bob.c.ReportNAT(ctx, "none"))
+	in, err = alice.c.Connect(ctx, bob.id.Addr(), nil, false)
+	require.NoError(t, err)
+	require.Equal(t, "none", in.PeerNAT)
+	bob.introduced(t)
+	require.NoError(t, bob.c.ReportNAT(ctx, "bogus"))
+	in, err = alice.c.Connect(ctx, bob.id.Addr(), nil, false)
+	require.NoError(t, err)
+	require.Equal(t, "unknown", in.PeerNAT)
+	bob.introduced(t)
+}
+
 func TestConnectNotFoundSameBytes(t *testing.T) {
 	checkGoroutines(t)
 	srv := rendezvoustest.New(t)

@@ -184,6 +184,7 @@ type session struct {
 	wake     chan struct{}    // capacity 1: new mail
 	push     chan []byte      // encoded frames (Introduce) for the session stream; capacity pushQueue
 	net      *netPusher       // network frames for the session stream (network.go)
+	nat      atomic.Uint32    // last reported proto.NATKind (NATReport)
 }
 
 // NewServer checks cfg and returns a server that is not yet serving. It does
@@ -759,6 +760,8 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		resp = s.trustSend(c.key, m.Msg)
 	case *proto.Connect:
 		resp = s.connect(c, m)
+	case *proto.NATReport:
+		resp = s.natReport(c, m)
 	case *proto.NetworkCreate:
 		resp = s.createNetwork(c.key, m.Name)
 	case *proto.NetworkSend:

@@ -81,7 +81,8 @@
 //	0x0b  Error         uint16 code | str text (≤ 255 bytes, informational)
 //	0x0c  Connect       addr target | ipports the sender's candidates | uint8 flags (bit 0: relay)
 //	0x0d  Introduce     key peer | addr peer | ipports the peer's candidates | token[16] |
-//	                    uint8 flags (bit 0: initiator; bit 1: a grant follows) | [grant]
+//	                    uint8 flags (bit 0: initiator; bit 1: a grant follows) | [grant] |
+//	                    [uint8 the peer's NAT kind (0 unknown, 1 none, 2 easy, 3 hard); absent: unknown]
 //	0x0e  NetworkCreate    str name
 //	0x0f  NetworkInfo      uint16 network (never 0) | str name | key owner
 //	0x10  NetworkSend      doc
@@ -89,6 +90,7 @@
 //	0x12  NetworkState     uint16 network | str name | key owner |
 //	                       uint8 flags (bit 0: first page of a full list; bit 1: last page) |
 //	                       uint16 count | count × doc
+//	0x13  NATReport        uint8 the sender's NAT kind (as in Introduce)
 //
 // where doc is a uint16 length (1-1024) and a signed network document
 // (package network: Join, Leave or Remove), opaque to this package.

@@ -110,6 +110,7 @@ func FuzzParseAck(f *testing.F)         { fuzzBody(f, TypeAck, ParseAck) }
 func FuzzParseError(f *testing.F)       { fuzzBody(f, TypeError, ParseError) }
 func FuzzParseConnect(f *testing.F)     { fuzzBody(f, TypeConnect, ParseConnect) }
 func FuzzParseIntroduce(f *testing.F)   { fuzzBody(f, TypeIntroduce, ParseIntroduce) }
+func FuzzParseNATReport(f *testing.F)   { fuzzBody(f, TypeNATReport, ParseNATReport) }
 
 func FuzzParseNetworkCreate(f *testing.F) {
 	fuzzBody(f, TypeNetworkCreate, ParseNetworkCreate)

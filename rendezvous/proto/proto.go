@@ -62,6 +62,8 @@ const (
 	TypeNetworkSend    Type = 0x10
 	TypeNetworkMembers Type = 0x11
 	TypeNetworkState   Type = 0x12
+
+	TypeNATReport Type = 0x13
 )
 
 var typeNames = [...]string{
@@ -71,6 +73,7 @@ var typeNames = [...]string{
 	TypeConnect: "connect", TypeIntroduce: "introduce",
 	TypeNetworkCreate: "network_create", TypeNetworkInfo: "network_info", TypeNetworkSend: "network_send",
 	TypeNetworkMembers: "network_members", TypeNetworkState: "network_state",
+	TypeNATReport: "nat_report",
 }
 
 // String returns the type's snake_case name, or "type_0xNN".
@@ -232,6 +235,8 @@ func ParseMessage(f Frame) (Message, error) {
 		return parse(ParseNetworkMembers, f.Body)
 	case TypeNetworkState:
 		return parse(ParseNetworkState, f.Body)
+	case TypeNATReport:
+		return parse(ParseNATReport, f.Body)
 	}
 	return nil, fmt.Errorf("%w: unknown frame type %s", ErrMalformed, f.Type)
 }
@@ -619,6 +624,7 @@ type Introduce struct {
 	Token      [TokenSize]byte
 	Initiator  bool
 	Relay      *RelayGrant // nil: no relay session
+	PeerNAT    NATKind     // the peer's last reported NAT kind; absent (older server): NATUnknown
 }
 
 // RelayGrant is one side's share of a relay session.
@@ -666,7 +672,7 @@ func (m *Introduce) AppendBinary(b []byte) ([]byte, error) {
 		b = append(b, g.Secret[:]...)
 		b = append(b, g.Side)
 	}
-	return b, nil
+	return append(b, byte(m.PeerNAT)), nil
 }
 
 // ParseIntroduce parses an Introduce body.
@@ -694,7 +700,43 @@ func ParseIntroduce(body []byte) (Introduce, error) {
 			m.Relay = g
 		}
 	}
+	if r.err == nil && len(r.b) > 0 {
+		m.PeerNAT = NATKind(r.byte())
+	}
 	return m, r.done("introduce")
+}
+
+// NATKind is what an agent learnt about the NAT in front of it (STUN to
+// two server addresses). Unknown values are kept as they are and mean
+// NATUnknown to their readers.
+type NATKind uint8
+
+// NAT kinds.
+const (
+	NATUnknown NATKind = 0 // not reported, or not classified
+	NATNone    NATKind = 1 // public address
+	NATEasy    NATKind = 2 // endpoint-independent mapping
+	NATHard    NATKind = 3 // endpoint-dependent mapping ("symmetric")
+)
+
+// NATReport tells the server the sender's NAT kind, which it hands to the
+// peers it introduces the sender to (Introduce.PeerNAT) for as long as the
+// session lasts. Answered by OK.
+type NATReport struct {
+	Kind NATKind
+}
+
+// FrameType implements Message.
+func (*NATReport) FrameType() Type { return TypeNATReport }
+
+// AppendBinary implements Message.
+func (m *NATReport) AppendBinary(b []byte) ([]byte, error) { return append(b, byte(m.Kind)), nil }
+
+// ParseNATReport parses a NATReport body.
+func ParseNATReport(body []byte) (NATReport, error) {
+	r := reader{b: body}
+	m := NATReport{Kind: NATKind(r.byte())}
+	return m, r.done("nat_report")
 }
 
 // --- field encoders ---

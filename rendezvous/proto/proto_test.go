@@ -60,6 +60,10 @@ func sampleMessages() []Message {
 		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4, v6}, Token: [TokenSize]byte{9}, Initiator: true,
 			Relay: &RelayGrant{Addr: netip.AddrPortFrom(netip.Addr{}, 7422), Session: [8]byte{1, 7: 8}, Secret: [16]byte{2, 15: 3}, Side: 1}},
 		&Introduce{Peer: k, PeerAddr: a, Relay: &RelayGrant{Addr: v6, Side: 0}},
+		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4}, Token: [TokenSize]byte{5}, PeerNAT: NATHard},
+		&Introduce{Peer: k, PeerAddr: a, Initiator: true, Relay: &RelayGrant{Addr: v4, Side: 0}, PeerNAT: NATEasy},
+		&NATReport{Kind: NATHard},
+		&NATReport{},
 		&NetworkCreate{Name: "builders"},
 		&NetworkInfo{ID: 1, Name: "b", Owner: k},
 		&NetworkSend{Doc: bytes.Repeat([]byte{3}, MaxNetworkDoc)},
@@ -103,6 +107,15 @@ func TestRoundTrip(t *testing.T) {
 				for i := 0; i < len(f.Body); i++ {
 					_, err := ParseMessage(Frame{Type: f.Type, Body: f.Body[:i]})
 					if _, ok := m.(*OK); ok {
+						continue
+					}
+					if in, ok := m.(*Introduce); ok && i == len(f.Body)-1 {
+						// The peer's NAT kind is optional (older servers).
+						require.NoError(t, err)
+						old := *in
+						old.PeerNAT = NATUnknown
+						got, _ := ParseMessage(Frame{Type: f.Type, Body: f.Body[:i]})
+						require.Equal(t, &old, got)
 						continue
 					}
 					require.ErrorIs(t, err, ErrMalformed, "prefix %d", i)
@@ -173,6 +186,7 @@ func TestMalformed(t *testing.T) {
 		{"introduce grant truncated", TypeIntroduce, append(introduceBody(k, a, flagRelayGrant), 0, 1, 2)},
 		{"registered bad service family", TypeRegistered, append(registeredBody(a), 5, 0, 1, 0, 0, 0)},
 		{"registered no relay", TypeRegistered, append(registeredBody(a), 0, 0, 1)},
+		{"nat report empty", TypeNATReport, nil},
 		{"unknown type", Type(0x7f), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -180,6 +194,15 @@ func TestMalformed(t *testing.T) {
 			require.ErrorIs(t, err, ErrMalformed)
 		})
 	}
+}
+
+// An Introduce from a server that predates PeerNAT parses as NATUnknown.
+func TestIntroduceWithoutPeerNAT(t *testing.T) {
+	k := testKey(1)
+	m, err := ParseIntroduce(introduceBody(k, addressing.AddrFrom(0, k.NodeID()), flagInitiator))
+	require.NoError(t, err)
+	require.Equal(t, NATUnknown, m.PeerNAT)
+	require.True(t, m.Initiator)
 }
 
 // introduceBody is an Introduce body up to and including its flags byte.
@@ -312,6 +335,7 @@ var bodyFuzzers = map[Type]string{
 	TypeError:        "FuzzParseError",
 	TypeConnect:      "FuzzParseConnect",
 	TypeIntroduce:    "FuzzParseIntroduce",
+	TypeNATReport:    "FuzzParseNATReport",
 
 	TypeNetworkCreate:  "FuzzParseNetworkCreate",
 	TypeNetworkInfo:    "FuzzParseNetworkInfo",
