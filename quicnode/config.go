@@ -38,6 +38,12 @@ type Config struct {
 	// The Node takes ownership.
 	RelayConn *net.UDPConn
 
+	// ListenUDP, if set, opens the extra sockets of birthday hole punching
+	// (see NAT traversal in the package doc), for example inside a network
+	// namespace; default net.ListenUDP. laddr is the main socket's IP with
+	// port 0.
+	ListenUDP func(network, laddr string) (*net.UDPConn, error)
+
 	// Hostname is claimed at the rendezvous (first come, first served).
 	Hostname string
 

@@ -39,6 +39,10 @@ func (n *Node) NATInfo() NATInfo {
 	return n.nat
 }
 
+// natReportEvery re-reports an unchanged NAT kind (a new rendezvous
+// session starts without one).
+const natReportEvery = 30 * time.Second
+
 // stunPadding makes requests at least as large as the answers, which the
 // rendezvous requires (it never amplifies).
 const stunPadding = "agentnet/1 stun binding request padding"
@@ -156,6 +160,15 @@ func (n *Node) checkNAT(ctx context.Context) (NATInfo, error) {
 	}
 	n.natMu.Lock()
 	n.nat = info
+	report := info.Kind != n.natReported || time.Since(n.natReportAt) > natReportEvery
 	n.natMu.Unlock()
+	if report {
+		// Peers need our kind to pick birthday punching (birthday.go).
+		if err := n.rdv.ReportNAT(ctx, string(info.Kind)); err == nil {
+			n.natMu.Lock()
+			n.natReported, n.natReportAt = info.Kind, time.Now()
+			n.natMu.Unlock()
+		}
+	}
 	return info, nil
 }

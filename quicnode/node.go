@@ -71,13 +71,16 @@ type Node struct {
 	byHostname   map[string]addressing.PublicKey            // trusted peers with a known hostname
 	hints        map[addressing.PublicKey]netip.AddrPort    // last address a peer connected from
 	punches      map[[8]byte]*punchSession                  // by token ID
+	birthdays    map[addressing.PublicKey]bool              // birthday attempts running (birthday.go)
 
 	stats    nodeStats
 	netStats netCounters // network.go
 
 	stun  stunWaiters
-	natMu sync.Mutex
-	nat   NATInfo
+	natMu       sync.Mutex
+	nat         NATInfo
+	natReported NATKind   // last kind reported to the rendezvous
+	natReportAt time.Time // when
 }
 
 type nodeStats struct {
@@ -190,6 +193,7 @@ func New(cfg Config) (*Node, error) {
 		nextPort:     firstEphemeral,
 		hints:        make(map[addressing.PublicKey]netip.AddrPort),
 		punches:      make(map[[8]byte]*punchSession),
+		birthdays:    make(map[addressing.PublicKey]bool),
 	}
 	n.relayQconf = relayQUICConfig(n.qconf)
 	return n, nil

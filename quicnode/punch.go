@@ -37,6 +37,7 @@ type punchSession struct {
 	token     [probe.TokenSize]byte
 	id        [8]byte
 	initiator bool
+	dialer    bool // we dial QUIC to where genuine probes come from: the initiator, or the hard side of a birthday attempt
 	deadline  time.Time
 	direct    chan *link // the first direct link this session made
 
@@ -73,7 +74,10 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 	relayRes := make(chan dialResult, 1)
 	if intro.Relay != nil {
 		delay := relayAfter
-		if n.NATInfo().Kind == NATHard {
+		switch {
+		case n.birthdayRoleFor(intro.PeerNAT) != birthdayNone:
+			delay = birthdayRelayAfter
+		case n.NATInfo().Kind == NATHard:
 			// Our NAT maps per destination: punching works only against
 			// open peers, and those answer at once.
 			delay = relayAfterHard
@@ -84,9 +88,17 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 	}
 	var relayErr error
 	for {
+		n.mu.Lock()
+		changed := n.peersChanged
+		n.mu.Unlock()
+		if l := n.directLink(key); l != nil {
+			// The peer dialled us (it is the dialer of a birthday attempt).
+			return l, nil
+		}
 		select {
 		case l := <-ps.direct:
 			return l, nil
+		case <-changed:
 		case <-relayC:
 			relayC = nil
 			go func() {
@@ -110,6 +122,16 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 type dialResult struct {
 	l   *link
 	err error
+}
+
+// directLink returns key's live direct link, or nil.
+func (n *Node) directLink(key addressing.PublicKey) *link {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if p := n.peers[key]; p != nil && p.links[pathDirect] != nil && p.links[pathDirect].alive() {
+		return p.links[pathDirect]
+	}
+	return nil
 }
 
 // ownCandidates lists the addresses a peer may reach our main socket at.
@@ -165,6 +187,14 @@ func (n *Node) startPunch(intro rendezvous.Introduce) *punchSession {
 	for _, c := range intro.Candidates {
 		ps.addCandidate(c)
 	}
+	role := n.birthdayRoleFor(intro.PeerNAT)
+	ps.dialer = intro.Initiator
+	switch role {
+	case birthdayHard:
+		ps.dialer = true
+	case birthdaySpray:
+		ps.dialer = false // the hard side dials whatever we punched
+	}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -173,6 +203,9 @@ func (n *Node) startPunch(intro rendezvous.Introduce) *punchSession {
 	n.punches[ps.id] = ps
 	n.mu.Unlock()
 	n.goFunc(func() { n.punchLoop(ps) })
+	if role != birthdayNone {
+		n.startBirthday(ps, role)
+	}
 	return ps
 }
 
@@ -248,7 +281,7 @@ func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
 		n.tr.WriteTo(pong, net.UDPAddrFromAddrPort(from))
 	}
 	ps.addCandidate(from)
-	if !ps.initiator {
+	if !ps.dialer {
 		return
 	}
 	ps.mu.Lock()
