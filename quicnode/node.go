@@ -76,7 +76,7 @@ type Node struct {
 	stats    nodeStats
 	netStats netCounters // network.go
 
-	stun  stunWaiters
+	stun        stunWaiters
 	natMu       sync.Mutex
 	nat         NATInfo
 	natReported NATKind   // last kind reported to the rendezvous
