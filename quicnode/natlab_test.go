@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -439,4 +440,50 @@ func TestNATUpgradeAndFailover(t *testing.T) {
 	t.Logf("failover: relay %v after the direct path was cut", time.Since(cut).Round(time.Millisecond))
 	_, path = transfer(t, a, b, 9002, 1<<20)
 	require.Equal(t, "relay", path)
+}
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(ents)
+}
+
+// TestNATBirthday repeats birthday punching (hard × easy-home) on fresh
+// pairs in both directions: every attempt must go direct, the hard side
+// must keep one extra socket only while the link lives, and close it after.
+func TestNATBirthday(t *testing.T) {
+	ln := newLabNet(t)
+	const attempts = 6
+	var direct int
+	var ttfbs []string
+	for i := 0; i < attempts; i++ {
+		p := ln.pair(t, natlab.KindHome, natlab.KindSymmetric)
+		dialer, other := p.a, p.b // home dials symmetric
+		hard := p.b
+		if i%2 == 1 {
+			dialer, other = p.b, p.a // symmetric dials home
+		}
+		require.Equal(t, NATHard, hard.NATInfo().Kind)
+		require.Equal(t, NATEasy, p.a.NATInfo().Kind)
+		before := openFDs(t)
+		ttfb, path := transfer(t, dialer, other, 9000, 1<<20)
+		ttfbs = append(ttfbs, fmt.Sprintf("%s %v", path, ttfb.Round(time.Millisecond)))
+		if path != "direct" {
+			continue
+		}
+		direct++
+		l := hard.liveLink(p.a.PublicKey())
+		require.NotNil(t, l)
+		require.NotEqual(t, hard.LocalAddr().String(), l.conn.LocalAddr().String(), "the link runs on a birthday socket")
+		// The other extra sockets are closed at once.
+		require.Less(t, openFDs(t)-before, 16, "extra sockets left open")
+		// When the link ends, its socket is closed too.
+		withLink := openFDs(t)
+		hard.closePeer(p.a.PublicKey(), CodeClosing, "test")
+		require.Eventually(t, func() bool { return openFDs(t) < withLink }, 3*time.Second, 20*time.Millisecond, "birthday socket not closed with its link")
+	}
+	t.Logf("birthday: %d/%d direct; path and time to first byte per attempt: %s", direct, attempts, strings.Join(ttfbs, ", "))
+	require.Equal(t, attempts, direct, "birthday punching must go direct every time")
 }
