@@ -39,7 +39,7 @@ type Config struct {
 	RelayConn *net.UDPConn
 
 	// ListenUDP, if set, opens the extra sockets of birthday hole punching
-	// (see NAT traversal in the package doc), for example inside a network
+	// (birthday punching, birthday.go), for example inside a network
 	// namespace; default net.ListenUDP. laddr is the main socket's IP with
 	// port 0.
 	ListenUDP func(network, laddr string) (*net.UDPConn, error)

@@ -43,7 +43,10 @@
 // the relay session the introduction opened carries an end-to-end QUIC
 // connection over a second quic.Transport. New traffic uses the direct link
 // while heartbeats say it is healthy, the relay link otherwise; a link that
-// hears nothing while we send is closed after pathDead.
+// hears nothing while we send is closed after pathDead. Between a hard
+// (symmetric) and an easy NAT, birthday punching (birthday.go) opens extra
+// sockets on the hard side (Config.ListenUDP) while the easy side sprays
+// probes at the hard side's ports.
 //
 // Goroutines: per node an accept loop per transport, a non-QUIC packet
 // reader, an outbox sender, a maintenance loop and the rendezvous session;

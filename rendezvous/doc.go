@@ -64,6 +64,10 @@
 // theirs) is dropped, like anything that is not a binding request, and
 // every source address has a token bucket. Registered tells a client the
 // second STUN address and the relay's; Client.STUNAddrs returns them.
+// A client reports what it found with ReportNAT (NATReport); the server
+// keeps the kind for the session and hands it to the other side of every
+// introduction (Introduce.PeerNAT), so a hard/easy pair can pick birthday
+// punching (package quicnode).
 //
 // Connect is the punch broker. If the target trusts the asker and is online,
 // both get an introduction with a fresh 16-byte token and each other's
