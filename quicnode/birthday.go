@@ -27,7 +27,7 @@ import (
 //
 // Bounds: only for an introduction of a trusted pair (the rendezvous
 // introduces only those), when the peer reported the complementary kind;
-// one attempt per peer at a time. The spray is at most birthdaySprays
+// one attempt per peer at a time, at most maxBirthdays at once. The spray is at most birthdaySprays
 // probes of probe.Len bytes (~100 KB) to one IP over birthdaySprayFor
 // (~1400 packets/s), and relayed peers are re-introduced at most every
 // upgradeEvery. The hard side holds its extra sockets at most
@@ -42,6 +42,7 @@ const (
 	birthdayWindow     = 4 * time.Second
 	birthdayRelayAfter = 3 * time.Second // relay fallback while a birthday attempt runs
 	birthdayMinPort    = 1024
+	maxBirthdays       = 4 // attempts running at once (each role): at most 1024 extra sockets
 )
 
 // birthdayRole says which part of a birthday attempt we play for an
@@ -78,11 +79,17 @@ func (n *Node) startBirthday(ps *punchSession, role birthdayRole) {
 		return
 	}
 	n.mu.Lock()
-	if n.closed || n.birthdays[ps.key] {
+	running := 0
+	for _, r := range n.birthdays {
+		if r == role {
+			running++
+		}
+	}
+	if _, busy := n.birthdays[ps.key]; n.closed || busy || running >= maxBirthdays {
 		n.mu.Unlock()
 		return
 	}
-	n.birthdays[ps.key] = true
+	n.birthdays[ps.key] = role
 	n.mu.Unlock()
 	n.goFunc(func() {
 		defer func() {
@@ -222,6 +229,15 @@ wait:
 		return
 	}
 	keep.SetReadDeadline(time.Time{})
+	ps.mu.Lock()
+	mainDialed := len(ps.dialed) > 0
+	ps.birthdayDialing = !mainDialed
+	ps.mu.Unlock()
+	if mainDialed {
+		// The main socket heard the peer too and dials from there.
+		keep.Close()
+		return
+	}
 	if hit.ping {
 		keep.WriteTo(probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPong, n.addr.Node(), hit.seq), net.UDPAddrFromAddrPort(hit.from))
 	}

@@ -253,7 +253,8 @@ func TestNATMatrix(t *testing.T) {
 	// Birthday punching in the other direction: the hard side dials.
 	cells = append(cells,
 		cell{"symmetric/home", host(sites["symmetrica"]), host(sites["homeb"]), "direct"},
-		cell{"double/symmetric", host(sites["doublea"]), host(sites["symmetricb"]), "direct"})
+		cell{"double/symmetric", host(sites["doublea"]), host(sites["symmetricb"]), "direct"},
+		cell{"cone/symmetric", host(sites["conea"]), host(sites["symmetricb"]), "direct"})
 	cells = append(cells, cell{"same-nat/same-nat", host(same), host(same), "direct"})
 
 	var mu sync.Mutex

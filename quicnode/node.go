@@ -71,7 +71,7 @@ type Node struct {
 	byHostname   map[string]addressing.PublicKey            // trusted peers with a known hostname
 	hints        map[addressing.PublicKey]netip.AddrPort    // last address a peer connected from
 	punches      map[[8]byte]*punchSession                  // by token ID
-	birthdays    map[addressing.PublicKey]bool              // birthday attempts running (birthday.go)
+	birthdays    map[addressing.PublicKey]birthdayRole      // birthday attempts running (birthday.go)
 
 	stats    nodeStats
 	netStats netCounters // network.go
@@ -193,7 +193,7 @@ func New(cfg Config) (*Node, error) {
 		nextPort:     firstEphemeral,
 		hints:        make(map[addressing.PublicKey]netip.AddrPort),
 		punches:      make(map[[8]byte]*punchSession),
-		birthdays:    make(map[addressing.PublicKey]bool),
+		birthdays:    make(map[addressing.PublicKey]birthdayRole),
 	}
 	n.relayQconf = relayQUICConfig(n.qconf)
 	return n, nil

@@ -45,6 +45,10 @@ type punchSession struct {
 	cands  []netip.AddrPort
 	dialed map[netip.AddrPort]bool
 	seq    uint64
+	// birthdayDialing: the hard side dials from a birthday socket, so the
+	// main socket does not (and vice versa, via dialed): two of our dials
+	// landing at once would each be kept by a different side's tie-break.
+	birthdayDialing bool
 }
 
 // traverse reaches key through the rendezvous: an introduction starts hole
@@ -285,7 +289,7 @@ func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
 		return
 	}
 	ps.mu.Lock()
-	dial := !ps.dialed[from] && len(ps.dialed) < maxPunchDials
+	dial := !ps.dialed[from] && len(ps.dialed) < maxPunchDials && !ps.birthdayDialing
 	if dial {
 		ps.dialed[from] = true
 	}
