@@ -455,6 +455,8 @@ func openFDs(t testing.TB) int {
 // pairs in both directions: every attempt must go direct, the hard side
 // must keep one extra socket only while the link lives, and close it after.
 func TestNATBirthday(t *testing.T) {
+	natlab.Require(t)
+	checkNoLeaks(t) // runs after every other cleanup: nodes, server, lab
 	ln := newLabNet(t)
 	const attempts = 6
 	var direct int
@@ -487,4 +489,16 @@ func TestNATBirthday(t *testing.T) {
 	}
 	t.Logf("birthday: %d/%d direct; path and time to first byte per attempt: %s", direct, attempts, strings.Join(ttfbs, ", "))
 	require.Equal(t, attempts, direct, "birthday punching must go direct every time")
+
+	// A miss (here: the easy side can reach only the rendezvous) falls
+	// back to the relay, and the hard side closes all its extra sockets
+	// once the attempt's window is over.
+	p := ln.pair(t, natlab.KindHome, natlab.KindSymmetric)
+	require.NoError(t, p.sa.BlockUDPExcept(netip.PrefixFrom(ln.rdv.IP(), 32)))
+	before := openFDs(t)
+	ttfb, path := transfer(t, p.b, p.a, 9000, 1<<20)
+	require.Equal(t, "relay", path)
+	require.GreaterOrEqual(t, ttfb, birthdayRelayAfter)
+	require.Eventually(t, func() bool { return openFDs(t)-before < 16 }, birthdayWindow+2*time.Second, 50*time.Millisecond, "extra sockets left open after a miss")
+	t.Logf("birthday miss: relay, first byte after %v", ttfb.Round(time.Millisecond))
 }
