@@ -29,17 +29,17 @@ const (
 )
 
 // punchSession is one introduction: both agents probe each other's
-// candidates with the shared token; the initiator dials QUIC to every
-// address a genuine probe came from.
+// candidates with the shared token; the dialer (the initiator, or the hard
+// side of a birthday attempt) dials QUIC to every address a genuine probe
+// came from.
 type punchSession struct {
-	key       addressing.PublicKey
-	peerNode  addressing.NodeID
-	token     [probe.TokenSize]byte
-	id        [8]byte
-	initiator bool
-	dialer    bool // we dial QUIC to where genuine probes come from: the initiator, or the hard side of a birthday attempt
-	deadline  time.Time
-	direct    chan *link // the first direct link this session made
+	key      addressing.PublicKey
+	peerNode addressing.NodeID
+	token    [probe.TokenSize]byte
+	id       [8]byte
+	dialer   bool // we dial QUIC to where genuine probes come from
+	deadline time.Time
+	direct   chan *link // the first direct link this session made
 
 	mu     sync.Mutex
 	cands  []netip.AddrPort
@@ -179,14 +179,13 @@ func (n *Node) introduced(intro rendezvous.Introduce) {
 // startPunch registers a punch session and starts probing.
 func (n *Node) startPunch(intro rendezvous.Introduce) *punchSession {
 	ps := &punchSession{
-		key:       intro.Peer,
-		peerNode:  intro.Peer.NodeID(),
-		token:     intro.Token,
-		id:        probe.TokenID(intro.Token),
-		initiator: intro.Initiator,
-		deadline:  time.Now().Add(punchWindow),
-		direct:    make(chan *link, 1),
-		dialed:    make(map[netip.AddrPort]bool),
+		key:      intro.Peer,
+		peerNode: intro.Peer.NodeID(),
+		token:    intro.Token,
+		id:       probe.TokenID(intro.Token),
+		deadline: time.Now().Add(punchWindow),
+		direct:   make(chan *link, 1),
+		dialed:   make(map[netip.AddrPort]bool),
 	}
 	for _, c := range intro.Candidates {
 		ps.addCandidate(c)
@@ -267,7 +266,7 @@ func (n *Node) hasDirect(key addressing.PublicKey) bool {
 
 // handleProbe answers and learns from a genuine probe: its source is a
 // working path from the peer to us (peer-reflexive candidate); the
-// initiator dials QUIC there.
+// dialer dials QUIC there.
 func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
 	p, err := probe.Parse(b)
 	if err != nil {

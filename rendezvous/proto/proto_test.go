@@ -60,10 +60,6 @@ func sampleMessages() []Message {
 		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4, v6}, Token: [TokenSize]byte{9}, Initiator: true,
 			Relay: &RelayGrant{Addr: netip.AddrPortFrom(netip.Addr{}, 7422), Session: [8]byte{1, 7: 8}, Secret: [16]byte{2, 15: 3}, Side: 1}},
 		&Introduce{Peer: k, PeerAddr: a, Relay: &RelayGrant{Addr: v6, Side: 0}},
-		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4}, Token: [TokenSize]byte{5}, PeerNAT: NATHard},
-		&Introduce{Peer: k, PeerAddr: a, Initiator: true, Relay: &RelayGrant{Addr: v4, Side: 0}, PeerNAT: NATEasy},
-		&NATReport{Kind: NATHard},
-		&NATReport{},
 		&NetworkCreate{Name: "builders"},
 		&NetworkInfo{ID: 1, Name: "b", Owner: k},
 		&NetworkSend{Doc: bytes.Repeat([]byte{3}, MaxNetworkDoc)},
@@ -71,6 +67,10 @@ func sampleMessages() []Message {
 		&NetworkState{ID: 9, Name: "builders", Owner: k, First: true, Last: true},
 		&NetworkState{ID: 9, Name: "builders", Owner: k, Docs: [][]byte{[]byte("join"), []byte("leave")}},
 		&NetworkState{ID: 9, Name: "builders", Owner: k, Last: true, Docs: [][]byte{bytes.Repeat([]byte{1}, MaxNetworkDoc)}},
+		&Introduce{Peer: k, PeerAddr: a, Candidates: []netip.AddrPort{v4}, Token: [TokenSize]byte{5}, PeerNAT: NATHard},
+		&Introduce{Peer: k, PeerAddr: a, Initiator: true, Relay: &RelayGrant{Addr: v4, Side: 0}, PeerNAT: NATEasy},
+		&NATReport{Kind: NATHard},
+		&NATReport{},
 	}
 }
 
