@@ -82,11 +82,7 @@ func (n *Node) checkPaths() {
 	n.mu.Lock()
 	var links []*link
 	for _, p := range n.peers {
-		for _, l := range p.links {
-			if l != nil {
-				links = append(links, l)
-			}
-		}
+		links = append(links, p.all()...)
 	}
 	n.mu.Unlock()
 	for _, l := range links {

@@ -132,6 +132,22 @@ func (l *link) alive() bool { return l.conn.Context().Err() == nil }
 type peer struct {
 	links        [2]*link // indexed by pathKind
 	directFailed bool     // the direct link stopped answering heartbeats
+	// spares are live links the peer dialled while another of its dials was
+	// up: the peer's dialer keeps one and closes the others, so we keep
+	// them all until it does (closing one ourselves could close the one it
+	// kept). A spare takes over when the link on its path ends.
+	spares []*link
+}
+
+// all returns the links and the spares.
+func (p *peer) all() []*link {
+	out := append([]*link(nil), p.spares...)
+	for _, l := range p.links {
+		if l != nil {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // best returns the link new traffic should use, or nil.
@@ -325,11 +341,7 @@ func (n *Node) Close() error {
 	n.closed = true
 	var links []*link
 	for _, p := range n.peers {
-		for _, l := range p.links {
-			if l != nil {
-				links = append(links, l)
-			}
-		}
+		links = append(links, p.all()...)
 	}
 	lns := make([]*listener, 0, len(n.listeners))
 	for _, l := range n.listeners {
@@ -516,10 +528,15 @@ func (n *Node) addLink(conn *quic.Conn, key addressing.PublicKey, path pathKind,
 			n.mu.Unlock()
 			conn.CloseWithError(CodeDuplicate, "duplicate connection")
 			return nil, errDuplicate
+		case !old.outgoing && !outgoing:
+			// The peer dialled twice: it keeps one (which one depends on
+			// the order its handshakes finished) and closes the other. The
+			// new link carries our new traffic; the old waits as a spare.
+			p.spares = append(p.spares, old)
+		default:
+			// Opposite directions, and the new link won the tie-break.
+			loser = old.conn
 		}
-		// The peer dialled again while we thought the old link alive (it
-		// saw it die), or it won the tie-break: the new link replaces it.
-		loser = old.conn
 	}
 	p.links[path] = l
 	if path == pathDirect {
@@ -551,12 +568,28 @@ func (n *Node) notifyPeersLocked() {
 // removeLink forgets a link whose connection has ended.
 func (n *Node) removeLink(l *link) {
 	n.mu.Lock()
-	if p := n.peers[l.key]; p != nil && p.links[l.path] == l {
-		p.links[l.path] = nil
-		if p.links[pathDirect] == nil && p.links[pathRelay] == nil {
-			delete(n.peers, l.key)
+	if p := n.peers[l.key]; p != nil {
+		live := p.spares[:0]
+		for _, s := range p.spares {
+			if s != l && s.alive() {
+				live = append(live, s)
+			}
 		}
-		n.notifyPeersLocked()
+		p.spares = live
+		if p.links[l.path] == l {
+			p.links[l.path] = nil
+			for i, s := range p.spares {
+				if s.path == l.path {
+					p.links[l.path] = s // a spare takes over
+					p.spares = append(p.spares[:i], p.spares[i+1:]...)
+					break
+				}
+			}
+			if p.links[pathDirect] == nil && p.links[pathRelay] == nil && len(p.spares) == 0 {
+				delete(n.peers, l.key)
+			}
+			n.notifyPeersLocked()
+		}
 	}
 	n.mu.Unlock()
 	if l.path == pathRelay && n.relay != nil {
@@ -576,11 +609,9 @@ func (n *Node) closePeer(key addressing.PublicKey, code quic.ApplicationErrorCod
 	if p == nil {
 		return
 	}
-	for _, l := range p.links {
-		if l != nil {
-			l.conn.CloseWithError(code, reason)
-			n.log.Info("peer connection closed", "peer", l.addr, "path", l.path, "code", uint64(code))
-		}
+	for _, l := range p.all() {
+		l.conn.CloseWithError(code, reason)
+		n.log.Info("peer connection closed", "peer", l.addr, "path", l.path, "code", uint64(code))
 	}
 }
 

@@ -672,3 +672,43 @@ func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
 	}
 	require.ErrorIs(t, classify(err), ErrNotTrusted)
 }
+
+// TestDoubleDialBothSidesAgree: when one side's dials land twice at once
+// (say a plain and a punched one), the dialer keeps the first and closes the
+// second, and the acceptor must not close the one the dialer kept.
+func TestDoubleDialBothSidesAgree(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ctx := ctxT(t, 10*time.Second)
+	to := b.LocalAddr().AddrPort()
+	c1, err := a.dialOne(ctx, b.PublicKey(), to)
+	require.NoError(t, err)
+	c2, err := a.dialOne(ctx, b.PublicKey(), to)
+	require.NoError(t, err)
+	l1, err := a.addLink(c1, b.PublicKey(), pathDirect, true)
+	require.NoError(t, err)
+	l2, err := a.addLink(c2, b.PublicKey(), pathDirect, true)
+	require.NoError(t, err)
+	require.Same(t, l1, l2, "the dialer keeps its first link")
+
+	time.Sleep(200 * time.Millisecond)
+	require.True(t, l1.alive(), "the acceptor closed the link the dialer kept")
+	for _, d := range []struct {
+		from *testNode
+		to   *testNode
+	}{{a, b}, {b, a}} {
+		c, err := d.from.Dial(ctx, d.to.Addr().String(), PortEcho)
+		require.NoError(t, err)
+		_, err = c.Write([]byte("x"))
+		require.NoError(t, err)
+		_, err = io.ReadFull(c, make([]byte, 1))
+		require.NoError(t, err)
+		c.Close()
+	}
+	require.True(t, l1.alive())
+	require.Len(t, b.Peers(), 1)
+	require.Len(t, a.Peers(), 1)
+}
