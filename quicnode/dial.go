@@ -287,8 +287,25 @@ func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*link, e
 	n.mu.Lock()
 	hint, hasHint := n.hints[key]
 	n.mu.Unlock()
+	var errs []error
 	if hasHint {
+		// A repeat contact: the address the peer last came from usually
+		// still works, and then the rendezvous need not be asked at all.
 		dialDirect([]netip.AddrPort{hint})
+		t := time.NewTimer(traverseDelay)
+		select {
+		case r := <-results:
+			running--
+			pendingDirect--
+			if r.err == nil {
+				t.Stop()
+				return r.l, nil
+			}
+			errs = append(errs, r.err)
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
 	info, lookupErr := n.lookupPeer(ctx, key)
 	if lookupErr == nil {
@@ -320,7 +337,6 @@ func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*link, e
 		}
 		return nil, lookupErr
 	}
-	var errs []error
 	for running > 0 {
 		select {
 		case r := <-results:
