@@ -246,11 +246,12 @@ func (n *Node) getLink(ctx context.Context, key addressing.PublicKey) (*link, er
 // well within it, and the rendezvous is spared the work.
 const traverseDelay = 150 * time.Millisecond
 
-// dialPeer connects to key. It dials at once the address the peer last
-// reached us from (if any), beside a rendezvous lookup; then the locators
-// the lookup reports; and, if none of those has answered within
-// traverseDelay, it also asks for an introduction: hole punching, then the
-// relay. The first link up wins; a later one is settled by the tie-break.
+// dialPeer connects to key. It first dials the address the peer last
+// reached us from (if any) and asks the rendezvous only if that has not
+// answered within traverseDelay; then it dials the locators the lookup
+// reports and, if none of those answers within traverseDelay, asks for an
+// introduction: hole punching, then the relay. The first link up wins; a
+// later one is settled by the tie-break.
 func (n *Node) dialPeer(ctx context.Context, key addressing.PublicKey) (*link, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.handshakeTimeout())
 	defer cancel()
