@@ -99,12 +99,18 @@ type PeerList struct {
 
 // Peer is a live connection to a peer.
 type Peer struct {
-	Addr          string    `json:"addr"`
-	Key           string    `json:"key"`
-	Hostname      string    `json:"hostname"`
-	Path          string    `json:"path"`   // "direct" or "relay"; a peer may have both for a while
-	Remote        string    `json:"remote"` // UDP address in use
-	Outgoing      bool      `json:"outgoing"`
+	Addr     string `json:"addr"`
+	Key      string `json:"key"`
+	Hostname string `json:"hostname"`
+	Path     string `json:"path"`    // "direct" or "relay"; a peer may have both for a while
+	Standby  bool   `json:"standby"` // kept as a fallback; new streams use the peer's other connection
+	Remote   string `json:"remote"`  // UDP address in use
+	Outgoing bool   `json:"outgoing"`
+	// Found is how the connection was found: "incoming" (the peer dialled
+	// us) or the dial phase that made it: "last-address", "direct" (a
+	// locator from the rendezvous), "punch", "birthday", "relay".
+	Found         string    `json:"found"`
+	SetupMillis   float64   `json:"setup_ms"` // how long our dial took (0 for incoming)
 	Since         time.Time `json:"since"`
 	RTTMillis     float64   `json:"rtt_ms"`
 	BytesSent     uint64    `json:"bytes_sent"`

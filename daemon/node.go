@@ -93,7 +93,8 @@ func (d *Daemon) handlePeers(w http.ResponseWriter, r *http.Request) error {
 	out := ctl.PeerList{Peers: []ctl.Peer{}}
 	for _, p := range d.node.Peers() {
 		cp := ctl.Peer{
-			Addr: p.Addr.String(), Key: p.Key.String(), Path: p.Path, Outgoing: p.Outgoing,
+			Addr: p.Addr.String(), Key: p.Key.String(), Path: p.Path, Standby: p.Standby, Outgoing: p.Outgoing,
+			Found: p.Found, SetupMillis: ms(p.Setup),
 			Since: p.Since.UTC(), RTTMillis: ms(p.RTT), BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
 		}
 		if p.Remote != nil {

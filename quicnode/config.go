@@ -30,19 +30,21 @@ type Config struct {
 	// ListenAddr is the local UDP address; default "0.0.0.0:0".
 	ListenAddr string
 	// Conn, if set, is used instead of opening ListenAddr (for example a
-	// socket opened inside a network namespace). The Node takes ownership.
-	Conn *net.UDPConn
+	// socket opened inside a network namespace, or an in-memory network in
+	// tests). The Node takes ownership. A *net.UDPConn keeps quic-go's
+	// fast path (GSO, batched I/O): wrapping a UDP socket in another
+	// net.PacketConn costs about half the bulk throughput.
+	Conn net.PacketConn
 
 	// RelayConn, if set, is the socket for relayed traffic (it must be
-	// separate from Conn); otherwise one is opened on Conn's host address.
-	// The Node takes ownership.
-	RelayConn *net.UDPConn
+	// separate from Conn); otherwise one is opened on Conn's host address
+	// (which then must be a *net.UDPAddr). The Node takes ownership.
+	RelayConn net.PacketConn
 
-	// ListenUDP, if set, opens the extra sockets of birthday hole punching
-	// (birthday punching, birthday.go), for example inside a network
-	// namespace; default net.ListenUDP. laddr is the main socket's IP with
-	// port 0.
-	ListenUDP func(network, laddr string) (*net.UDPConn, error)
+	// ListenUDP, if set, opens the extra sockets of birthday hole punching,
+	// for example inside a network namespace; default net.ListenUDP. laddr
+	// is the main socket's IP with port 0.
+	ListenUDP func(network, laddr string) (net.PacketConn, error)
 
 	// Hostname is claimed at the rendezvous (first come, first served).
 	Hostname string

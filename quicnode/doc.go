@@ -35,25 +35,21 @@
 // puts an HMAC under the pair's X25519 secret in the ClientHello's server
 // name, and the listener refuses unknown names before any key exchange.
 //
-// Paths (punch.go, relay.go, nat.go, control.go): a peer has at most one
-// direct and one relayed link. A first contact dials the peer's known
-// locators, then asks the rendezvous for an introduction: both sides send
-// authenticated probes (internal/probe) and the dialling side starts QUIC
-// towards whatever address a genuine probe came from; without a direct path
-// the relay session the introduction opened carries an end-to-end QUIC
-// connection over a second quic.Transport. New traffic uses the direct link
-// while heartbeats say it is healthy, the relay link otherwise; a link that
-// hears nothing while we send is closed after pathDead. Between a hard
-// (symmetric) and an easy NAT, birthday punching (birthday.go) opens extra
-// sockets on the hard side (Config.ListenUDP) while the easy side sprays
-// probes at the hard side's ports.
+// Paths belong to the path manager (package internal/paths): the
+// sockets and transports, the links (at most one direct and one relayed
+// QUIC connection per peer, plus spares), dialling phase by phase (last
+// address, lookup, direct, hole punching with birthday punching between a
+// hard and an easy NAT, relay), heartbeats, dead-path detection and
+// upgrades. The Node keeps identity, trust, virtual ports and streams; it
+// asks the manager for a peer's link and serves each link's streams
+// through the manager's Host interface. Peers reports per connection how
+// it was found and how long the dial took.
 //
-// Goroutines: per node an accept loop per transport, a non-QUIC packet
-// reader, an outbox sender, a maintenance loop and the rendezvous session;
-// per link a stream-accept loop, plus a datagram loop once datagrams flow
-// (and quic-go's own two); per incoming stream a short-lived header reader;
-// per introduction a bounded probing loop. Close stops and waits for all of
-// them.
+// Goroutines: per node a knock refresher, an outbox sender and the
+// rendezvous session, plus the path manager's own (see its package doc);
+// per link the stream-accept loop (run by the manager), plus a datagram
+// loop once datagrams flow (and quic-go's own two); per incoming stream a
+// short-lived header reader. Close stops and waits for all of them.
 //
 // Log keys: peer, addr, port, err, remote, code, path, nat.
 package quicnode

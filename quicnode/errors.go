@@ -2,77 +2,45 @@ package quicnode
 
 import (
 	"errors"
-	"fmt"
 
-	"github.com/quic-go/quic-go"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 )
 
 var (
 	// ErrNotTrusted is returned when the peer is not trusted by us, or does
 	// not trust us (its handshake gate refused us, or it revoked us). Streams
 	// cut by a revocation fail with an error that wraps it too.
-	ErrNotTrusted = errors.New("peer not trusted")
+	ErrNotTrusted = paths.ErrNotTrusted
 	// ErrPortClosed is returned by Dial when nothing listens on the virtual port.
-	ErrPortClosed = errors.New("virtual port closed")
+	ErrPortClosed = paths.ErrPortClosed
 	// ErrPortInUse is returned by Listen and ListenPacket for a taken port.
 	ErrPortInUse = errors.New("virtual port in use")
 	// ErrDatagramTooLarge is returned by WriteTo for payloads over MaxDatagramPayload.
 	ErrDatagramTooLarge = errors.New("datagram too large")
 	// ErrUnreachable is returned when a trusted peer has no usable locator
 	// (offline, or no candidate answered).
-	ErrUnreachable = errors.New("peer unreachable")
+	ErrUnreachable = paths.ErrUnreachable
 	// ErrBusy is returned by Dial when the peer's listener backlog is full.
-	ErrBusy = errors.New("peer listener backlog full")
-
-	errDuplicate = errors.New("duplicate connection")
+	ErrBusy = paths.ErrBusy
 )
 
 // Application error codes on peer connections.
 const (
-	CodeClosing    quic.ApplicationErrorCode = 0x0 // the node is shutting down
-	CodeRevoked    quic.ApplicationErrorCode = 0x1 // trust was revoked
-	CodeDuplicate  quic.ApplicationErrorCode = 0x2 // a simultaneous dial lost the tie-break
-	CodeNotTrusted quic.ApplicationErrorCode = 0x3 // the peer is not (or no longer) trusted
-	CodeBadWelcome quic.ApplicationErrorCode = 0x4 // the peer spoke an unknown protocol
-	CodePathDead   quic.ApplicationErrorCode = 0x5 // nothing came back for pathDead while we sent
+	CodeClosing    = paths.CodeClosing    // the node is shutting down
+	CodeRevoked    = paths.CodeRevoked    // trust was revoked
+	CodeDuplicate  = paths.CodeDuplicate  // a simultaneous dial lost the tie-break
+	CodeNotTrusted = paths.CodeNotTrusted // the peer is not (or no longer) trusted
+	CodeBadWelcome = paths.CodeBadWelcome // the peer spoke an unknown protocol
+	CodePathDead   = paths.CodePathDead   // nothing came back for 5 s while we sent
 )
 
 // Stream error codes (RESET_STREAM / STOP_SENDING).
 const (
-	StreamClosed     quic.StreamErrorCode = 0x0  // the application closed the stream
-	StreamPortClosed quic.StreamErrorCode = 0x10 // nothing listens on the port
-	StreamBusy       quic.StreamErrorCode = 0x11 // the listener's backlog is full
-	StreamBadHeader  quic.StreamErrorCode = 0x12 // malformed or late port header
+	StreamClosed     = paths.StreamClosed     // the application closed the stream
+	StreamPortClosed = paths.StreamPortClosed // nothing listens on the port
+	StreamBusy       = paths.StreamBusy       // the listener's backlog is full
+	StreamBadHeader  = paths.StreamBadHeader  // malformed or late port header
 )
 
 // classify maps QUIC errors from a peer connection to our sentinels.
-func classify(err error) error {
-	if err == nil {
-		return nil
-	}
-	var te *quic.TransportError
-	if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
-		// Either gate refused: the peer's (remote) or ours (local, the
-		// peer presented a key we do not trust or did not expect).
-		return fmt.Errorf("%w: %w", ErrNotTrusted, err)
-	}
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) {
-		switch ae.ErrorCode {
-		case CodeRevoked, CodeNotTrusted:
-			return fmt.Errorf("%w: %w", ErrNotTrusted, err)
-		case CodeDuplicate:
-			return fmt.Errorf("%w: %w", errDuplicate, err)
-		}
-	}
-	var se *quic.StreamError
-	if errors.As(err, &se) && se.Remote {
-		switch se.ErrorCode {
-		case StreamPortClosed:
-			return fmt.Errorf("%w: %w", ErrPortClosed, err)
-		case StreamBusy:
-			return fmt.Errorf("%w: %w", ErrBusy, err)
-		}
-	}
-	return err
-}
+func classify(err error) error { return paths.Classify(err) }

@@ -1,174 +1,25 @@
 package quicnode
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/netip"
-	"sync"
-	"time"
-
-	"github.com/pion/stun/v3"
-)
+import "github.com/agentnet/agentnet/quicnode/internal/paths"
 
 // NATKind is what the node learnt about the NAT in front of it.
-type NATKind string
+type NATKind = paths.NATKind
 
 // NAT kinds, from STUN binding requests to two rendezvous addresses.
 const (
-	NATUnknown NATKind = "unknown" // no answer yet, or only one STUN address
-	NATNone    NATKind = "none"    // the socket's own address is public
-	NATEasy    NATKind = "easy"    // endpoint-independent mapping: hole punching works
-	NATHard    NATKind = "hard"    // endpoint-dependent mapping (symmetric): direct only against open peers
+	NATUnknown = paths.NATUnknown // no answer yet, or only one STUN address
+	NATNone    = paths.NATNone    // the socket's own address is public
+	NATEasy    = paths.NATEasy    // endpoint-independent mapping: hole punching works
+	NATHard    = paths.NATHard    // endpoint-dependent mapping (symmetric): direct only against open peers
 )
 
 // NATInfo is the node's view of its NAT.
-type NATInfo struct {
-	Kind    NATKind
-	Mapped  netip.AddrPort   // reflexive address towards the rendezvous
-	Mapped2 netip.AddrPort   // reflexive address towards the second STUN address
-	Local   []netip.AddrPort // the socket's host addresses
-	Checked time.Time
-}
+type NATInfo = paths.NATInfo
 
-// NATInfo returns what the last STUN check found.
+// NATInfo returns what the last STUN check found (zero before Start).
 func (n *Node) NATInfo() NATInfo {
-	n.natMu.Lock()
-	defer n.natMu.Unlock()
-	return n.nat
-}
-
-// natReportEvery re-reports an unchanged NAT kind (a new rendezvous
-// session starts without one).
-const natReportEvery = 30 * time.Second
-
-// stunPadding makes requests at least as large as the answers, which the
-// rendezvous requires (it never amplifies).
-const stunPadding = "agentnet/1 stun binding request padding"
-
-// stunWaiters routes STUN answers read by nonQUICLoop to their requests.
-type stunWaiters struct {
-	mu sync.Mutex
-	m  map[[stun.TransactionIDSize]byte]chan netip.AddrPort
-}
-
-func (w *stunWaiters) add(id [stun.TransactionIDSize]byte) chan netip.AddrPort {
-	ch := make(chan netip.AddrPort, 1)
-	w.mu.Lock()
-	if w.m == nil {
-		w.m = make(map[[stun.TransactionIDSize]byte]chan netip.AddrPort)
+	if n.paths == nil {
+		return NATInfo{}
 	}
-	w.m[id] = ch
-	w.mu.Unlock()
-	return ch
-}
-
-func (w *stunWaiters) remove(id [stun.TransactionIDSize]byte) {
-	w.mu.Lock()
-	delete(w.m, id)
-	w.mu.Unlock()
-}
-
-// handleSTUN delivers a binding success to its waiter.
-func (n *Node) handleSTUN(b []byte) {
-	m := &stun.Message{Raw: append([]byte(nil), b...)}
-	if err := m.Decode(); err != nil || m.Type != stun.BindingSuccess {
-		return
-	}
-	var xor stun.XORMappedAddress
-	if err := xor.GetFrom(m); err != nil {
-		return
-	}
-	ip, ok := netip.AddrFromSlice(xor.IP)
-	if !ok {
-		return
-	}
-	ap := netip.AddrPortFrom(ip.Unmap(), uint16(xor.Port))
-	n.stun.mu.Lock()
-	ch := n.stun.m[m.TransactionID]
-	n.stun.mu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- ap:
-		default:
-		}
-	}
-}
-
-// stunRequest asks server for our reflexive address, retrying a few times.
-func (n *Node) stunRequest(ctx context.Context, server netip.AddrPort) (netip.AddrPort, error) {
-	m, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.NewSoftware(stunPadding), stun.Fingerprint)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	ch := n.stun.add(m.TransactionID)
-	defer n.stun.remove(m.TransactionID)
-	to := net.UDPAddrFromAddrPort(server)
-	for i := 0; i < 4; i++ {
-		if _, err := n.tr.WriteTo(m.Raw, to); err != nil {
-			return netip.AddrPort{}, err
-		}
-		t := time.NewTimer(time.Duration(200*(i+1)) * time.Millisecond)
-		select {
-		case ap := <-ch:
-			t.Stop()
-			return ap, nil
-		case <-ctx.Done():
-			t.Stop()
-			return netip.AddrPort{}, ctx.Err()
-		case <-t.C:
-		}
-	}
-	return netip.AddrPort{}, fmt.Errorf("quicnode: no STUN answer from %s", server)
-}
-
-// checkNAT classifies the NAT with binding requests to the rendezvous's two
-// STUN addresses.
-func (n *Node) checkNAT(ctx context.Context) (NATInfo, error) {
-	if n.rdv == nil {
-		return NATInfo{}, errors.New("quicnode: no rendezvous to ask")
-	}
-	main, alt := n.rdv.STUNAddrs()
-	if !main.IsValid() {
-		return NATInfo{}, errors.New("quicnode: rendezvous address unknown")
-	}
-	info := NATInfo{Kind: NATUnknown, Local: localCandidates(n.udp), Checked: time.Now()}
-	var err1, err2 error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		info.Mapped, err1 = n.stunRequest(ctx, main)
-	}()
-	if alt.IsValid() {
-		info.Mapped2, err2 = n.stunRequest(ctx, alt)
-	}
-	wg.Wait()
-	if err1 != nil {
-		return info, err1
-	}
-	switch {
-	case containsAddrPort(info.Local, info.Mapped):
-		info.Kind = NATNone
-	case err2 != nil || !info.Mapped2.IsValid():
-		info.Kind = NATUnknown
-	case info.Mapped == info.Mapped2:
-		info.Kind = NATEasy
-	default:
-		info.Kind = NATHard
-	}
-	n.natMu.Lock()
-	n.nat = info
-	report := info.Kind != n.natReported || time.Since(n.natReportAt) > natReportEvery
-	n.natMu.Unlock()
-	if report {
-		// Peers need our kind to pick birthday punching (birthday.go).
-		if err := n.rdv.ReportNAT(ctx, string(info.Kind)); err == nil {
-			n.natMu.Lock()
-			n.natReported, n.natReportAt = info.Kind, time.Now()
-			n.natMu.Unlock()
-		}
-	}
-	return info, nil
+	return n.paths.NAT()
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/natlab"
 	"github.com/agentnet/agentnet/internal/relayframe"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/agentnet/agentnet/trustdb"
 	"github.com/stretchr/testify/require"
@@ -79,7 +80,7 @@ func (ln *labNet) startLabNode(h *natlab.Host, hostname string) *Node {
 	n, err := New(Config{
 		Store: st, Conn: main, RelayConn: relay, Hostname: hostname,
 		RendezvousAddr: ln.rdvAddr(), RendezvousKey: ln.srv.PublicKey(),
-		ListenUDP: func(network, laddr string) (*net.UDPConn, error) { return h.ListenUDP(laddr) },
+		ListenUDP: func(network, laddr string) (net.PacketConn, error) { return h.ListenUDP(laddr) },
 	})
 	require.NoError(t, err)
 	ctx := ctxT(t, 10*time.Second)
@@ -185,7 +186,7 @@ func tryTransfer(a, b *Node, port uint16, size int64) (ttfb time.Duration, path 
 // pathTo names the path a's new traffic to b takes.
 func pathTo(a, b *Node) string {
 	if l := a.liveLink(b.PublicKey()); l != nil {
-		return l.path.String()
+		return l.Kind.String()
 	}
 	return "none"
 }
@@ -319,13 +320,7 @@ func TestNATRelay(t *testing.T) {
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			p.a.relay.mu.Lock()
-			var ids []relayframe.Session
-			for id := range p.a.relay.sessions {
-				ids = append(ids, id)
-			}
-			p.a.relay.mu.Unlock()
-			for _, id := range ids {
+			for _, id := range p.a.paths.RelaySessions() {
 				evil.WriteTo(relayframe.AppendData(nil, id, []byte("forged quic packet")), relayAddr)
 			}
 		}
@@ -430,7 +425,7 @@ func TestNATUpgradeAndFailover(t *testing.T) {
 
 	require.NoError(t, sa.Unblock())
 	lifted := time.Now()
-	require.Eventually(t, func() bool { return pathTo(a, b) == "direct" }, 2*upgradeEvery+10*time.Second, 100*time.Millisecond, "never upgraded to direct")
+	require.Eventually(t, func() bool { return pathTo(a, b) == "direct" }, 2*paths.UpgradeEvery+10*time.Second, 100*time.Millisecond, "never upgraded to direct")
 	t.Logf("upgrade: direct %v after the block was lifted", time.Since(lifted).Round(time.Millisecond))
 	_, path = transfer(t, a, b, 9001, 1<<20)
 	require.Equal(t, "direct", path)
@@ -479,12 +474,12 @@ func TestNATBirthday(t *testing.T) {
 		direct++
 		l := hard.liveLink(p.a.PublicKey())
 		require.NotNil(t, l)
-		require.NotEqual(t, hard.LocalAddr().String(), l.conn.LocalAddr().String(), "the link runs on a birthday socket")
+		require.NotEqual(t, hard.LocalAddr().String(), l.Conn.LocalAddr().String(), "the link runs on a birthday socket")
 		// The other extra sockets are closed at once.
 		require.Less(t, openFDs(t)-before, 16, "extra sockets left open")
 		// When the link ends, its socket is closed too.
 		withLink := openFDs(t)
-		hard.closePeer(p.a.PublicKey(), CodeClosing, "test")
+		hard.paths.ClosePeer(p.a.PublicKey(), CodeClosing, "test")
 		require.Eventually(t, func() bool { return openFDs(t) < withLink }, 3*time.Second, 20*time.Millisecond, "birthday socket not closed with its link")
 	}
 	t.Logf("birthday: %d/%d direct; path and time to first byte per attempt: %s", direct, attempts, strings.Join(ttfbs, ", "))
@@ -498,7 +493,7 @@ func TestNATBirthday(t *testing.T) {
 	before := openFDs(t)
 	ttfb, path := transfer(t, p.b, p.a, 9000, 1<<20)
 	require.Equal(t, "relay", path)
-	require.GreaterOrEqual(t, ttfb, birthdayRelayAfter)
-	require.Eventually(t, func() bool { return openFDs(t)-before < 16 }, birthdayWindow+2*time.Second, 50*time.Millisecond, "extra sockets left open after a miss")
+	require.GreaterOrEqual(t, ttfb, paths.BirthdayRelayAfter)
+	require.Eventually(t, func() bool { return openFDs(t)-before < 16 }, paths.BirthdayWindow+2*time.Second, 50*time.Millisecond, "extra sockets left open after a miss")
 	t.Logf("birthday miss: relay, first byte after %v", ttfb.Round(time.Millisecond))
 }

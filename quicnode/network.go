@@ -10,6 +10,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/network"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/agentnet/agentnet/trustdb"
 )
@@ -432,7 +433,7 @@ func (n *Node) onNetworkEvent(ch *trustdb.NetworkChange) {
 func (n *Node) closeInadmissible(keys []addressing.PublicKey, reason string) {
 	for _, k := range keys {
 		if k != n.id.PublicKey() && !n.admissible(k) {
-			n.closePeer(k, CodeRevoked, reason)
+			n.paths.ClosePeer(k, CodeRevoked, reason)
 		}
 	}
 }
@@ -450,7 +451,7 @@ func (n *Node) resolveMember(a addressing.Addr) (addressing.PublicKey, error) {
 // getLinkRetry is getLink that, for a peer admissible only as a fellow
 // member, retries a refused handshake for up to fellowRetry: the peer
 // learns of a new membership through the rendezvous, a moment after we do.
-func (n *Node) getLinkRetry(ctx context.Context, key addressing.PublicKey) (*link, error) {
+func (n *Node) getLinkRetry(ctx context.Context, key addressing.PublicKey) (*paths.Link, error) {
 	deadline := time.Now().Add(fellowRetry)
 	wait := 50 * time.Millisecond
 	for {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/agentnet/agentnet/trustdb"
 	"github.com/quic-go/quic-go"
@@ -203,11 +204,11 @@ func rawDial(ctx context.Context, a, b *testNode, cache tls.ClientSessionCache) 
 		tlsConf.ServerName = name // knock as a's own dialer would
 	}
 	tlsConf.ClientSessionCache = cache
-	conn, err := a.tr.Dial(ctx, b.LocalAddr(), tlsConf, a.qconf)
+	conn, err := a.paths.Transport().Dial(ctx, b.LocalAddr(), tlsConf, a.qconf)
 	if err != nil {
 		return nil, classify(err)
 	}
-	if err := awaitWelcome(ctx, conn); err != nil {
+	if err := paths.AwaitWelcome(ctx, conn); err != nil {
 		conn.CloseWithError(0, "")
 		return nil, err
 	}
@@ -652,7 +653,7 @@ func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
 		sawCert = true
 		return nil
 	})
-	_, err = c.tr.Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
+	_, err = c.paths.Transport().Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
 	require.ErrorIs(t, classify(err), ErrNotTrusted)
 	require.False(t, sawCert, "a stranger learnt b's key")
 
@@ -666,49 +667,9 @@ func TestKnockRefusesEarlyAndIsBound(t *testing.T) {
 	require.NoError(t, err)
 	tlsConf = certs.ClientConfig(c.cert, alpn, b.PublicKey(), nil)
 	tlsConf.ServerName = stolen
-	conn, err = c.tr.Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
+	conn, err = c.paths.Transport().Dial(ctx, b.LocalAddr(), tlsConf, c.qconf)
 	if err == nil {
-		err = awaitWelcome(ctx, conn)
+		err = paths.AwaitWelcome(ctx, conn)
 	}
 	require.ErrorIs(t, classify(err), ErrNotTrusted)
-}
-
-// TestDoubleDialBothSidesAgree: when one side's dials land twice at once
-// (say a plain and a punched one), the dialer keeps the first and closes the
-// second, and the acceptor must not close the one the dialer kept.
-func TestDoubleDialBothSidesAgree(t *testing.T) {
-	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
-	ctx := ctxT(t, 10*time.Second)
-	to := b.LocalAddr().AddrPort()
-	c1, err := a.dialOne(ctx, b.PublicKey(), to)
-	require.NoError(t, err)
-	c2, err := a.dialOne(ctx, b.PublicKey(), to)
-	require.NoError(t, err)
-	l1, err := a.addLink(c1, b.PublicKey(), pathDirect, true)
-	require.NoError(t, err)
-	l2, err := a.addLink(c2, b.PublicKey(), pathDirect, true)
-	require.NoError(t, err)
-	require.Same(t, l1, l2, "the dialer keeps its first link")
-
-	time.Sleep(200 * time.Millisecond)
-	require.True(t, l1.alive(), "the acceptor closed the link the dialer kept")
-	for _, d := range []struct {
-		from *testNode
-		to   *testNode
-	}{{a, b}, {b, a}} {
-		c, err := d.from.Dial(ctx, d.to.Addr().String(), PortEcho)
-		require.NoError(t, err)
-		_, err = c.Write([]byte("x"))
-		require.NoError(t, err)
-		_, err = io.ReadFull(c, make([]byte, 1))
-		require.NoError(t, err)
-		c.Close()
-	}
-	require.True(t, l1.alive())
-	require.Len(t, b.Peers(), 1)
-	require.Len(t, a.Peers(), 1)
 }

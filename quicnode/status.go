@@ -3,22 +3,30 @@ package quicnode
 import (
 	"fmt"
 	"net"
-	"sort"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 )
 
 // PeerStatus describes a live connection (link) to a peer. A peer with both
 // a direct and a relayed connection appears twice; the one not carrying new
 // traffic has Standby set.
 type PeerStatus struct {
-	Addr          addressing.Addr
-	Key           addressing.PublicKey
-	Path          string   // "direct" or "relay"
-	Standby       bool     // kept as a fallback; new streams use the other link
-	Remote        net.Addr // the UDP address in use
-	Outgoing      bool     // we dialled it
+	Addr     addressing.Addr
+	Key      addressing.PublicKey
+	Path     string   // "direct" or "relay"
+	Standby  bool     // kept as a fallback; new streams use the other link
+	Remote   net.Addr // the UDP address in use
+	Outgoing bool     // we dialled it
+	// Found says how the connection was found: "incoming" (the peer
+	// dialled us), or the dial phase that made it: "last-address",
+	// "direct" (a locator from the rendezvous), "punch", "birthday",
+	// "relay".
+	Found string
+	// Setup is how long the dial took, from its start to this connection
+	// (0 for incoming ones).
+	Setup         time.Duration
 	Since         time.Time
 	RTT           time.Duration
 	BytesSent     uint64
@@ -27,34 +35,18 @@ type PeerStatus struct {
 
 // Peers reports every live peer connection, sorted by address.
 func (n *Node) Peers() []PeerStatus {
-	n.mu.Lock()
-	ls := make([]*link, 0, len(n.peers))
-	standby := make(map[*link]bool)
-	for _, p := range n.peers {
-		best := p.best()
-		for _, l := range p.links {
-			if l != nil {
-				ls = append(ls, l)
-				standby[l] = l != best
-			}
-		}
+	if n.paths == nil {
+		return nil
 	}
-	n.mu.Unlock()
+	ls := n.paths.Links()
 	out := make([]PeerStatus, 0, len(ls))
 	for _, l := range ls {
-		st := l.conn.ConnectionStats()
 		out = append(out, PeerStatus{
-			Addr: l.addr, Key: l.key, Path: l.path.String(), Standby: standby[l], Remote: l.conn.RemoteAddr(),
-			Outgoing: l.outgoing, Since: l.since, RTT: st.SmoothedRTT,
-			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived,
+			Addr: l.Addr, Key: l.Key, Path: l.Kind.String(), Standby: l.Standby, Remote: l.Remote,
+			Outgoing: l.Outgoing, Found: l.Found.String(), Setup: l.Setup, Since: l.Since, RTT: l.RTT,
+			BytesSent: l.BytesSent, BytesReceived: l.BytesReceived,
 		})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if c := out[i].Addr.Node().Compare(out[j].Addr.Node()); c != 0 {
-			return c < 0
-		}
-		return out[i].Path < out[j].Path
-	})
 	return out
 }
 
@@ -67,14 +59,25 @@ type Stats struct {
 	// NetworkDocsRefused counts network documents from the rendezvous that
 	// did not verify against the owner key we know (or did not fit).
 	NetworkDocsRefused uint64
+	// Paths are the path manager's counters: dials, punches, birthday
+	// attempts, relayed links, dead paths, failovers.
+	Paths PathStats
 }
+
+// PathStats are the path manager's counters (see Stats.Paths).
+type PathStats = paths.Stats
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
+	var ps paths.Stats
+	if n.paths != nil {
+		ps = n.paths.Stats()
+	}
 	return Stats{
+		Paths:              ps,
 		DatagramsDropped:   n.stats.datagramsDropped.Load(),
 		BadStreams:         n.stats.badStreams.Load(),
-		NonQUICPackets:     n.stats.nonQUICPackets.Load(),
+		NonQUICPackets:     ps.NonQUICPackets,
 		KnocksRefused:      n.stats.knocksRefused.Load(),
 		NetworkDocsRefused: n.netStats.docsRefused.Load(),
 	}
@@ -91,6 +94,6 @@ func (n *Node) Disconnect(peer string) error {
 	if err != nil {
 		return fmt.Errorf("quicnode: disconnect %s: %w", peer, err)
 	}
-	n.closePeer(k, CodeClosing, "disconnect")
+	n.paths.ClosePeer(k, CodeClosing, "disconnect")
 	return nil
 }

@@ -38,7 +38,7 @@ func (n *Node) onTrustEvent(ev trustdb.Event) {
 	// approve for a peer we already trust): every change kicks the outbox.
 	n.kickOutbox()
 	if ev.Old == trustdb.StateTrusted && ev.Record.State != trustdb.StateTrusted {
-		n.closePeer(ev.Key, CodeRevoked, "trust revoked")
+		n.closePeer(ev.Key)
 	}
 	if ev.Network != nil {
 		n.onNetworkEvent(ev.Network)
@@ -210,7 +210,7 @@ func (n *Node) RevokeTrust(ctx context.Context, peer string) error {
 	}
 	// Subscribers run asynchronously: close the connections here so that
 	// they are gone when RevokeTrust returns.
-	n.closePeer(k, CodeRevoked, "trust revoked")
+	n.closePeer(k)
 	return n.sendNow(ctx)
 }
 
@@ -261,4 +261,11 @@ func (n *Node) SetHostname(ctx context.Context, name string) error {
 	n.hostname = name
 	n.mu.Unlock()
 	return nil
+}
+
+// closePeer closes every live connection to key after a revocation.
+func (n *Node) closePeer(key addressing.PublicKey) {
+	if n.paths != nil {
+		n.paths.ClosePeer(key, CodeRevoked, "trust revoked")
+	}
 }

@@ -41,9 +41,17 @@ func init() {
 				return
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ADDR\tHOSTNAME\tPATH\tREMOTE\tRTT\tSENT\tRECEIVED")
+			fmt.Fprintln(tw, "ADDR\tHOSTNAME\tPATH\tFOUND\tSETUP\tREMOTE\tRTT\tSENT\tRECEIVED")
 			for _, p := range pl.Peers {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f ms\t%s\t%s\n", p.Addr, dash(p.Hostname), p.Path, p.Remote, p.RTTMillis, bytesHuman(int64(p.BytesSent)), bytesHuman(int64(p.BytesReceived)))
+				path := p.Path
+				if p.Standby {
+					path += " (standby)"
+				}
+				setup := "-"
+				if p.SetupMillis > 0 {
+					setup = fmt.Sprintf("%.1f ms", p.SetupMillis)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.2f ms\t%s\t%s\n", p.Addr, dash(p.Hostname), path, p.Found, setup, p.Remote, p.RTTMillis, bytesHuman(int64(p.BytesSent)), bytesHuman(int64(p.BytesReceived)))
 			}
 			tw.Flush()
 		},

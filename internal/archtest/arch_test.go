@@ -24,10 +24,13 @@ var allowed = map[string][]string{
 	"network":          {"addressing", "internal/wire"},
 	"rendezvous/proto": {"addressing"},
 	"rendezvous":       {"addressing", "trustdb", "network", "rendezvous", "internal/"},
-	"quicnode":         {"addressing", "trustdb", "network", "rendezvous", "internal/"},
-	"ctl":              {},
-	"service":          {"addressing", "service", "internal/atomicfile"},
-	"daemon":           {"addressing", "trustdb", "network", "rendezvous", "quicnode", "ctl", "service", "internal/"},
+	"quicnode":         {"addressing", "trustdb", "network", "rendezvous", "internal/", "quicnode/internal/"},
+	// The path manager knows peers by key and the rendezvous as a client;
+	// trust, ports and streams stay in quicnode.
+	"quicnode/internal/paths": {"addressing", "rendezvous", "internal/"},
+	"ctl":                     {},
+	"service":                 {"addressing", "service", "internal/atomicfile"},
+	"daemon":                  {"addressing", "trustdb", "network", "rendezvous", "quicnode", "ctl", "service", "internal/"},
 }
 
 func TestImportDirections(t *testing.T) {

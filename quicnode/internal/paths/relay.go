@@ -1,4 +1,4 @@
-package quicnode
+package paths
 
 import (
 	"context"
@@ -25,7 +25,8 @@ const relayRebind = 10 * time.Second
 //
 // ReadFrom must be called by one goroutine at a time (quic-go's read loop).
 type relayConn struct {
-	udp  *net.UDPConn
+	pc   net.PacketConn
+	udp  *net.UDPConn // pc, when it is a UDP socket (allocation-free I/O)
 	rbuf []byte
 
 	mu       sync.Mutex
@@ -55,8 +56,10 @@ type relayAddr struct{ id relayframe.Session }
 func (a relayAddr) Network() string { return "agentnet-relay" }
 func (a relayAddr) String() string  { return "relay-" + hex.EncodeToString(a.id[:]) }
 
-func newRelayConn(udp *net.UDPConn) *relayConn {
+func newRelayConn(pc net.PacketConn) *relayConn {
+	udp, _ := pc.(*net.UDPConn)
 	return &relayConn{
+		pc:       pc,
 		udp:      udp,
 		rbuf:     make([]byte, 2048),
 		sessions: make(map[relayframe.Session]*relaySession),
@@ -85,7 +88,33 @@ func (rc *relayConn) sendBind(s *relaySession) {
 	s.lastBind = time.Now()
 	b := relayframe.AppendBind(make([]byte, 0, relayframe.BindLen), s.id, s.side, s.counter, s.secret)
 	s.mu.Unlock()
-	rc.udp.WriteToUDPAddrPort(b, s.server)
+	rc.write(b, s.server)
+}
+
+// write sends b to the relay at server.
+func (rc *relayConn) write(b []byte, server netip.AddrPort) error {
+	if rc.udp != nil {
+		_, err := rc.udp.WriteToUDPAddrPort(b, server)
+		return err
+	}
+	_, err := rc.pc.WriteTo(b, net.UDPAddrFromAddrPort(server))
+	return err
+}
+
+// read reads the next frame into rc.rbuf.
+func (rc *relayConn) read() (int, netip.AddrPort, error) {
+	if rc.udp != nil {
+		return rc.udp.ReadFromUDPAddrPort(rc.rbuf)
+	}
+	n, from, err := rc.pc.ReadFrom(rc.rbuf)
+	if err != nil {
+		return 0, netip.AddrPort{}, err
+	}
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return n, netip.AddrPort{}, nil
+	}
+	return n, ua.AddrPort(), nil
 }
 
 // waitBound re-sends the Bind until the relay confirms it.
@@ -152,7 +181,7 @@ func (rc *relayConn) session(id relayframe.Session) *relaySession {
 // of a known session are dropped and counted.
 func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		n, from, err := rc.udp.ReadFromUDPAddrPort(rc.rbuf)
+		n, from, err := rc.read()
 		if err != nil {
 			return 0, nil, err
 		}
@@ -213,7 +242,7 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	}
 	bp := relayBufPool.Get().(*[]byte)
 	b := relayframe.AppendData((*bp)[:0], ra.id, p)
-	_, err := rc.udp.WriteToUDPAddrPort(b, s.server)
+	err := rc.write(b, s.server)
 	*bp = b
 	relayBufPool.Put(bp)
 	if err != nil {
@@ -222,13 +251,39 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return len(p), nil
 }
 
-func (rc *relayConn) Close() error                       { return rc.udp.Close() }
-func (rc *relayConn) LocalAddr() net.Addr                { return rc.udp.LocalAddr() }
-func (rc *relayConn) SetDeadline(t time.Time) error      { return rc.udp.SetDeadline(t) }
-func (rc *relayConn) SetReadDeadline(t time.Time) error  { return rc.udp.SetReadDeadline(t) }
-func (rc *relayConn) SetWriteDeadline(t time.Time) error { return rc.udp.SetWriteDeadline(t) }
+func (rc *relayConn) Close() error                       { return rc.pc.Close() }
+func (rc *relayConn) LocalAddr() net.Addr                { return rc.pc.LocalAddr() }
+func (rc *relayConn) SetDeadline(t time.Time) error      { return rc.pc.SetDeadline(t) }
+func (rc *relayConn) SetReadDeadline(t time.Time) error  { return rc.pc.SetReadDeadline(t) }
+func (rc *relayConn) SetWriteDeadline(t time.Time) error { return rc.pc.SetWriteDeadline(t) }
 
 // SetReadBuffer and SetWriteBuffer let quic-go size the relay socket's
 // buffers as it does the main socket's.
-func (rc *relayConn) SetReadBuffer(n int) error  { return rc.udp.SetReadBuffer(n) }
-func (rc *relayConn) SetWriteBuffer(n int) error { return rc.udp.SetWriteBuffer(n) }
+func (rc *relayConn) SetReadBuffer(n int) error {
+	if b, ok := rc.pc.(interface{ SetReadBuffer(int) error }); ok {
+		return b.SetReadBuffer(n)
+	}
+	return nil
+}
+
+func (rc *relayConn) SetWriteBuffer(n int) error {
+	if b, ok := rc.pc.(interface{ SetWriteBuffer(int) error }); ok {
+		return b.SetWriteBuffer(n)
+	}
+	return nil
+}
+
+// RelaySessions lists the relay sessions the node takes part in (for
+// diagnostics and tests).
+func (m *Manager) RelaySessions() []relayframe.Session {
+	if m.relay == nil {
+		return nil
+	}
+	m.relay.mu.Lock()
+	defer m.relay.mu.Unlock()
+	out := make([]relayframe.Session, 0, len(m.relay.sessions))
+	for id := range m.relay.sessions {
+		out = append(out, id)
+	}
+	return out
+}

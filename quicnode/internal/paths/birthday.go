@@ -1,4 +1,4 @@
-package quicnode
+package paths
 
 import (
 	"context"
@@ -55,8 +55,8 @@ const (
 	birthdaySpray              // we spray the peer's IP from the main socket
 )
 
-func (n *Node) birthdayRoleFor(peerNAT string) birthdayRole {
-	own := n.NATInfo().Kind
+func (m *Manager) birthdayRoleFor(peerNAT string) birthdayRole {
+	own := m.NAT().Kind
 	switch {
 	case own == NATHard && peerNAT == string(NATEasy):
 		return birthdayHard
@@ -68,7 +68,7 @@ func (n *Node) birthdayRoleFor(peerNAT string) birthdayRole {
 
 // startBirthday runs the role's part of the attempt in the background,
 // unless one for the same peer is running.
-func (n *Node) startBirthday(ps *punchSession, role birthdayRole) {
+func (m *Manager) startBirthday(ps *punchSession, role birthdayRole) {
 	ps.mu.Lock()
 	var target netip.AddrPort
 	if len(ps.cands) > 0 {
@@ -78,55 +78,56 @@ func (n *Node) startBirthday(ps *punchSession, role birthdayRole) {
 	if !target.IsValid() {
 		return
 	}
-	n.mu.Lock()
+	m.mu.Lock()
 	running := 0
-	for _, r := range n.birthdays {
+	for _, r := range m.birthdays {
 		if r == role {
 			running++
 		}
 	}
-	if _, busy := n.birthdays[ps.key]; n.closed || busy || running >= maxBirthdays {
-		n.mu.Unlock()
+	if _, busy := m.birthdays[ps.key]; m.closed || busy || running >= maxBirthdays {
+		m.mu.Unlock()
 		return
 	}
-	n.birthdays[ps.key] = role
-	n.mu.Unlock()
-	n.goFunc(func() {
+	m.birthdays[ps.key] = role
+	m.mu.Unlock()
+	m.stats.birthdays.Add(1)
+	m.g.Go(func() {
 		defer func() {
-			n.mu.Lock()
-			delete(n.birthdays, ps.key)
-			n.mu.Unlock()
+			m.mu.Lock()
+			delete(m.birthdays, ps.key)
+			m.mu.Unlock()
 		}()
 		if role == birthdayHard {
-			n.birthdayDial(ps, target)
+			m.birthdayDial(ps, target)
 		} else {
-			n.birthdaySprayIP(ps, target.Addr())
+			m.birthdaySprayIP(ps, target.Addr())
 		}
 	})
 }
 
 // birthdaySprayIP sends birthdaySprays probes from the main socket to
 // random ports of ip, in batches, unless a direct path appears first.
-func (n *Node) birthdaySprayIP(ps *punchSession, ip netip.Addr) {
-	ping := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, n.addr.Node(), 0)
+func (m *Manager) birthdaySprayIP(ps *punchSession, ip netip.Addr) {
+	ping := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, m.self, 0)
 	batches := birthdaySprays / birthdaySprayBatch
 	t := time.NewTicker(birthdaySprayFor / time.Duration(batches))
 	defer t.Stop()
 	select {
-	case <-n.ctx.Done():
+	case <-m.ctx.Done():
 		return
 	case <-time.After(birthdaySprayDelay):
 	}
 	for i := 0; i < batches; i++ {
-		if n.hasDirect(ps.key) {
+		if m.hasDirect(ps.key) {
 			return
 		}
 		for j := 0; j < birthdaySprayBatch; j++ {
 			port := birthdayMinPort + rand.IntN(65536-birthdayMinPort)
-			n.tr.WriteTo(ping, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))))
+			m.tr.WriteTo(ping, net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, uint16(port))))
 		}
 		select {
-		case <-n.ctx.Done():
+		case <-m.ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -141,9 +142,9 @@ type birthdayHit struct {
 	seq  uint64
 }
 
-func (n *Node) listenUDP(network, laddr string) (*net.UDPConn, error) {
-	if n.cfg.ListenUDP != nil {
-		return n.cfg.ListenUDP(network, laddr)
+func (m *Manager) listenUDP(network, laddr string) (net.PacketConn, error) {
+	if m.cfg.ListenUDP != nil {
+		return m.cfg.ListenUDP(network, laddr)
 	}
 	ua, err := net.ResolveUDPAddr(network, laddr)
 	if err != nil {
@@ -154,17 +155,17 @@ func (n *Node) listenUDP(network, laddr string) (*net.UDPConn, error) {
 
 // birthdayDial is the hard side: open the extra sockets, probe target from
 // each until one hears the peer, then dial the peer from that socket.
-func (n *Node) birthdayDial(ps *punchSession, target netip.AddrPort) {
+func (m *Manager) birthdayDial(ps *punchSession, target netip.AddrPort) {
 	ip := net.IPv4zero
-	if la, ok := n.udp.LocalAddr().(*net.UDPAddr); ok {
+	if la, ok := m.conn.LocalAddr().(*net.UDPAddr); ok {
 		ip = la.IP
 	}
 	laddr := net.JoinHostPort(ip.String(), "0")
-	socks := make([]*net.UDPConn, 0, birthdaySockets)
+	socks := make([]net.PacketConn, 0, birthdaySockets)
 	for len(socks) < birthdaySockets {
-		c, err := n.listenUDP("udp", laddr)
+		c, err := m.listenUDP("udp", laddr)
 		if err != nil {
-			n.log.Debug("birthday: socket", "err", err)
+			m.log.Debug("birthday: socket", "err", err)
 			break
 		}
 		socks = append(socks, c)
@@ -180,14 +181,14 @@ func (n *Node) birthdayDial(ps *punchSession, target netip.AddrPort) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			n.birthdayRead(ps, c, i, hits)
+			m.birthdayRead(ps, c, i, hits)
 		}()
 	}
 	to := net.UDPAddrFromAddrPort(target)
 	send := func() {
 		for i, c := range socks {
 			if c != nil {
-				c.WriteTo(probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, n.addr.Node(), uint64(i)), to)
+				c.WriteTo(probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, m.self, uint64(i)), to)
 			}
 		}
 	}
@@ -205,17 +206,17 @@ wait:
 			won = true
 			break wait
 		case <-t.C:
-			if n.hasDirect(ps.key) {
+			if m.hasDirect(ps.key) {
 				break wait
 			}
 			send()
 		case <-timeout.C:
 			break wait
-		case <-n.ctx.Done():
+		case <-m.ctx.Done():
 			break wait
 		}
 	}
-	var keep *net.UDPConn
+	var keep net.PacketConn
 	for i, c := range socks {
 		if won && i == hit.sock {
 			keep = c
@@ -225,7 +226,7 @@ wait:
 	}
 	readers.Wait()
 	if !won {
-		n.log.Debug("birthday: no hit", "peer", ps.peerNode, "sockets", len(socks))
+		m.log.Debug("birthday: no hit", "peer", ps.peerNode, "sockets", len(socks))
 		return
 	}
 	keep.SetReadDeadline(time.Time{})
@@ -239,21 +240,26 @@ wait:
 		return
 	}
 	if hit.ping {
-		keep.WriteTo(probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPong, n.addr.Node(), hit.seq), net.UDPAddrFromAddrPort(hit.from))
+		keep.WriteTo(probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPong, m.self, hit.seq), net.UDPAddrFromAddrPort(hit.from))
 	}
-	n.birthdayLink(ps, keep, hit.from)
+	m.birthdayLink(ps, keep, hit.from)
 }
 
 // birthdayRead reads probes on one extra socket until a genuine one from
 // the peer arrives (reported on hits, first one wins) or the socket closes.
-func (n *Node) birthdayRead(ps *punchSession, c *net.UDPConn, i int, hits chan<- birthdayHit) {
+func (m *Manager) birthdayRead(ps *punchSession, c net.PacketConn, i int, hits chan<- birthdayHit) {
 	buf := make([]byte, 1500)
 	for {
-		m, from, err := c.ReadFromUDPAddrPort(buf)
+		k, fromAddr, err := c.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		b := buf[:m]
+		ua, ok := fromAddr.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		from := ua.AddrPort()
+		b := buf[:k]
 		p, err := probe.Parse(b)
 		if err != nil || p.TokenID != ps.id || p.Sender != ps.peerNode || probe.Verify(b, ps.token) != nil {
 			continue
@@ -270,13 +276,13 @@ func (n *Node) birthdayRead(ps *punchSession, c *net.UDPConn, i int, hits chan<-
 // birthdayLink runs a QUIC transport (with our listener, so either side
 // may dial) on the winning socket, dials the peer from it, and keeps the
 // transport as long as a direct link of the peer uses it.
-func (n *Node) birthdayLink(ps *punchSession, udp *net.UDPConn, to netip.AddrPort) {
+func (m *Manager) birthdayLink(ps *punchSession, udp net.PacketConn, to netip.AddrPort) {
 	tr := &quic.Transport{Conn: udp}
 	defer func() {
 		tr.Close()
 		udp.Close()
 	}()
-	ln, err := tr.Listen(n.serverTLS(), n.qconf)
+	ln, err := tr.Listen(m.host.ServerTLS(), m.cfg.QUIC)
 	if err != nil {
 		return
 	}
@@ -287,30 +293,31 @@ func (n *Node) birthdayLink(ps *punchSession, udp *net.UDPConn, to netip.AddrPor
 	go func() {
 		defer accepting.Done()
 		for {
-			conn, err := ln.Accept(n.ctx)
+			conn, err := ln.Accept(m.ctx)
 			if err != nil {
 				return
 			}
-			n.goFunc(func() { n.admit(conn, pathDirect) })
+			m.g.Go(func() { m.admit(conn, KindDirect) })
 		}
 	}()
-	ctx, cancel := context.WithTimeout(n.ctx, min(n.cfg.handshakeTimeout(), birthdayWindow))
-	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(to), n.clientTLS(ps.key), n.qconf)
+	ctx, cancel := context.WithTimeout(m.ctx, min(m.cfg.HandshakeTimeout, birthdayWindow))
+	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(to), m.host.ClientTLS(ps.key), m.cfg.QUIC)
 	if err == nil {
-		if err = awaitWelcome(ctx, conn); err != nil {
+		if err = AwaitWelcome(ctx, conn); err != nil {
 			conn.CloseWithError(CodeBadWelcome, "no welcome")
 		}
 	}
 	cancel()
 	if err != nil {
-		n.log.Debug("birthday: dial failed", "peer", ps.peerNode, "remote", to, "err", err)
+		m.log.Debug("birthday: dial failed", "peer", ps.peerNode, "remote", to, "err", err)
 		return
 	}
-	l, err := n.addLink(conn, ps.key, pathDirect, true)
+	l, err := m.addLink(conn, ps.key, KindDirect, true, PhaseBirthday, time.Since(ps.start))
 	if err != nil {
 		return
 	}
-	n.log.Info("direct path up (birthday)", "peer", l.addr, "remote", to, "local", udp.LocalAddr())
+	m.stats.birthdayLinks.Add(1)
+	m.log.Info("direct path up (birthday)", "peer", l.Addr, "remote", to, "local", udp.LocalAddr())
 	select {
 	case ps.direct <- l:
 	default:
@@ -318,13 +325,13 @@ func (n *Node) birthdayLink(ps *punchSession, udp *net.UDPConn, to netip.AddrPor
 	// Keep the transport while the peer's direct link runs on it.
 	local := udp.LocalAddr().String()
 	for {
-		cur := n.directOn(ps.key, local)
+		cur := m.directOn(ps.key, local)
 		if cur == nil {
 			return
 		}
 		select {
-		case <-cur.conn.Context().Done():
-		case <-n.ctx.Done():
+		case <-cur.Conn.Context().Done():
+		case <-m.ctx.Done():
 			return
 		}
 	}
@@ -332,15 +339,15 @@ func (n *Node) birthdayLink(ps *punchSession, udp *net.UDPConn, to netip.AddrPor
 
 // directOn returns key's live direct link if it runs on the socket bound
 // to local, else nil.
-func (n *Node) directOn(key addressing.PublicKey, local string) *link {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	p := n.peers[key]
+func (m *Manager) directOn(key addressing.PublicKey, local string) *Link {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[key]
 	if p == nil {
 		return nil
 	}
-	l := p.links[pathDirect]
-	if l == nil || !l.alive() || l.conn.LocalAddr().String() != local {
+	l := p.links[KindDirect]
+	if l == nil || !l.Alive() || l.Conn.LocalAddr().String() != local {
 		return nil
 	}
 	return l

@@ -1,4 +1,4 @@
-package quicnode
+package paths
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"github.com/agentnet/agentnet/internal/probe"
 	"github.com/agentnet/agentnet/internal/relayframe"
 	"github.com/agentnet/agentnet/rendezvous"
-	"github.com/quic-go/quic-go"
 )
 
 // NAT traversal timing.
@@ -25,7 +24,6 @@ const (
 	upgradeEvery   = 15 * time.Second // re-punch interval for relayed peers
 	maxCandidates  = 16
 	maxPunchDials  = 4
-	maintainPeriod = time.Second
 )
 
 // punchSession is one introduction: both agents probe each other's
@@ -39,7 +37,8 @@ type punchSession struct {
 	id       [8]byte
 	dialer   bool // we dial QUIC to where genuine probes come from
 	deadline time.Time
-	direct   chan *link // the first direct link this session made
+	start    time.Time  // when the dial (or the introduction) began
+	direct   chan *Link // the first direct link this session made
 
 	mu     sync.Mutex
 	cands  []netip.AddrPort
@@ -51,17 +50,19 @@ type punchSession struct {
 	birthdayDialing bool
 }
 
-// traverse reaches key through the rendezvous: an introduction starts hole
-// punching on both sides, and if no direct path appears within relayAfter
-// (at once when both NATs map per destination), the relay carries the
-// connection while punching goes on.
-func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, error) {
+// traverse reaches the dialer's peer through the rendezvous (phases 4 and
+// 5 of a dial): an introduction starts hole punching on both sides, and if
+// no direct path appears within relayAfter (sooner when our NAT maps per
+// destination), the relay carries the connection while punching goes on.
+func (m *Manager) traverse(d *dialer, rdv Rendezvous) (*Link, error) {
+	ctx, key := d.ctx, d.key
 	// Refresh our reflexive address first: after a NAT rebinding the one
 	// learnt at start-up is stale, and the peer would probe a dead mapping.
 	sctx, scancel := context.WithTimeout(ctx, time.Second)
-	n.checkNAT(sctx)
+	m.CheckNAT(sctx)
 	scancel()
-	intro, err := n.rdv.Connect(ctx, addressing.AddrFrom(0, key.NodeID()), n.ownCandidates(), true)
+	d.phase(PhasePunch)
+	intro, err := rdv.Connect(ctx, addressing.AddrFrom(0, key.NodeID()), m.ownCandidates(), true)
 	if err != nil {
 		if errors.Is(err, rendezvous.ErrNotFound) {
 			// The lookup just succeeded, so the pair is trusted at the
@@ -73,15 +74,15 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 	if intro.Peer != key {
 		return nil, fmt.Errorf("%w: introduction named another key", ErrUnreachable)
 	}
-	ps := n.startPunch(intro)
+	ps := m.startPunch(intro, d.start)
 	var relayC <-chan time.Time
 	relayRes := make(chan dialResult, 1)
 	if intro.Relay != nil {
 		delay := relayAfter
 		switch {
-		case n.birthdayRoleFor(intro.PeerNAT) != birthdayNone:
+		case m.birthdayRoleFor(intro.PeerNAT) != birthdayNone:
 			delay = birthdayRelayAfter
-		case n.NATInfo().Kind == NATHard:
+		case m.NAT().Kind == NATHard:
 			// Our NAT maps per destination: punching works only against
 			// open peers, and those answer at once.
 			delay = relayAfterHard
@@ -92,10 +93,10 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 	}
 	var relayErr error
 	for {
-		n.mu.Lock()
-		changed := n.peersChanged
-		n.mu.Unlock()
-		if l := n.directLink(key); l != nil {
+		m.mu.Lock()
+		changed := m.peersChanged
+		m.mu.Unlock()
+		if l := m.directLink(key); l != nil {
 			// The peer dialled us (it is the dialer of a birthday attempt).
 			return l, nil
 		}
@@ -105,10 +106,13 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 		case <-changed:
 		case <-relayC:
 			relayC = nil
-			go func() {
-				l, err := n.dialRelay(ctx, key, intro.Relay)
-				relayRes <- dialResult{l, err}
-			}()
+			d.phase(PhaseRelay)
+			if !m.g.Go(func() {
+				l, err := m.dialRelay(ctx, key, intro.Relay, d.start)
+				relayRes <- dialResult{l: l, err: err}
+			}) {
+				return nil, net.ErrClosed
+			}
 		case r := <-relayRes:
 			if r.err == nil {
 				return r.l, nil
@@ -123,33 +127,18 @@ func (n *Node) traverse(ctx context.Context, key addressing.PublicKey) (*link, e
 	}
 }
 
-type dialResult struct {
-	l   *link
-	err error
-}
-
-// directLink returns key's live direct link, or nil.
-func (n *Node) directLink(key addressing.PublicKey) *link {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if p := n.peers[key]; p != nil && p.links[pathDirect] != nil && p.links[pathDirect].alive() {
-		return p.links[pathDirect]
-	}
-	return nil
-}
-
 // ownCandidates lists the addresses a peer may reach our main socket at.
-func (n *Node) ownCandidates() []netip.AddrPort {
+func (m *Manager) ownCandidates() []netip.AddrPort {
 	var c []netip.AddrPort
-	if nat := n.NATInfo(); nat.Mapped.IsValid() {
+	if nat := m.NAT(); nat.Mapped.IsValid() {
 		c = append(c, nat.Mapped)
 	}
-	if n.rdv != nil {
-		if _, refl := n.rdv.Self(); refl.IsValid() && !containsAddrPort(c, refl) {
+	if rdv := m.rendezvous(); rdv != nil {
+		if _, refl := rdv.Self(); refl.IsValid() && !containsAddrPort(c, refl) {
 			c = append(c, refl)
 		}
 	}
-	for _, l := range localCandidates(n.udp) {
+	for _, l := range LocalCandidates(m.conn) {
 		if !containsAddrPort(c, l) && len(c) < 8 {
 			c = append(c, l)
 		}
@@ -157,40 +146,50 @@ func (n *Node) ownCandidates() []netip.AddrPort {
 	return c
 }
 
-// introduced handles an introduction pushed by the rendezvous because a
+func containsAddrPort(s []netip.AddrPort, a netip.AddrPort) bool {
+	for _, x := range s {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Introduced handles an introduction pushed by the rendezvous because a
 // trusted peer wants to reach us: probe its candidates, and bind the relay
-// session so its relayed dial can reach us. It must not block.
-func (n *Node) introduced(intro rendezvous.Introduce) {
-	if !n.admissible(intro.Peer) {
+// session so its relayed dial can reach us. It does not block.
+func (m *Manager) Introduced(intro rendezvous.Introduce) {
+	if !m.host.Admissible(intro.Peer) {
 		return
 	}
-	n.startPunch(intro)
-	if intro.Relay != nil && n.relay != nil {
+	m.startPunch(intro, time.Now())
+	if intro.Relay != nil && m.relay != nil {
 		g := intro.Relay
-		s := n.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
-		n.goFunc(func() { // re-send the Bind until confirmed (packets get lost)
-			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.handshakeTimeout())
+		s := m.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
+		m.g.Go(func() { // re-send the Bind until confirmed (packets get lost)
+			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HandshakeTimeout)
 			defer cancel()
-			n.relay.waitBound(ctx, s)
+			m.relay.waitBound(ctx, s)
 		})
 	}
 }
 
 // startPunch registers a punch session and starts probing.
-func (n *Node) startPunch(intro rendezvous.Introduce) *punchSession {
+func (m *Manager) startPunch(intro rendezvous.Introduce, start time.Time) *punchSession {
 	ps := &punchSession{
 		key:      intro.Peer,
 		peerNode: intro.Peer.NodeID(),
 		token:    intro.Token,
 		id:       probe.TokenID(intro.Token),
 		deadline: time.Now().Add(punchWindow),
-		direct:   make(chan *link, 1),
+		start:    start,
+		direct:   make(chan *Link, 1),
 		dialed:   make(map[netip.AddrPort]bool),
 	}
 	for _, c := range intro.Candidates {
 		ps.addCandidate(c)
 	}
-	role := n.birthdayRoleFor(intro.PeerNAT)
+	role := m.birthdayRoleFor(intro.PeerNAT)
 	ps.dialer = intro.Initiator
 	switch role {
 	case birthdayHard:
@@ -198,22 +197,23 @@ func (n *Node) startPunch(intro rendezvous.Introduce) *punchSession {
 	case birthdaySpray:
 		ps.dialer = false // the hard side dials whatever we punched
 	}
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
 		return ps
 	}
-	n.punches[ps.id] = ps
-	n.mu.Unlock()
-	n.goFunc(func() { n.punchLoop(ps) })
+	m.punches[ps.id] = ps
+	m.mu.Unlock()
+	m.stats.punches.Add(1)
+	m.g.Go(func() { m.punchLoop(ps) })
 	if role != birthdayNone {
-		n.startBirthday(ps, role)
+		m.startBirthday(ps, role)
 	}
 	return ps
 }
 
 func (ps *punchSession) addCandidate(c netip.AddrPort) bool {
-	c = netip.AddrPortFrom(c.Addr().Unmap(), c.Port())
+	c = unmap(c)
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if !c.IsValid() || containsAddrPort(ps.cands, c) || len(ps.cands) >= maxCandidates {
@@ -225,19 +225,18 @@ func (ps *punchSession) addCandidate(c netip.AddrPort) bool {
 
 // punchLoop probes every candidate until a direct link to the peer exists
 // or the window closes.
-func (n *Node) punchLoop(ps *punchSession) {
+func (m *Manager) punchLoop(ps *punchSession) {
 	defer func() {
-		n.mu.Lock()
-		if n.punches[ps.id] == ps {
-			delete(n.punches, ps.id)
+		m.mu.Lock()
+		if m.punches[ps.id] == ps {
+			delete(m.punches, ps.id)
 		}
-		n.mu.Unlock()
+		m.mu.Unlock()
 	}()
 	t := time.NewTicker(probeEvery)
 	defer t.Stop()
-	self := n.addr.Node()
 	for time.Now().Before(ps.deadline) {
-		if n.hasDirect(ps.key) {
+		if m.hasDirect(ps.key) {
 			return
 		}
 		ps.mu.Lock()
@@ -245,43 +244,36 @@ func (n *Node) punchLoop(ps *punchSession) {
 		ps.seq++
 		seq := ps.seq
 		ps.mu.Unlock()
-		b := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, self, seq)
+		b := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPing, m.self, seq)
 		for _, c := range cands {
-			n.tr.WriteTo(b, net.UDPAddrFromAddrPort(c))
+			m.tr.WriteTo(b, net.UDPAddrFromAddrPort(c))
 		}
 		select {
-		case <-n.ctx.Done():
+		case <-m.ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
 }
 
-func (n *Node) hasDirect(key addressing.PublicKey) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	p := n.peers[key]
-	return p != nil && p.links[pathDirect] != nil && p.links[pathDirect].alive()
-}
-
 // handleProbe answers and learns from a genuine probe: its source is a
 // working path from the peer to us (peer-reflexive candidate); the
 // dialer dials QUIC there.
-func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
+func (m *Manager) handleProbe(b []byte, from netip.AddrPort) {
 	p, err := probe.Parse(b)
 	if err != nil {
 		return
 	}
-	n.mu.Lock()
-	ps := n.punches[p.TokenID]
-	n.mu.Unlock()
+	m.mu.Lock()
+	ps := m.punches[p.TokenID]
+	m.mu.Unlock()
 	if ps == nil || probe.Verify(b, ps.token) != nil || p.Sender != ps.peerNode {
 		return
 	}
-	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	from = unmap(from)
 	if p.Kind == probe.KindPing {
-		pong := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPong, n.addr.Node(), p.Seq)
-		n.tr.WriteTo(pong, net.UDPAddrFromAddrPort(from))
+		pong := probe.Append(make([]byte, 0, probe.Len), ps.token, probe.KindPong, m.self, p.Seq)
+		m.tr.WriteTo(pong, net.UDPAddrFromAddrPort(from))
 	}
 	ps.addCandidate(from)
 	if !ps.dialer {
@@ -293,22 +285,23 @@ func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
 		ps.dialed[from] = true
 	}
 	ps.mu.Unlock()
-	if !dial || n.hasDirect(ps.key) {
+	if !dial || m.hasDirect(ps.key) {
 		return
 	}
-	n.goFunc(func() {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.handshakeTimeout())
+	m.g.Go(func() {
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HandshakeTimeout)
 		defer cancel()
-		conn, err := n.dialOne(ctx, ps.key, from)
+		conn, err := m.dialOne(ctx, m.tr, ps.key, from)
 		if err != nil {
-			n.log.Debug("punched dial failed", "peer", ps.peerNode, "remote", from, "err", err)
+			m.log.Debug("punched dial failed", "peer", ps.peerNode, "remote", from, "err", err)
 			return
 		}
-		l, err := n.addLink(conn, ps.key, pathDirect, true)
+		l, err := m.addLink(conn, ps.key, KindDirect, true, PhasePunch, time.Since(ps.start))
 		if err != nil {
 			return
 		}
-		n.log.Info("direct path up", "peer", l.addr, "remote", from)
+		m.stats.punchedLinks.Add(1)
+		m.log.Info("direct path up", "peer", l.Addr, "remote", from, "found", PhasePunch.String())
 		select {
 		case ps.direct <- l:
 		default:
@@ -318,94 +311,60 @@ func (n *Node) handleProbe(b []byte, from netip.AddrPort) {
 
 // dialRelay binds our side of the relay session and dials the peer through
 // it on the relay transport.
-func (n *Node) dialRelay(ctx context.Context, key addressing.PublicKey, g *rendezvous.RelayGrant) (*link, error) {
-	if n.relay == nil {
+func (m *Manager) dialRelay(ctx context.Context, key addressing.PublicKey, g *rendezvous.RelayGrant, start time.Time) (*Link, error) {
+	if m.relay == nil {
 		return nil, errors.New("no relay transport")
 	}
-	s := n.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
-	if err := n.relay.waitBound(ctx, s); err != nil {
+	s := m.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
+	if err := m.relay.waitBound(ctx, s); err != nil {
 		return nil, fmt.Errorf("relay bind: %w", err)
 	}
-	tlsConf := n.clientTLS(key)
-	conn, err := n.relayTr.Dial(ctx, relayAddr{s.id}, tlsConf, n.relayQconf)
+	conn, err := m.relayTr.Dial(ctx, relayAddr{s.id}, m.host.ClientTLS(key), m.relayQconf)
 	if err != nil {
-		return nil, classify(err)
+		return nil, Classify(err)
 	}
-	if err := awaitWelcome(ctx, conn); err != nil {
+	if err := AwaitWelcome(ctx, conn); err != nil {
 		conn.CloseWithError(CodeBadWelcome, "no welcome")
 		return nil, err
 	}
-	l, err := n.addLink(conn, key, pathRelay, true)
+	l, err := m.addLink(conn, key, KindRelay, true, PhaseRelay, time.Since(start))
 	if err == nil {
-		n.log.Info("relay path up", "peer", l.addr)
+		m.stats.relayLinks.Add(1)
+		m.log.Info("relay path up", "peer", l.Addr)
 	}
 	return l, err
 }
 
-// maintainLoop runs the node's periodic path work: heartbeats on direct
-// links backed by a relay, relay re-binds, re-punching for relayed peers,
-// and the NAT check.
-func (n *Node) maintainLoop() {
-	t := time.NewTicker(maintainPeriod)
-	defer t.Stop()
-	var lastUpgrade, lastNAT time.Time
-	for {
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-t.C:
-		}
-		n.heartbeat()
-		n.checkPaths()
-		n.knock.refresh()
-		if n.relay != nil {
-			n.relay.rebindDue()
-		}
-		if time.Since(lastUpgrade) >= upgradeEvery {
-			lastUpgrade = time.Now()
-			n.upgradeRelayed()
-		}
-		if time.Since(lastNAT) >= time.Minute && n.rdv != nil {
-			lastNAT = time.Now()
-			n.goFunc(func() {
-				ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-				defer cancel()
-				n.checkNAT(ctx)
-			})
-		}
-	}
-}
-
 // upgradeRelayed asks for a fresh introduction (without a new relay
 // session) for every peer we reach only through a relay link we dialled.
-func (n *Node) upgradeRelayed() {
-	if n.rdv == nil {
+func (m *Manager) upgradeRelayed() {
+	rdv := m.rendezvous()
+	if rdv == nil {
 		return
 	}
-	n.mu.Lock()
+	m.mu.Lock()
 	var keys []addressing.PublicKey
-	for k, p := range n.peers {
-		if r := p.links[pathRelay]; r != nil && r.outgoing && p.links[pathDirect] == nil {
+	for k, p := range m.peers {
+		if r := p.links[KindRelay]; r != nil && r.Outgoing && p.links[KindDirect] == nil {
 			keys = append(keys, k)
 		}
 	}
-	n.mu.Unlock()
+	m.mu.Unlock()
 	for _, k := range keys {
-		n.goFunc(func() {
-			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		m.g.Go(func() {
+			ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
 			defer cancel()
-			intro, err := n.rdv.Connect(ctx, addressing.AddrFrom(0, k.NodeID()), n.ownCandidates(), false)
+			intro, err := rdv.Connect(ctx, addressing.AddrFrom(0, k.NodeID()), m.ownCandidates(), false)
 			if err == nil && intro.Peer == k {
-				n.startPunch(intro)
+				m.startPunch(intro, time.Now())
 			}
 		})
 	}
 }
 
-// relayQUICConfig keeps relayed packets within the relay's frame size.
-func relayQUICConfig(base *quic.Config) *quic.Config {
-	c := base.Clone()
-	c.InitialPacketSize = 1200
-	c.DisablePathMTUDiscovery = true
-	return c
-}
+// Timing the node's tests and docs refer to.
+const (
+	UpgradeEvery       = upgradeEvery       // re-punch interval for relayed peers
+	BirthdayRelayAfter = birthdayRelayAfter // relay fallback while a birthday attempt runs
+	BirthdayWindow     = birthdayWindow     // how long the hard side holds its extra sockets
+)

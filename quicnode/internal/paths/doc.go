@@ -1,0 +1,61 @@
+// Package paths owns every path from a node to its peers: the sockets and
+// QUIC transports, the live links (one QUIC connection each), dialling,
+// hole punching (including birthday punching), the relay, NAT checks,
+// heartbeats, dead-path detection and upgrades. It is the Manager of the
+// design's "paths are their own component"; package quicnode keeps
+// identity, trust, virtual ports and streams, and talks to the Manager
+// through a narrow interface in each direction:
+//
+//	quicnode.Node ──Link(ctx, key) / Best / ClosePeer / Forget / Links──► Manager
+//	quicnode.Node ◄──Host: ClientTLS, ServerTLS, Admissible, ServeLink, SendControl── Manager
+//	Manager ──Rendezvous: Lookup, Connect, STUNAddrs, Self, ReportNAT──► rendezvous.Client
+//
+// # Links
+//
+// A peer has at most one link of each Kind (direct, relay) plus spares:
+// links the peer dialled while another of its dials was up (its dialer
+// keeps one and closes the others, so we keep them all until it does). New
+// traffic uses the direct link while heartbeats say it is healthy, the
+// relay link otherwise. When both sides dial at once, the link dialled by
+// the lower NodeID is kept. Every link records how it was found (the dial
+// Phase, or PhaseIncoming) and how long the dial took.
+//
+// # Dialling
+//
+// Link dials a peer with no live link; concurrent callers share the dial.
+// The dial runs the phases in order (see dialer): last address → lookup →
+// direct (the locators) → punch (an introduction) → relay. A phase starts
+// when the previous one failed or had TraverseDelay (the relay:
+// relayAfter) to succeed; earlier attempts keep running, and the first
+// link up wins. A repeat contact to a peer whose last address still works
+// needs no rendezvous at all: the address is kept in memory and, through
+// HintStore, on disk.
+//
+// # Health
+//
+// A maintenance loop (every second) sends heartbeats on direct links that
+// have a relay link standing by (HeartbeatDead without an answer moves new
+// traffic to the relay), re-binds relay sessions, re-punches relayed peers
+// every upgradeEvery and re-checks the NAT every minute; every
+// livenessPeriod it closes links that sent but heard nothing for PathDead
+// (and re-dials the ones we had dialled), so a dead path fails streams in
+// seconds instead of QUIC's idle timeout.
+//
+// # Goroutines
+//
+// Everything the Manager starts runs in its goroutine group: the accept
+// loop of each listener, the non-QUIC packet reader (STUN answers, punch
+// probes), the maintenance loop, one ServeLink per link (the host's stream
+// loop), every dial attempt and per-candidate handshake, every punch loop
+// and birthday attempt, hint saves. Go on a closed group is refused, so
+// nothing starts after Close; Close closes every link, listener, transport
+// and socket, then waits for the group.
+//
+// # Seams
+//
+// Config.Conn (and RelayConn, ListenUDP) are net.PacketConn: production
+// passes the real *net.UDPConn, which keeps quic-go's fast path (GSO,
+// batched reads); tests run managers on an in-memory network (quic-go's
+// testutils/simnet) inside testing/synctest, so the timer logic is tested
+// on a fake clock without sleeps or root.
+package paths

@@ -1,0 +1,198 @@
+package paths
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/trustdb"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/testutils/simnet"
+	"github.com/stretchr/testify/require"
+)
+
+const testALPN = "agentnet-paths-test"
+
+// testNet is an in-memory UDP network (quic-go's simnet) whose links can
+// be cut: a filter drops packets between chosen pairs of addresses.
+type testNet struct {
+	// Latency is the one-way delay of every packet (zero: none).
+	Latency time.Duration
+
+	router simnet.PerfectRouter
+	mu     sync.Mutex
+	cut    map[[2]netip.AddrPort]bool
+}
+
+// SendPacket implements simnet.Router, dropping cut pairs.
+func (n *testNet) SendPacket(p simnet.Packet) error {
+	from, to := p.From.(*net.UDPAddr).AddrPort(), p.To.(*net.UDPAddr).AddrPort()
+	n.mu.Lock()
+	drop := n.cut[[2]netip.AddrPort{from, to}]
+	n.mu.Unlock()
+	if drop {
+		return nil
+	}
+	if n.Latency > 0 {
+		time.AfterFunc(n.Latency, func() { n.router.SendPacket(p) })
+		return nil
+	}
+	return n.router.SendPacket(p)
+}
+
+func (n *testNet) AddNode(addr net.Addr, c simnet.PacketReceiver) { n.router.AddNode(addr, c) }
+
+// setCut cuts (or restores) both directions between a and b.
+func (n *testNet) setCut(a, b net.Addr, cut bool) {
+	x, y := a.(*net.UDPAddr).AddrPort(), b.(*net.UDPAddr).AddrPort()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cut == nil {
+		n.cut = make(map[[2]netip.AddrPort]bool)
+	}
+	n.cut[[2]netip.AddrPort{x, y}] = cut
+	n.cut[[2]netip.AddrPort{y, x}] = cut
+}
+
+func (n *testNet) listen(addr string) net.PacketConn {
+	ua := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))
+	c := simnet.NewSimConn(ua, n)
+	n.AddNode(ua, c)
+	return c
+}
+
+// testHost is a minimal Host: a trust set, TLS from internal/certs, and
+// links served by an echo of every stream; control datagrams go to the
+// manager.
+type testHost struct {
+	id   *trustdb.Identity
+	cert tls.Certificate
+	m    *Manager
+
+	mu      sync.Mutex
+	trusted map[addressing.PublicKey]bool
+	served  int // links served so far
+}
+
+func newTestHost(t testing.TB) *testHost {
+	id, err := trustdb.GenerateIdentity()
+	require.NoError(t, err)
+	cert, err := certs.Certificate(id.PrivateKey())
+	require.NoError(t, err)
+	return &testHost{id: id, cert: cert, trusted: make(map[addressing.PublicKey]bool)}
+}
+
+func (h *testHost) trust(k addressing.PublicKey, ok bool) {
+	h.mu.Lock()
+	h.trusted[k] = ok
+	h.mu.Unlock()
+}
+
+func (h *testHost) gate(k addressing.PublicKey) error {
+	if !h.Admissible(k) {
+		return errors.New("not trusted")
+	}
+	return nil
+}
+
+func (h *testHost) ClientTLS(peer addressing.PublicKey) *tls.Config {
+	return certs.ClientConfig(h.cert, testALPN, peer, h.gate)
+}
+func (h *testHost) ServerTLS() *tls.Config { return certs.ServerConfig(h.cert, testALPN, h.gate) }
+func (h *testHost) Admissible(k addressing.PublicKey) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.trusted[k]
+}
+func (h *testHost) SendControl(l *Link, payload []byte) error { return l.Conn.SendDatagram(payload) }
+
+func (h *testHost) ServeLink(l *Link) {
+	h.mu.Lock()
+	h.served++
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx := l.Conn.Context()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			b, err := l.Conn.ReceiveDatagram(ctx)
+			if err != nil {
+				return
+			}
+			h.m.HandleControl(l, b)
+		}
+	}()
+	for {
+		s, err := l.Conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.Copy(s, s)
+			s.Close()
+		}()
+	}
+}
+
+func testQUIC() *quic.Config {
+	return &quic.Config{
+		EnableDatagrams:      true,
+		KeepAlivePeriod:      15 * time.Second,
+		MaxIdleTimeout:       30 * time.Second,
+		HandshakeIdleTimeout: 5 * time.Second,
+	}
+}
+
+// newTestManager starts a manager on addr of net.
+func newTestManager(t testing.TB, tn *testNet, addr string) (*Manager, *testHost) {
+	t.Helper()
+	h := newTestHost(t)
+	m, err := New(Config{Self: h.id.PublicKey(), Host: h, Conn: tn.listen(addr), QUIC: testQUIC()})
+	require.NoError(t, err)
+	h.m = m
+	require.NoError(t, m.Start())
+	t.Cleanup(func() { m.Close(CodeClosing, "test done") })
+	return m, h
+}
+
+// trustPair makes a and b admit each other.
+func trustPair(a, b *testHost) {
+	a.trust(b.id.PublicKey(), true)
+	b.trust(a.id.PublicKey(), true)
+}
+
+// echo round-trips msg on a new stream of l.
+func echo(ctx context.Context, l *Link, msg string) error {
+	s, err := l.Conn.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetDeadline(dl)
+	}
+	if _, err := s.Write([]byte(msg)); err != nil {
+		return err
+	}
+	s.Close()
+	got, err := io.ReadAll(s)
+	if err != nil {
+		return err
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echo: got %q, want %q", got, msg)
+	}
+	return nil
+}
