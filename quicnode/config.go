@@ -1,6 +1,7 @@
 package quicnode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/tunnel"
 	"github.com/agentnet/agentnet/trustdb"
 	"github.com/quic-go/quic-go"
 )
@@ -26,6 +28,20 @@ type Config struct {
 	// the key seen on the first connection is stored in Store and required
 	// from then on.
 	RendezvousKey addressing.PublicKey
+
+	// RendezvousTCP is the rendezvous's TCP address ("host:port", its
+	// TLS/WebSocket listener) for networks that let no UDP out: with it, a
+	// node whose UDP attempt at the rendezvous hears nothing within 1.5 s
+	// reaches the rendezvous, and through its relay every peer, over TCP,
+	// and moves back to UDP when UDP answers again. "" means no TCP
+	// fallback.
+	RendezvousTCP string
+	// Proxy configures how the TCP path crosses an HTTP proxy (explicit
+	// URL, a command printing one, or HTTPS_PROXY/NO_PROXY).
+	Proxy tunnel.ProxyConfig
+	// DialTCP, if set, opens the TCP path's connections (for example
+	// inside a network namespace); default a net.Dialer with keepalives.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// ListenAddr is the local UDP address; default "0.0.0.0:0".
 	ListenAddr string
@@ -90,6 +106,14 @@ func (c *Config) validate() error {
 	if c.RendezvousAddr != "" {
 		if _, _, err := net.SplitHostPort(c.RendezvousAddr); err != nil {
 			return fmt.Errorf("quicnode: Config.RendezvousAddr: %w", err)
+		}
+	}
+	if c.RendezvousTCP != "" {
+		if c.RendezvousAddr == "" {
+			return errors.New("quicnode: Config.RendezvousTCP needs RendezvousAddr")
+		}
+		if _, _, err := net.SplitHostPort(c.RendezvousTCP); err != nil {
+			return fmt.Errorf("quicnode: Config.RendezvousTCP: %w", err)
 		}
 	}
 	return nil

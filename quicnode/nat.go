@@ -11,6 +11,7 @@ const (
 	NATNone    = paths.NATNone    // the socket's own address is public
 	NATEasy    = paths.NATEasy    // endpoint-independent mapping: hole punching works
 	NATHard    = paths.NATHard    // endpoint-dependent mapping (symmetric): direct only against open peers
+	NATBlocked = paths.NATBlocked // no UDP gets out: the rendezvous over TCP, peers through its relay
 )
 
 // NATInfo is the node's view of its NAT.

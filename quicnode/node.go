@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/tunnel"
 	"github.com/agentnet/agentnet/internal/vport"
 	"github.com/agentnet/agentnet/quicnode/internal/paths"
 	"github.com/agentnet/agentnet/rendezvous"
@@ -158,7 +159,16 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 		conn = udp
 	}
+	var tcp *paths.TCPConfig
+	if n.cfg.RendezvousTCP != "" {
+		tcp = &paths.TCPConfig{Addr: n.cfg.RendezvousTCP, Tunnel: tunnel.ClientConfig{
+			ServerKey:   n.pinnedRendezvousKey,
+			Proxy:       n.cfg.Proxy,
+			DialContext: n.cfg.DialTCP,
+		}}
+	}
 	pm, err := paths.New(paths.Config{
+		TCP:              tcp,
 		Self:             n.id.PublicKey(),
 		Host:             (*nodeHost)(n),
 		Conn:             conn,
@@ -185,6 +195,7 @@ func (n *Node) Start(ctx context.Context) error {
 		rdv, err := rendezvous.NewClient(rendezvous.ClientConfig{
 			Identity:   n.id,
 			Transport:  pm.Transport(),
+			Dial:       pm.DialRendezvous,
 			ServerAddr: n.cfg.RendezvousAddr,
 			ServerKey:  n.cfg.RendezvousKey,
 			Pins:       storePins{n.store},
@@ -448,6 +459,16 @@ func (h storeHints) SaveHint(k addressing.PublicKey, ap netip.AddrPort) error {
 		return err
 	}
 	return h.s.SetMeta("peer-addr:"+k.String(), b)
+}
+
+// pinnedRendezvousKey returns the rendezvous key the node pins: the
+// configured one, or the one trusted on first use (zero before that).
+func (n *Node) pinnedRendezvousKey() addressing.PublicKey {
+	if !n.cfg.RendezvousKey.IsZero() {
+		return n.cfg.RendezvousKey
+	}
+	k, _ := storePins{n.store}.Pin(n.cfg.RendezvousAddr)
+	return k
 }
 
 // storePins keeps the rendezvous pin in the trust store's metadata.

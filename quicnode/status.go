@@ -13,12 +13,15 @@ import (
 // a direct and a relayed connection appears twice; the one not carrying new
 // traffic has Standby set.
 type PeerStatus struct {
-	Addr     addressing.Addr
-	Key      addressing.PublicKey
-	Path     string   // "direct" or "relay"
-	Standby  bool     // kept as a fallback; new streams use the other link
-	Remote   net.Addr // the UDP address in use
-	Outgoing bool     // we dialled it
+	Addr addressing.Addr
+	Key  addressing.PublicKey
+	Path string // "direct" or "relay"
+	// Transport is what carries the connection: "udp", or "tcp" for a
+	// relayed one through the TCP tunnel to the rendezvous.
+	Transport string
+	Standby   bool     // kept as a fallback; new streams use the other link
+	Remote    net.Addr // the UDP address in use
+	Outgoing  bool     // we dialled it
 	// Found says how the connection was found: "incoming" (the peer
 	// dialled us), or the dial phase that made it: "last-address",
 	// "direct" (a locator from the rendezvous), "punch", "birthday",
@@ -42,7 +45,7 @@ func (n *Node) Peers() []PeerStatus {
 	out := make([]PeerStatus, 0, len(ls))
 	for _, l := range ls {
 		out = append(out, PeerStatus{
-			Addr: l.Addr, Key: l.Key, Path: l.Kind.String(), Standby: l.Standby, Remote: l.Remote,
+			Addr: l.Addr, Key: l.Key, Path: l.Kind.String(), Transport: string(l.Transport), Standby: l.Standby, Remote: l.Remote,
 			Outgoing: l.Outgoing, Found: l.Found.String(), Setup: l.Setup, Since: l.Since, RTT: l.RTT,
 			BytesSent: l.BytesSent, BytesReceived: l.BytesReceived,
 		})
@@ -96,4 +99,33 @@ func (n *Node) Disconnect(peer string) error {
 	}
 	n.paths.ClosePeer(k, CodeClosing, "disconnect")
 	return nil
+}
+
+// RendezvousReach says how the node reaches the rendezvous.
+type RendezvousReach struct {
+	// Transport is "udp", "tcp" (the TLS/WebSocket tunnel, for networks
+	// that let no UDP out) or "" (not connected yet).
+	Transport string
+	Reason    string    // why: what was tried and what answered
+	Since     time.Time // of the last change
+	// Err is the last failure to reach the rendezvous at all, naming the
+	// addresses tried and what to check; nil once a connection succeeded.
+	Err error
+	// Tunnel describes the TCP tunnel while one is open.
+	TunnelUp    bool
+	TunnelVia   string // "direct" or the HTTP proxy (password redacted)
+	TunnelError error  // why the tunnel's last attempt failed or it ended
+}
+
+// Reach reports how the node reaches the rendezvous (zero before Start).
+func (n *Node) Reach() RendezvousReach {
+	if n.paths == nil {
+		return RendezvousReach{}
+	}
+	r := n.paths.Reach()
+	out := RendezvousReach{Transport: string(r.Transport), Reason: r.Reason, Since: r.Since, Err: r.Err}
+	if r.Tunnel != nil {
+		out.TunnelUp, out.TunnelVia, out.TunnelError = r.Tunnel.Up, r.Tunnel.Via, r.Tunnel.Err
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/tunnel"
 	"github.com/agentnet/agentnet/rendezvous/proto"
 	"github.com/agentnet/agentnet/rendezvous/relay"
 )
@@ -141,7 +142,7 @@ func candidates(list []netip.AddrPort) []netip.AddrPort {
 	for _, ap := range list {
 		ap = netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
 		a := ap.Addr()
-		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || ap.Port() == 0 || slices.Contains(out, ap) {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || ap.Port() == 0 || tunnel.IsTunnelAddr(ap) || slices.Contains(out, ap) {
 			continue
 		}
 		out = append(out, ap)

@@ -53,8 +53,12 @@ type ClientConfig struct {
 	Identity *trustdb.Identity
 	// Transport is the node's own QUIC transport: dialling from the node's
 	// socket makes the server see that socket's NAT mapping (the reflexive
-	// address). Required. The client never closes it.
+	// address). Required unless Dial is set. The client never closes it.
 	Transport *quic.Transport
+	// Dial, if set, makes each connection to the server instead of
+	// Transport (a node's path manager picks UDP or a TCP tunnel). It
+	// must use tlsConf and qconf as given; server is ServerAddr.
+	Dial func(ctx context.Context, server string, tlsConf *tls.Config, qconf *quic.Config) (*quic.Conn, error)
 	// ServerAddr is the server's UDP address, "host:port". Required. It is
 	// resolved again on every connection attempt.
 	ServerAddr string
@@ -160,8 +164,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	switch {
 	case cfg.Identity == nil:
 		return nil, errors.New("rendezvous: ClientConfig.Identity is required")
-	case cfg.Transport == nil:
-		return nil, errors.New("rendezvous: ClientConfig.Transport is required")
+	case cfg.Transport == nil && cfg.Dial == nil:
+		return nil, errors.New("rendezvous: ClientConfig.Transport or Dial is required")
 	case cfg.ServerAddr == "":
 		return nil, errors.New("rendezvous: ClientConfig.ServerAddr is required")
 	case cfg.ServerKey.IsZero() && cfg.Pins == nil:
@@ -428,9 +432,12 @@ func (c *Client) runSession() (registered bool, err error) {
 
 // dial connects to the server, pinning its key (or pinning it on first use).
 func (c *Client) dial() (*quic.Conn, error) {
-	raddr, err := net.ResolveUDPAddr("udp", c.cfg.ServerAddr)
-	if err != nil {
-		return nil, fmt.Errorf("rendezvous: resolve %s: %w", c.cfg.ServerAddr, err)
+	var raddr *net.UDPAddr
+	if c.cfg.Dial == nil {
+		var err error
+		if raddr, err = net.ResolveUDPAddr("udp", c.cfg.ServerAddr); err != nil {
+			return nil, fmt.Errorf("rendezvous: resolve %s: %w", c.cfg.ServerAddr, err)
+		}
 	}
 	want := c.cfg.ServerKey
 	tofu := false
@@ -453,15 +460,25 @@ func (c *Client) dial() (*quic.Conn, error) {
 	})
 	ctx, cancel := context.WithTimeout(c.ctx, dialTimeout)
 	defer cancel()
-	qc, err := c.cfg.Transport.Dial(ctx, raddr, tlsConf, &quic.Config{
+	qconf := &quic.Config{
 		KeepAlivePeriod:       KeepAlivePeriod,
 		MaxIdleTimeout:        30 * time.Second,
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
-	})
+	}
+	var qc *quic.Conn
+	var err error
+	if c.cfg.Dial != nil {
+		qc, err = c.cfg.Dial(ctx, c.cfg.ServerAddr, tlsConf, qconf)
+	} else {
+		qc, err = c.cfg.Transport.Dial(ctx, raddr, tlsConf, qconf)
+	}
 	if err != nil {
 		if k := mismatch.Load(); k != nil {
 			return nil, fmt.Errorf("%w: %s presented %s, pinned %s", ErrServerKey, c.cfg.ServerAddr, k, want)
+		}
+		if c.cfg.Dial != nil {
+			return nil, err // the dialer says what it tried
 		}
 		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
 	}
@@ -710,6 +727,7 @@ func introduction(m *proto.Introduce, server netip.AddrPort) (Introduce, error) 
 // NAT kinds as ReportNAT takes them and Introduce.PeerNAT gives them.
 var natNames = map[proto.NATKind]string{
 	proto.NATUnknown: "unknown", proto.NATNone: "none", proto.NATEasy: "easy", proto.NATHard: "hard",
+	proto.NATBlocked: "blocked",
 }
 
 func natName(k proto.NATKind) string {

@@ -49,6 +49,9 @@ type ServerConfig struct {
 	// the client sent to (the main socket is not affected: quic-go picks the
 	// source address per packet).
 	RelayAddr string
+	// TCP turns on the TCP (TLS + WebSocket) listener for agents that
+	// cannot send UDP; off by default (see TCPConfig).
+	TCP TCPConfig
 	// DataDir holds the identity and the state (DataDir/rendezvous.db,
 	// bbolt). "" keeps state in a temporary file deleted on Close (tests).
 	DataDir string

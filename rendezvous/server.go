@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/tunnel"
 	"github.com/agentnet/agentnet/rendezvous/proto"
 	"github.com/agentnet/agentnet/rendezvous/relay"
 	"github.com/agentnet/agentnet/trustdb"
@@ -79,6 +81,9 @@ type Server struct {
 	relayUDP *net.UDPConn // nil if no relay
 	ownRelay bool
 	relay    *relay.Server
+	tun      *tunnel.Server // nil without TCP
+	tcp      *tcpState      // nil without TCP
+	cert     tls.Certificate
 	// Service addresses announced in Registered (see proto.Registered).
 	stunSvc, relaySvc netip.AddrPort
 
@@ -298,7 +303,7 @@ func (s *Server) Start() (err error) {
 	}
 	if s.relayUDP != nil {
 		s.relaySvc = serviceAddr(mainAddr, s.relayUDP.LocalAddr().(*net.UDPAddr))
-		s.relay, err = relay.New(relay.Config{
+		rc := relay.Config{
 			Conn:        s.relayUDP,
 			Rate:        s.limits.RelayRate,
 			Burst:       s.limits.RelayBurst,
@@ -306,7 +311,12 @@ func (s *Server) Start() (err error) {
 			MaxSessions: s.limits.MaxRelaySessions,
 			Idle:        s.limits.RelayIdle,
 			Logger:      s.log,
-		})
+		}
+		if s.cfg.TCP.enabled() {
+			s.tun = s.newTunnelServer()
+			rc.Tunnels = s.tun
+		}
+		s.relay, err = relay.New(rc)
 		if err != nil {
 			return fmt.Errorf("rendezvous: %w", err)
 		}
@@ -316,6 +326,7 @@ func (s *Server) Start() (err error) {
 	if err != nil {
 		return fmt.Errorf("rendezvous: server certificate: %w", err)
 	}
+	s.cert = cert
 	// A reset key derived from the identity lets a restarted server reset the
 	// connections of its previous run at once, so clients reconnect without
 	// waiting for an idle timeout.
@@ -334,13 +345,22 @@ func (s *Server) Start() (err error) {
 		s.log.Debug("rendezvous: non-QUIC packet before start dropped", "addr", addr.String(), "bytes", n)
 	}
 	tlsConf := certs.ServerConfig(cert, ALPN, func(addressing.PublicKey) error { return nil })
-	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
+	qconf := &quic.Config{
 		MaxIncomingStreams:    int64(s.limits.MaxStreamsPerConn),
 		MaxIncomingUniStreams: -1,
 		MaxIdleTimeout:        30 * time.Second,
-	})
+	}
+	s.ln, err = s.tr.Listen(tlsConf, qconf)
 	if err != nil {
 		return fmt.Errorf("rendezvous: listen: %w", err)
+	}
+	if s.cfg.TCP.enabled() {
+		if s.tun == nil { // no relay: the tunnels carry the control protocol only
+			s.tun = s.newTunnelServer()
+		}
+		if err := s.startTCP(&resetKey, tlsConf, qconf); err != nil {
+			return err
+		}
 	}
 
 	if s.relay != nil {
@@ -349,7 +369,7 @@ func (s *Server) Start() (err error) {
 		}
 	}
 	s.wg.Add(3)
-	go s.acceptLoop()
+	go s.acceptLoopOn(s.ln)
 	go s.pruneLoop()
 	go s.stunMainLoop(s.tr)
 	if s.stunConn != nil {
@@ -595,6 +615,7 @@ func (s *Server) Close() error {
 		if stunConn != nil {
 			stunConn.SetReadDeadline(time.Unix(1, 0))
 		}
+		s.closeTCP()
 		s.wg.Wait()
 		if stunConn != nil && !s.ownSTUN {
 			stunConn.SetReadDeadline(time.Time{}) // the caller's socket, as it was
@@ -614,7 +635,7 @@ func (s *Server) admit(ctx context.Context, info *quic.ClientInfo) (context.Cont
 		return nil, errors.New("rendezvous: too many connections")
 	}
 	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
-		if !s.addrLimit.allow(addrKey(ua.AddrPort().Addr()), time.Now()) {
+		if !s.addrLimit.allow(addrKey(s.sourceOf(ua.AddrPort()).Addr()), time.Now()) {
 			s.stats.connsRefused.Add(1)
 			return nil, errors.New("rendezvous: rate limited")
 		}
@@ -622,10 +643,10 @@ func (s *Server) admit(ctx context.Context, info *quic.ClientInfo) (context.Cont
 	return ctx, nil
 }
 
-func (s *Server) acceptLoop() {
+func (s *Server) acceptLoopOn(ln *quic.Listener) {
 	defer s.wg.Done()
 	for {
-		qc, err := s.ln.Accept(s.ctx)
+		qc, err := ln.Accept(s.ctx)
 		if err != nil {
 			if s.ctx.Err() == nil && !errors.Is(err, quic.ErrServerClosed) {
 				s.log.Warn("rendezvous accept failed", "err", err)
@@ -725,7 +746,7 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		return
 	}
 	now := time.Now()
-	if !s.addrLimit.allow(addrKey(c.remote.Addr()), now) || !s.keyLimit.allow(c.key, now) {
+	if !s.addrLimit.allow(addrKey(s.sourceOf(c.remote).Addr()), now) || !s.keyLimit.allow(c.key, now) {
 		s.stats.rateLimited.Add(1)
 		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests"})
 		return
@@ -829,7 +850,12 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 		s.stats.sessionsReplaced.Add(1)
 		old.c.qc.CloseWithError(closeReplaced, "replaced by a newer connection")
 	}
-	b, _ := proto.AppendMessage(nil, resp)
+	b, err := proto.AppendMessage(nil, resp)
+	if err != nil {
+		s.log.Error("rendezvous: encode registration", "err", err)
+		c.qc.CloseWithError(closeInternal, "cannot encode registration")
+		return
+	}
 	str.SetWriteDeadline(time.Now().Add(requestTimeout))
 	if _, err := str.Write(b); err != nil {
 		c.qc.CloseWithError(closeSessionEnded, "session write failed")
@@ -865,8 +891,12 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 // if registration succeeded.
 func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *session) {
 	locators := make([]netip.AddrPort, 0, 1+len(reg.LocalAddrs))
-	if c.remote.IsValid() {
-		locators = append(locators, c.remote)
+	reflexive := c.remote
+	if tunnel.IsTunnelAddr(reflexive) {
+		reflexive = netip.AddrPort{} // over TCP: no UDP mapping to offer peers
+	}
+	if reflexive.IsValid() {
+		locators = append(locators, reflexive)
 	}
 	for _, ap := range reg.LocalAddrs {
 		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -909,7 +939,7 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 	}
 	return &proto.Registered{
 			Addr:      addressing.AddrFrom(0, c.key.NodeID()),
-			Reflexive: c.remote,
+			Reflexive: c.remote, // a tunnel's address over TCP (clients know it is none)
 			Time:      now,
 			Hostname:  rec.Hostname,
 			STUN2:     s.stunSvc,

@@ -212,6 +212,7 @@ func (c *Client) Start() {
 // Close ends the tunnel and waits for the client's goroutines.
 func (c *Client) Close() error {
 	c.cancel()
+	c.up.Store(false)
 	c.wg.Wait()
 	c.quic.Close()
 	return nil

@@ -109,7 +109,7 @@ func quicEcho(t *testing.T, c *Client, key addressing.PublicKey, msg []byte) {
 	defer tr.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	qc, err := tr.Dial(ctx, ServerAddr, certs.ClientConfig(cert, "tunnel-test", key, nil), &quic.Config{})
+	qc, err := tr.Dial(ctx, ServerAddr, certs.ClientConfig(cert, "tunnel-test", key, nil), &quic.Config{KeepAlivePeriod: 15 * time.Second, MaxIdleTimeout: 30 * time.Second, MaxIncomingStreams: -1, MaxIncomingUniStreams: -1})
 	require.NoError(t, err)
 	defer qc.CloseWithError(0, "")
 	s, err := qc.OpenStreamSync(ctx)

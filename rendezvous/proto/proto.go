@@ -717,6 +717,7 @@ const (
 	NATNone    NATKind = 1 // public address
 	NATEasy    NATKind = 2 // endpoint-independent mapping
 	NATHard    NATKind = 3 // endpoint-dependent mapping ("symmetric")
+	NATBlocked NATKind = 4 // no UDP gets out: the agent reaches the server over TCP, peers only through the relay
 )
 
 // NATReport tells the server the sender's NAT kind, which it hands to the

@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/relayframe"
+	"github.com/agentnet/agentnet/internal/tunnel"
 )
 
 // Defaults of Config.
@@ -45,6 +46,14 @@ type Config struct {
 	// Close stops using it (it interrupts the read with a deadline, which it
 	// clears afterwards) but does not close it.
 	Conn *net.UDPConn
+	// Tunnels, if set, carries frames to agents that reach the relay
+	// through a TCP tunnel (package internal/tunnel): their addresses are
+	// in 100::/64, they send with Inject, and frames for them go to
+	// Tunnels.WriteRelay. UDP packets from that prefix are dropped, so no
+	// one can speak for a tunnel over UDP.
+	Tunnels interface {
+		WriteRelay(to netip.AddrPort, frame []byte) bool
+	}
 	// Rate and Burst are each session's token bucket of bytes (whole
 	// frames, both directions together): DefaultRate, DefaultBurst.
 	Rate, Burst int
@@ -366,10 +375,40 @@ func (s *Server) readLoop() {
 			continue
 		}
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if tunnel.IsTunnelAddr(from) {
+			s.stats.wrongSource.Add(1)
+			continue
+		}
 		pkt, to := s.handle(buf[:n], from, time.Now(), out[:0])
 		if pkt != nil {
-			s.conn.WriteToUDPAddrPort(pkt, to)
+			s.send(pkt, to)
 		}
+	}
+}
+
+// send writes a frame to to: into its tunnel, or as a UDP datagram.
+func (s *Server) send(pkt []byte, to netip.AddrPort) {
+	if tunnel.IsTunnelAddr(to) {
+		if s.cfg.Tunnels != nil {
+			s.cfg.Tunnels.WriteRelay(to, pkt)
+		}
+		return
+	}
+	s.conn.WriteToUDPAddrPort(pkt, to)
+}
+
+// Inject handles a frame that arrived through the tunnel at from (a tunnel
+// address), exactly as if it had come over UDP: the same sessions, Binds,
+// budgets and counters. It is safe for concurrent use and does not keep
+// frame.
+func (s *Server) Inject(frame []byte, from netip.AddrPort) {
+	if s.closed.Load() || !tunnel.IsTunnelAddr(from) {
+		return
+	}
+	var out [relayframe.BindOKLen]byte
+	pkt, to := s.handle(frame, from, time.Now(), out[:0])
+	if pkt != nil {
+		s.send(pkt, to)
 	}
 }
 

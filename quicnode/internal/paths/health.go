@@ -92,6 +92,9 @@ func (m *Manager) maintainLoop() {
 		case <-t.C:
 		}
 		m.heartbeat()
+		if m.cfg.TCP != nil {
+			m.probeUDP()
+		}
 		if m.relay != nil {
 			m.relay.rebindDue()
 		}

@@ -79,6 +79,10 @@ type Config struct {
 	// net.ListenUDP.
 	ListenUDP func(network, laddr string) (net.PacketConn, error)
 
+	// TCP, if set, is the fallback for networks that let no UDP out: the
+	// rendezvous's TCP listener (see DialRendezvous).
+	TCP *TCPConfig
+
 	QUIC             *quic.Config // for peer connections; required
 	HandshakeTimeout time.Duration
 	Hints            HintStore // nil: hints live in memory only
@@ -109,7 +113,8 @@ type Manager struct {
 	relayTr *quic.Transport
 	relayLn *quic.Listener
 
-	rdv atomic.Pointer[rdvHolder]
+	rdv   atomic.Pointer[rdvHolder]
+	reach reach // how the rendezvous is reached (reach.go)
 
 	mu           sync.Mutex
 	closed       bool
@@ -274,6 +279,7 @@ func (m *Manager) Close(code quic.ApplicationErrorCode, reason string) {
 		l.Conn.CloseWithError(code, reason)
 	}
 	m.shutdownTransports()
+	m.closeTunnel()
 	m.g.Close()
 }
 
@@ -547,7 +553,8 @@ type LinkStatus struct {
 	Addr          addressing.Addr
 	Key           addressing.PublicKey
 	Kind          Kind
-	Standby       bool     // kept as a fallback; new streams use the other link
+	Transport     Transport // what carries it: UDP, or the TCP tunnel (relayed links)
+	Standby       bool      // kept as a fallback; new streams use the other link
 	Remote        net.Addr // the UDP address in use (a relay session for relayed links)
 	Outgoing      bool
 	Found         Phase
@@ -578,7 +585,7 @@ func (m *Manager) Links() []LinkStatus {
 	for _, l := range ls {
 		st := l.Conn.ConnectionStats()
 		out = append(out, LinkStatus{
-			Addr: l.Addr, Key: l.Key, Kind: l.Kind, Standby: standby[l], Remote: l.Conn.RemoteAddr(),
+			Addr: l.Addr, Key: l.Key, Kind: l.Kind, Transport: m.transportOf(l), Standby: standby[l], Remote: l.Conn.RemoteAddr(),
 			Outgoing: l.Outgoing, Found: l.Found, Setup: l.Setup, Since: l.Since, RTT: st.SmoothedRTT,
 			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived,
 		})

@@ -21,6 +21,7 @@ const (
 	NATNone    NATKind = "none"    // the socket's own address is public
 	NATEasy    NATKind = "easy"    // endpoint-independent mapping: hole punching works
 	NATHard    NATKind = "hard"    // endpoint-dependent mapping (symmetric): direct only against open peers
+	NATBlocked NATKind = "blocked" // no UDP gets out: the rendezvous over TCP, peers through the relay
 )
 
 // NATInfo is the node's view of its NAT.
@@ -130,6 +131,16 @@ func (m *Manager) CheckNAT(ctx context.Context) (NATInfo, error) {
 	if rdv == nil {
 		return NATInfo{}, errors.New("paths: no rendezvous to ask")
 	}
+	if m.onTCP() {
+		// No UDP gets out: nothing to measure, but peers must know that
+		// only the relay reaches us (they skip punching).
+		info := NATInfo{Kind: NATBlocked, Checked: time.Now()}
+		m.natMu.Lock()
+		m.nat = info
+		m.natMu.Unlock()
+		m.reportNAT(ctx, rdv, info.Kind)
+		return info, nil
+	}
 	main, alt := rdv.STUNAddrs()
 	if !main.IsValid() {
 		return NATInfo{}, errors.New("paths: rendezvous address unknown")
@@ -161,15 +172,24 @@ func (m *Manager) CheckNAT(ctx context.Context) (NATInfo, error) {
 	}
 	m.natMu.Lock()
 	m.nat = info
-	report := info.Kind != m.natReported || time.Since(m.natReportAt) > natReportEvery
 	m.natMu.Unlock()
-	if report {
-		// Peers need our kind to pick birthday punching (birthday.go).
-		if err := rdv.ReportNAT(ctx, string(info.Kind)); err == nil {
-			m.natMu.Lock()
-			m.natReported, m.natReportAt = info.Kind, time.Now()
-			m.natMu.Unlock()
-		}
-	}
+	m.reportNAT(ctx, rdv, info.Kind)
 	return info, nil
+}
+
+// reportNAT tells the rendezvous our NAT kind when it changed or the last
+// report is old: peers need it to pick birthday punching (birthday.go) or,
+// for NATBlocked, to go to the relay at once.
+func (m *Manager) reportNAT(ctx context.Context, rdv Rendezvous, kind NATKind) {
+	m.natMu.Lock()
+	report := kind != m.natReported || time.Since(m.natReportAt) > natReportEvery
+	m.natMu.Unlock()
+	if !report {
+		return
+	}
+	if err := rdv.ReportNAT(ctx, string(kind)); err == nil {
+		m.natMu.Lock()
+		m.natReported, m.natReportAt = kind, time.Now()
+		m.natMu.Unlock()
+	}
 }

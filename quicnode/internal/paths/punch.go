@@ -12,6 +12,7 @@ import (
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/probe"
 	"github.com/agentnet/agentnet/internal/relayframe"
+	"github.com/agentnet/agentnet/internal/tunnel"
 	"github.com/agentnet/agentnet/rendezvous"
 )
 
@@ -82,6 +83,9 @@ func (m *Manager) traverse(d *dialer, rdv Rendezvous) (*Link, error) {
 		switch {
 		case m.birthdayRoleFor(intro.PeerNAT) != birthdayNone:
 			delay = birthdayRelayAfter
+		case m.onTCP() || intro.PeerNAT == string(NATBlocked):
+			// No UDP on one side: only the relay can carry the pair.
+			delay = 0
 		case m.NAT().Kind == NATHard:
 			// Our NAT maps per destination: punching works only against
 			// open peers, and those answer at once.
@@ -134,7 +138,7 @@ func (m *Manager) ownCandidates() []netip.AddrPort {
 		c = append(c, nat.Mapped)
 	}
 	if rdv := m.rendezvous(); rdv != nil {
-		if _, refl := rdv.Self(); refl.IsValid() && !containsAddrPort(c, refl) {
+		if _, refl := rdv.Self(); refl.IsValid() && !tunnel.IsTunnelAddr(refl) && !containsAddrPort(c, refl) {
 			c = append(c, refl)
 		}
 	}
@@ -165,7 +169,7 @@ func (m *Manager) Introduced(intro rendezvous.Introduce) {
 	m.startPunch(intro, time.Now())
 	if intro.Relay != nil && m.relay != nil {
 		g := intro.Relay
-		s := m.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
+		s := m.relay.add(relayframe.Session(g.Session), m.relayServer(g.Addr), g.Side, g.Secret, m.onTCP())
 		m.g.Go(func() { // re-send the Bind until confirmed (packets get lost)
 			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HandshakeTimeout)
 			defer cancel()
@@ -315,7 +319,7 @@ func (m *Manager) dialRelay(ctx context.Context, key addressing.PublicKey, g *re
 	if m.relay == nil {
 		return nil, errors.New("no relay transport")
 	}
-	s := m.relay.add(relayframe.Session(g.Session), g.Addr, g.Side, g.Secret)
+	s := m.relay.add(relayframe.Session(g.Session), m.relayServer(g.Addr), g.Side, g.Secret, m.onTCP())
 	if err := m.relay.waitBound(ctx, s); err != nil {
 		return nil, fmt.Errorf("relay bind: %w", err)
 	}

@@ -3,8 +3,10 @@ package paths
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,11 +19,23 @@ import (
 // rebinding.
 const relayRebind = 10 * time.Second
 
+// relayTunnel is the TCP tunnel's relay side (a *tunnel.Client).
+type relayTunnel interface {
+	WriteRelay(frame []byte) bool
+}
+
 // relayConn is the net.PacketConn under the node's second quic.Transport: it
 // carries QUIC packets to peers through rendezvous relay sessions, adding
 // and stripping the relay's Data header. Each session appears to quic-go as
 // its own remote address (a relayAddr). It has its own UDP socket, so bulk
 // relayed traffic never passes through the main socket's non-QUIC queue.
+//
+// A session's frames travel over the UDP socket or, for an agent whose
+// network lets no UDP out, through the TCP tunnel to the rendezvous: the
+// session's carrier. Moving a session to the other carrier binds it again
+// from there; the QUIC connection over it sees the same relayAddr and
+// never notices. Tunnel frames are queued by the tunnel's reader and
+// interrupt the blocked UDP read with a read deadline (see ReadFrom).
 //
 // ReadFrom must be called by one goroutine at a time (quic-go's read loop).
 type relayConn struct {
@@ -29,20 +43,27 @@ type relayConn struct {
 	udp  *net.UDPConn // pc, when it is a UDP socket (allocation-free I/O)
 	rbuf []byte
 
+	tun         atomic.Pointer[relayTunnelHolder]
+	tunIn       chan []byte // frames from the tunnel, bounded
+	interrupted atomic.Bool // a read deadline was set to wake ReadFrom for tunIn
+
 	mu       sync.Mutex
 	sessions map[relayframe.Session]*relaySession
 
-	dropped atomic.Uint64 // frames from unknown sessions or wrong sources
+	dropped atomic.Uint64 // frames from unknown sessions or wrong sources, or the tunnel queue full
 }
+
+type relayTunnelHolder struct{ t relayTunnel }
 
 // relaySession is one relay session this node takes part in.
 type relaySession struct {
 	id     relayframe.Session
-	server netip.AddrPort
+	server netip.AddrPort // the relay's UDP address
 	side   uint8
 	secret [relayframe.SecretSize]byte
 
 	mu       sync.Mutex
+	tunnel   bool // frames travel through the TCP tunnel
 	counter  uint64
 	lastBind time.Time
 	lastRecv time.Time     // last frame from the relay for this session
@@ -56,28 +77,95 @@ type relayAddr struct{ id relayframe.Session }
 func (a relayAddr) Network() string { return "agentnet-relay" }
 func (a relayAddr) String() string  { return "relay-" + hex.EncodeToString(a.id[:]) }
 
+const tunnelQueue = 1024
+
 func newRelayConn(pc net.PacketConn) *relayConn {
 	udp, _ := pc.(*net.UDPConn)
 	return &relayConn{
 		pc:       pc,
 		udp:      udp,
 		rbuf:     make([]byte, 2048),
+		tunIn:    make(chan []byte, tunnelQueue),
 		sessions: make(map[relayframe.Session]*relaySession),
 	}
 }
 
-// add registers a session (idempotent) and sends its first Bind.
-func (rc *relayConn) add(id relayframe.Session, server netip.AddrPort, side uint8, secret [relayframe.SecretSize]byte) *relaySession {
+// setTunnel sets the tunnel that carries tunnel sessions (nil: none).
+func (rc *relayConn) setTunnel(t relayTunnel) {
+	if t == nil {
+		rc.tun.Store(nil)
+		return
+	}
+	rc.tun.Store(&relayTunnelHolder{t})
+}
+
+// add registers a session (idempotent) and sends its first Bind, over the
+// tunnel if viaTunnel.
+func (rc *relayConn) add(id relayframe.Session, server netip.AddrPort, side uint8, secret [relayframe.SecretSize]byte, viaTunnel bool) *relaySession {
 	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
 	rc.mu.Lock()
 	s := rc.sessions[id]
 	if s == nil {
-		s = &relaySession{id: id, server: server, side: side, secret: secret, bound: make(chan struct{}), lastRecv: time.Now()}
+		s = &relaySession{id: id, server: server, side: side, secret: secret, tunnel: viaTunnel, bound: make(chan struct{}), lastRecv: time.Now()}
 		rc.sessions[id] = s
 	}
 	rc.mu.Unlock()
 	rc.sendBind(s)
 	return s
+}
+
+// moveAll moves every session to the tunnel (or off it) and binds it
+// again from there at once.
+func (rc *relayConn) moveAll(viaTunnel bool) int {
+	rc.mu.Lock()
+	var moved []*relaySession
+	for _, s := range rc.sessions {
+		s.mu.Lock()
+		if s.tunnel != viaTunnel {
+			s.tunnel = viaTunnel
+			moved = append(moved, s)
+		}
+		s.mu.Unlock()
+	}
+	rc.mu.Unlock()
+	for _, s := range moved {
+		rc.sendBind(s)
+	}
+	return len(moved)
+}
+
+// rebindTunnel binds every tunnel session again (the tunnel reconnected:
+// the relay knows it by a new address).
+func (rc *relayConn) rebindTunnel() {
+	rc.mu.Lock()
+	var due []*relaySession
+	for _, s := range rc.sessions {
+		s.mu.Lock()
+		if s.tunnel {
+			due = append(due, s)
+		}
+		s.mu.Unlock()
+	}
+	rc.mu.Unlock()
+	for _, s := range due {
+		rc.sendBind(s)
+	}
+}
+
+// onTunnel reports whether the session behind a, if any, travels through
+// the tunnel.
+func (rc *relayConn) onTunnel(a net.Addr) bool {
+	ra, ok := a.(relayAddr)
+	if !ok {
+		return false
+	}
+	s := rc.session(ra.id)
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tunnel
 }
 
 // sendBind sends a Bind with a counter above every earlier one (wall-clock
@@ -87,12 +175,20 @@ func (rc *relayConn) sendBind(s *relaySession) {
 	s.counter = max(s.counter+1, uint64(time.Now().UnixNano()))
 	s.lastBind = time.Now()
 	b := relayframe.AppendBind(make([]byte, 0, relayframe.BindLen), s.id, s.side, s.counter, s.secret)
+	tun := s.tunnel
 	s.mu.Unlock()
-	rc.write(b, s.server)
+	rc.write(b, s.server, tun)
 }
 
-// write sends b to the relay at server.
-func (rc *relayConn) write(b []byte, server netip.AddrPort) error {
+// write sends a frame for a session: into the tunnel, or to the relay at
+// server over UDP.
+func (rc *relayConn) write(b []byte, server netip.AddrPort, viaTunnel bool) error {
+	if viaTunnel {
+		if h := rc.tun.Load(); h != nil {
+			h.t.WriteRelay(b) // a full or down tunnel drops, as UDP would
+		}
+		return nil
+	}
 	if rc.udp != nil {
 		_, err := rc.udp.WriteToUDPAddrPort(b, server)
 		return err
@@ -101,7 +197,22 @@ func (rc *relayConn) write(b []byte, server netip.AddrPort) error {
 	return err
 }
 
-// read reads the next frame into rc.rbuf.
+// tunnelFrame queues a frame that arrived through the tunnel and wakes
+// ReadFrom. Called by the tunnel's reader; frame is not kept.
+func (rc *relayConn) tunnelFrame(frame []byte) {
+	b := append(make([]byte, 0, len(frame)), frame...)
+	select {
+	case rc.tunIn <- b:
+	default:
+		rc.dropped.Add(1)
+		return
+	}
+	if rc.interrupted.CompareAndSwap(false, true) {
+		rc.pc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// read reads the next UDP datagram into rc.rbuf.
 func (rc *relayConn) read() (int, netip.AddrPort, error) {
 	if rc.udp != nil {
 		return rc.udp.ReadFromUDPAddrPort(rc.rbuf)
@@ -115,22 +226,6 @@ func (rc *relayConn) read() (int, netip.AddrPort, error) {
 		return n, netip.AddrPort{}, nil
 	}
 	return n, ua.AddrPort(), nil
-}
-
-// waitBound re-sends the Bind until the relay confirms it.
-func (rc *relayConn) waitBound(ctx context.Context, s *relaySession) error {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.bound:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-			rc.sendBind(s)
-		}
-	}
 }
 
 // relayIdle is how long a session may carry nothing before the node
@@ -159,6 +254,22 @@ func (rc *relayConn) rebindDue() {
 	}
 }
 
+// waitBound re-sends the Bind until the relay confirms it.
+func (rc *relayConn) waitBound(ctx context.Context, s *relaySession) error {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.bound:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			rc.sendBind(s)
+		}
+	}
+}
+
 // forget drops the session behind a relayed connection's remote address.
 func (rc *relayConn) forget(a net.Addr) {
 	ra, ok := a.(relayAddr)
@@ -176,52 +287,77 @@ func (rc *relayConn) session(id relayframe.Session) *relaySession {
 	return rc.sessions[id]
 }
 
-// ReadFrom returns the next QUIC packet relayed from a peer. Bind
-// confirmations are consumed here; frames that do not come from the relay
-// of a known session are dropped and counted.
+// ReadFrom returns the next QUIC packet relayed from a peer, from the UDP
+// socket or the tunnel. Bind confirmations are consumed here; frames that
+// do not come from the relay of a known session are dropped and counted.
 func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
+		select {
+		case f := <-rc.tunIn:
+			if n, a, ok := rc.handle(f, netip.AddrPort{}, true, p); ok {
+				return n, a, nil
+			}
+			continue
+		default:
+		}
 		n, from, err := rc.read()
 		if err != nil {
+			if rc.interrupted.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Woken for tunnel frames: clear the deadline, then the
+				// flag (a frame queued after this wakes us again), then
+				// drain at the top of the loop.
+				rc.pc.SetReadDeadline(time.Time{})
+				rc.interrupted.Store(false)
+				continue
+			}
 			return 0, nil, err
 		}
-		b := rc.rbuf[:n]
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		id, ok := relayframe.SessionOf(b)
-		var s *relaySession
-		if ok {
-			s = rc.session(id)
-		}
-		if s == nil || from != s.server {
-			rc.dropped.Add(1)
-			continue
-		}
-		s.mu.Lock()
-		s.lastRecv = time.Now()
-		s.mu.Unlock()
-		switch b[0] {
-		case relayframe.TypeData:
-			_, payload, err := relayframe.ParseData(b)
-			if err != nil {
-				rc.dropped.Add(1)
-				continue
-			}
-			return copy(p, payload), relayAddr{id}, nil
-		case relayframe.TypeBindOK:
-			f, err := relayframe.ParseBind(b)
-			if err != nil || f.Side != s.side {
-				rc.dropped.Add(1)
-				continue
-			}
-			select {
-			case <-s.bound:
-			default:
-				close(s.bound)
-			}
-		default:
-			rc.dropped.Add(1)
+		if n, a, ok := rc.handle(rc.rbuf[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), false, p); ok {
+			return n, a, nil
 		}
 	}
+}
+
+// handle processes one frame from the relay (over UDP from from, or from
+// the tunnel) and returns the QUIC packet it carries, if any, copied to p.
+func (rc *relayConn) handle(b []byte, from netip.AddrPort, viaTunnel bool, p []byte) (int, net.Addr, bool) {
+	id, ok := relayframe.SessionOf(b)
+	var s *relaySession
+	if ok {
+		s = rc.session(id)
+	}
+	// Tunnel frames come from the rendezvous over its pinned connection;
+	// UDP frames must come from the session's relay.
+	if s == nil || (!viaTunnel && from != s.server) {
+		rc.dropped.Add(1)
+		return 0, nil, false
+	}
+	s.mu.Lock()
+	s.lastRecv = time.Now()
+	s.mu.Unlock()
+	switch b[0] {
+	case relayframe.TypeData:
+		_, payload, err := relayframe.ParseData(b)
+		if err != nil {
+			rc.dropped.Add(1)
+			return 0, nil, false
+		}
+		return copy(p, payload), relayAddr{id}, true
+	case relayframe.TypeBindOK:
+		f, err := relayframe.ParseBind(b)
+		if err != nil || f.Side != s.side {
+			rc.dropped.Add(1)
+			return 0, nil, false
+		}
+		select {
+		case <-s.bound:
+		default:
+			close(s.bound)
+		}
+	default:
+		rc.dropped.Add(1)
+	}
+	return 0, nil, false
 }
 
 var relayBufPool = sync.Pool{New: func() any {
@@ -240,9 +376,12 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		// The session is gone (link closed): the packet has nowhere to go.
 		return len(p), nil
 	}
+	s.mu.Lock()
+	tun := s.tunnel
+	s.mu.Unlock()
 	bp := relayBufPool.Get().(*[]byte)
 	b := relayframe.AppendData((*bp)[:0], ra.id, p)
-	err := rc.write(b, s.server)
+	err := rc.write(b, s.server, tun)
 	*bp = b
 	relayBufPool.Put(bp)
 	if err != nil {
