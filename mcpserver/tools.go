@@ -131,7 +131,7 @@ var toolDocs = []toolDoc{
 		}),
 	def("peers", "Live peers",
 		"Live connections to peers: path (direct or relay), remote address, RTT and bytes. Errors: not_running.",
-		true, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, _ noInput) (PeerList, error) {
+		true, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, _ noInput) (ctl.PeerList, error) {
 			return s.peers(ctx)
 		}),
 	def("trust_list", "Trust records",
@@ -259,16 +259,9 @@ func (s *Server) callStatus(ctx context.Context) (ctl.Status, error) {
 	return st, s.c.Do(ctx, http.MethodGet, ctl.PathStatus, nil, &st)
 }
 
-func (s *Server) peers(ctx context.Context) (PeerList, error) {
+func (s *Server) peers(ctx context.Context) (ctl.PeerList, error) {
 	var pl ctl.PeerList
-	if err := s.c.Do(ctx, http.MethodGet, ctl.PathPeers, nil, &pl); err != nil {
-		return PeerList{}, err
-	}
-	out := PeerList{Peers: []Peer{}}
-	for _, p := range pl.Peers {
-		out.Peers = append(out.Peers, Peer(p))
-	}
-	return out, nil
+	return pl, s.c.Do(ctx, http.MethodGet, ctl.PathPeers, nil, &pl)
 }
 
 func (s *Server) inboxList(ctx context.Context) (InboxList, error) {

@@ -135,21 +135,3 @@ func (s *Server) event(ev ctl.Event) Event {
 	return e
 }
 
-// Peer is a live connection to a peer.
-type Peer struct {
-	Addr          string    `json:"addr"`
-	Key           string    `json:"key"`
-	Hostname      string    `json:"hostname"`
-	Path          string    `json:"path" jsonschema:"direct or relay"`
-	Remote        string    `json:"remote"`
-	Outgoing      bool      `json:"outgoing"`
-	Since         time.Time `json:"since"`
-	RTTMillis     float64   `json:"rtt_ms"`
-	BytesSent     uint64    `json:"bytes_sent"`
-	BytesReceived uint64    `json:"bytes_received"`
-}
-
-// PeerList is the answer of peers.
-type PeerList struct {
-	Peers []Peer `json:"peers"`
-}
