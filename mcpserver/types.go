@@ -134,4 +134,3 @@ func (s *Server) event(ev ctl.Event) Event {
 	}
 	return e
 }
-
