@@ -164,9 +164,12 @@ var toolDocs = []toolDoc{
 		}),
 	def("message_send", "Send a message",
 		"Send one message (text, json or data_base64) to a trusted peer's inbox; it answers once the peer stored it and verified its SHA-256. Errors: not_trusted, unreachable, too_large, inbox_full, timeout, unavailable (the peer switched messages off).",
-		false, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, in MessageInput) (ctl.DeliveryResult, error) {
+		false, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, in MessageInput) (Delivery, error) {
 			var res ctl.DeliveryResult
-			return res, s.c.Do(ctx, http.MethodPost, ctl.PathMessages, ctl.MessageRequest(in), &res)
+			if err := s.c.Do(ctx, http.MethodPost, ctl.PathMessages, ctl.MessageRequest(in), &res); err != nil {
+				return Delivery{}, err
+			}
+			return delivery(res), nil
 		}),
 	def("file_send", "Send a file",
 		"Send a file to a trusted peer's inbox: its content as text or data_base64 with a name, or a local path inside the directory the operator allowed. Errors: not_permitted (path outside the allowed directory, or none allowed), not_trusted, unreachable, too_large, inbox_full, timeout.",
@@ -393,7 +396,15 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-func (s *Server) fileSend(ctx context.Context, _ *mcp.CallToolRequest, in FileSendInput) (ctl.DeliveryResult, error) {
+func (s *Server) fileSend(ctx context.Context, req *mcp.CallToolRequest, in FileSendInput) (Delivery, error) {
+	res, err := s.fileSendRaw(ctx, in)
+	if err != nil {
+		return Delivery{}, err
+	}
+	return delivery(res), nil
+}
+
+func (s *Server) fileSendRaw(ctx context.Context, in FileSendInput) (ctl.DeliveryResult, error) {
 	set := 0
 	for _, v := range []string{in.Text, in.DataBase64, in.Path} {
 		if v != "" {
