@@ -120,7 +120,6 @@ func startA2A(t *testing.T, dir string) string {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-
 // rpcMessages returns the JSON-RPC messages of an MCP answer body (JSON or
 // server-sent events).
 func rpcMessages(t *testing.T, body string) []map[string]any {
