@@ -15,7 +15,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Union, cast
 from . import types as T
 from .errors import AgentnetError, InvalidArgument, NotRunning, StreamBroken, error_for
 
-__all__ = ["Client", "JSONLines", "Tunnel", "StreamSocket", "default_socket", "UPGRADE_PROTOCOL"]
+__all__ = ["Client", "JSONLines", "Tunnel", "StreamSocket", "default_socket", "UPGRADE_PROTOCOL", "FRAMING_HEADER"]
 
 UPGRADE_PROTOCOL = "agentnet-stream"
 _HOST = "agentnet"  # the Host header; the daemon ignores it
@@ -184,31 +184,103 @@ class Tunnel(JSONLines):
             pass
 
 
+FRAMING_HEADER = "Agentnet-Framing"
+_F_DATA, _F_EOF, _F_RESET, _F_DONE = 1, 2, 3, 4
+_MAX_FRAME = 65535
+
+
 class StreamSocket:
     """A byte stream to a peer's virtual port, bridged by the daemon (the
-    /v1/connect upgrade). It behaves like a connected socket: recv, sendall,
-    shutdown(socket.SHUT_WR) (the peer reads EOF; reading goes on),
-    settimeout, fileno, close, and a context manager."""
+    /v1/connect upgrade). It behaves like a connected socket: recv, read,
+    sendall, shutdown_write() (the peer reads EOF; reading goes on),
+    settimeout, fileno, close (a clean end), abort (a cut), and a context
+    manager.
 
-    def __init__(self, sock: socket.socket, buffered: bytes):
+    With a daemon that frames the stream (``framed`` is True: it answered
+    the Agentnet-Framing header), the end is explicit both ways: recv
+    returns b"" only when the peer ended its side cleanly, and a cut stream
+    raises :class:`StreamReset` (or the error that cut it, e.g. NotTrusted
+    after a revocation); the daemon going away raises :class:`StreamBroken`.
+    wait() returns once both sides ended cleanly. With an older daemon the
+    socket carries raw bytes, and a cut cannot be told from the end."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes, framed: bool = False):
         self._sock = sock
-        self._buf = buffered
+        self._buf = bytearray(buffered)
+        self.framed = framed
+        self._pending = b""
+        self._eof = False  # the peer's EOF arrived
+        self._done = False  # the daemon's DONE arrived
+        self._err: Optional[AgentnetError] = None
+        self._wclosed = False
+
+    # --- framed reading ---
+
+    def _fill(self, n: int) -> bool:
+        while len(self._buf) < n:
+            b = self._sock.recv(max(65536, n - len(self._buf)))
+            if not b:
+                return False
+            self._buf += b
+        return True
+
+    def _frame(self) -> "tuple[int, bytes]":
+        if not self._fill(3):
+            raise StreamBroken("the daemon closed the stream before its end; what arrived may be incomplete",
+                               "is the daemon still running? (agentnet status)")
+        t, n = self._buf[0], int.from_bytes(self._buf[1:3], "big")
+        bad = (t not in (_F_DATA, _F_EOF, _F_RESET, _F_DONE) or (t == _F_DATA and n == 0)
+               or (t in (_F_EOF, _F_DONE) and n != 0) or (t == _F_RESET and n > 4096))
+        if bad:
+            raise StreamReset("the daemon sent a malformed frame (type %d, length %d)" % (t, n))
+        if not self._fill(3 + n):
+            raise StreamBroken("the daemon closed the stream in the middle of a frame; what arrived may be incomplete")
+        p = bytes(self._buf[3:3 + n])
+        del self._buf[:3 + n]
+        if t == _F_RESET:
+            try:
+                e = json.loads(p)
+                raise error_for(e["code"], e.get("message", ""), e.get("hint", ""))
+            except (ValueError, KeyError, TypeError):
+                raise StreamReset("the stream was reset") from None
+        return t, p
+
+    def _next_data(self) -> None:
+        while not self._pending and not self._eof:
+            if self._err is not None:
+                raise self._err
+            try:
+                t, p = self._frame()
+            except AgentnetError as e:
+                self._err = e
+                raise
+            if t == _F_DATA:
+                self._pending = p
+            elif t == _F_EOF:
+                self._eof = True
+            else:
+                self._err = StreamReset("unexpected frame %d before the peer's end" % t)
+                raise self._err
 
     def recv(self, bufsize: int) -> bytes:
-        """Up to bufsize bytes; b"" at the peer's EOF."""
-        if self._buf:
-            b, self._buf = self._buf[:bufsize], self._buf[bufsize:]
-            return b
-        return self._sock.recv(bufsize)
+        """Up to bufsize bytes; b"" at the peer's (clean) EOF."""
+        if not self.framed:
+            if self._buf:
+                b = bytes(self._buf[:bufsize])
+                del self._buf[:bufsize]
+                return b
+            return self._sock.recv(bufsize)
+        if self._err is not None:
+            raise self._err
+        self._next_data()
+        b, self._pending = self._pending[:bufsize], self._pending[bufsize:]
+        return b
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         view = memoryview(buffer).cast("B")
-        n = nbytes or len(view)
-        if self._buf:
-            b, self._buf = self._buf[:n], self._buf[n:]
-            view[: len(b)] = b
-            return len(b)
-        return self._sock.recv_into(view, n)
+        b = self.recv(nbytes or len(view))
+        view[: len(b)] = b
+        return len(b)
 
     def read(self, n: int = -1) -> bytes:
         """Read n bytes (fewer only at EOF), or with n < 0 everything until
@@ -223,18 +295,73 @@ class StreamSocket:
             got += len(b)
         return b"".join(chunks)
 
-    def send(self, data: bytes) -> int:
-        return self._sock.send(data)
+    # --- writing ---
 
     def sendall(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        if not self.framed:
+            self._sock.sendall(data)
+            return
+        if self._wclosed:
+            raise OSError("the stream's write side is closed")
+        mv = memoryview(data)
+        for i in range(0, len(mv), _MAX_FRAME):
+            chunk = mv[i:i + _MAX_FRAME]
+            self._sock.sendall(bytes([_F_DATA]) + len(chunk).to_bytes(2, "big") + chunk)
 
-    def shutdown(self, how: int) -> None:
-        self._sock.shutdown(how)
+    def send(self, data: bytes) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def _send_end(self, t: int) -> None:
+        if self._wclosed:
+            return
+        self._wclosed = True
+        self._sock.sendall(bytes([t, 0, 0]))
 
     def shutdown_write(self) -> None:
         """Send EOF to the peer; reading goes on."""
-        self._sock.shutdown(socket.SHUT_WR)
+        if self.framed:
+            self._send_end(_F_EOF)
+        else:
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def shutdown(self, how: int) -> None:
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self.shutdown_write()
+
+    def wait(self) -> None:
+        """Framed: return once both sides ended cleanly (our EOF delivered
+        and the peer's read), discarding unread data; raise what cut it
+        otherwise. Raw: returns at once."""
+        if not self.framed or self._done:
+            return
+        self._pending = b""
+        while True:
+            if self._err is not None:
+                raise self._err
+            try:
+                t, _ = self._frame()
+            except AgentnetError as e:
+                self._err = e
+                raise
+            if t == _F_EOF and not self._eof:
+                self._eof = True
+            elif t == _F_DONE and self._eof:
+                self._done = True
+                return
+            elif t != _F_DATA or self._eof:
+                self._err = StreamReset("unexpected frame %d" % t)
+
+    def abort(self) -> None:
+        """Cut the stream: the peer sees a reset, never a clean end."""
+        try:
+            if self.framed:
+                self._send_end(_F_RESET)
+            else:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+        self._sock.close()
 
     def settimeout(self, t: Optional[float]) -> None:
         self._sock.settimeout(t)
@@ -246,6 +373,12 @@ class StreamSocket:
         return self._sock.fileno()
 
     def close(self) -> None:
+        """End our side cleanly (if not done yet) and close the socket."""
+        if self.framed:
+            try:
+                self._send_end(_F_EOF)
+            except OSError:
+                pass
         self._sock.close()
 
     def __enter__(self) -> "StreamSocket":
@@ -408,7 +541,8 @@ class Client:
             sock.sendall(
                 b"POST /v1/connect HTTP/1.1\r\nHost: " + _HOST.encode() + b"\r\n"
                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
-                b"Connection: Upgrade\r\nUpgrade: " + UPGRADE_PROTOCOL.encode() + b"\r\n\r\n" + body)
+                b"Connection: Upgrade\r\nUpgrade: " + UPGRADE_PROTOCOL.encode() + b"\r\n"
+                + FRAMING_HEADER.encode() + b": 1\r\n\r\n" + body)
             buf = b""
             while b"\r\n\r\n" not in buf:
                 if len(buf) > _MAX_HEADER:
@@ -422,8 +556,10 @@ class Client:
             parts = lines[0].split(" ", 2)
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             if status == 101:
+                framed = any(h.partition(":")[0].strip().lower() == FRAMING_HEADER.lower() and h.partition(":")[2].strip() == "1"
+                             for h in lines[1:])
                 sock.settimeout(None)
-                return StreamSocket(sock, rest)
+                return StreamSocket(sock, rest, framed)
             length = 0
             for h in lines[1:]:
                 k, _, v = h.partition(":")

@@ -27,6 +27,7 @@ __all__ = [
     "Unavailable",
     "Internal",
     "StreamBroken",
+    "StreamReset",
     "error_for",
 ]
 
@@ -122,6 +123,12 @@ class Internal(AgentnetError):
     code = "internal"
 
 
+class StreamReset(AgentnetError):
+    """A stream was cut before its end (reset by the peer, its node gone,
+    the path dead): what arrived may be incomplete."""
+    code = "stream_reset"
+
+
 class StreamBroken(AgentnetError):
     """A streaming answer ended without its normal end (the connection to
     the daemon broke): never mistaken for a clean end."""
@@ -133,7 +140,7 @@ _BY_CODE: Dict[str, Type[AgentnetError]] = {
     for c in (
         InvalidArgument, NotFound, NotTrusted, Conflict, PortInUse, PortClosed,
         Unreachable, Timeout, TooLarge, InboxFull, NotRunning,
-        NotImplementedByDaemon, Unavailable, Internal,
+        NotImplementedByDaemon, Unavailable, Internal, StreamReset,
     )
 }
 

@@ -94,6 +94,8 @@ class ClientTest(unittest.TestCase):
         data = os.urandom(3 << 20)
         got = bytearray()
         with self.a.connect("bob", 7) as s:
+            framed = s.framed
+
             def write():
                 s.sendall(data)
                 s.shutdown_write()
@@ -105,12 +107,44 @@ class ClientTest(unittest.TestCase):
                     break
                 got += b
             w.join()
+            s.wait()  # framed: both ends delivered cleanly
+        self.assertIsInstance(framed, bool)
         self.assertEqual(len(got), len(data))
         self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(data).hexdigest())
         with self.assertRaises(agentnet.PortClosed):
             self.a.connect("bob", 4999)
         with self.assertRaises(agentnet.NotTrusted):
             self.a.connect("0:0000.0000.0001", 7)
+
+    def test_connect_cut_is_not_eof(self):
+        # Bob exposes a TCP service that reads a little, then resets.
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+
+        def serve():
+            c, _ = ls.accept()
+            c.recv(10)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            with self.b.expose(8081, "127.0.0.1:%d" % ls.getsockname()[1]):
+                with self.a.connect("bob", 8081) as s:
+                    s.sendall(b"0123456789")
+                    s.settimeout(20)
+                    if s.framed:
+                        with self.assertRaises(agentnet.AgentnetError) as cm:
+                            s.read()
+                        self.assertIn(cm.exception.code, ("stream_reset", "unavailable"))
+                    else:
+                        # A daemon without framing cannot carry the cut:
+                        # the stream just ends.
+                        self.assertEqual(s.read(), b"")
+        finally:
+            t.join(5)
+            ls.close()
 
     def test_expose_forward(self):
         class H(http.server.BaseHTTPRequestHandler):
