@@ -73,6 +73,7 @@ func (d *Daemon) routes() http.Handler {
 	h("POST "+ctl.PathEventsPublish, d.handlePublish)
 	h("POST "+ctl.PathEventsSubscribe, d.handleSubscribe)
 	d.networkRoutes(h)
+	h("POST "+ctl.PathShutdown, d.handleShutdown)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern == "" {
 			notFound(w, r, mux)

@@ -25,6 +25,15 @@ import (
 // directory (it wraps trustdb.ErrInUse too).
 var ErrInUse = trustdb.ErrInUse
 
+// ErrRendezvous is wrapped by Run's error when the rendezvous cannot be set
+// up at all (the embedded one cannot start; see also the up command's
+// startup check of the configured one).
+var ErrRendezvous = errors.New("daemon: rendezvous cannot be set up")
+
+// ErrSocketInUse is wrapped by Run's error when another daemon answers on
+// the control socket.
+var ErrSocketInUse = errors.New("daemon: control socket in use")
+
 // Daemon is one running node with its control API. Create it with New and
 // call Run once.
 type Daemon struct {
@@ -55,6 +64,9 @@ type Daemon struct {
 	mu       sync.Mutex
 	ran      bool
 	hostname string
+
+	stopReq  chan struct{} // closed by POST /v1/shutdown
+	stopOnce sync.Once
 }
 
 // New checks cfg and returns a Daemon. It does no I/O.
@@ -72,6 +84,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg:      cfg,
 		log:      log,
 		ready:    make(chan struct{}),
+		stopReq:  make(chan struct{}),
 		hostname: cfg.Hostname,
 		limits:   message.Limits{MaxMessage: cfg.MaxMessage, MaxFile: cfg.MaxFile},
 	}, nil
@@ -89,8 +102,8 @@ func (d *Daemon) StateDir() string { return d.cfg.StateDir }
 // Status returns what GET /v1/status answers. Call it after Ready.
 func (d *Daemon) Status() ctl.Status { return d.status() }
 
-// Run starts everything, serves until ctx ends, then shuts down cleanly and
-// returns. It returns an error if startup fails (another daemon on the same
+// Run starts everything, serves until ctx ends (or a client asks with POST
+// /v1/shutdown), then shuts down cleanly and returns. It returns an error if startup fails (another daemon on the same
 // state directory: an error wrapping ErrInUse). Run may be called once.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.mu.Lock()
@@ -139,7 +152,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		d.rdv = &localRendezvous{addr: d.cfg.localRendezvous(), dir: d.cfg.rendezvousDir(), log: d.log.With("component", "rendezvous")}
 		hosting, err := d.rdv.tryHost()
 		if err != nil {
-			d.log.Warn("cannot start the embedded rendezvous; using whatever answers there", "addr", d.rdv.addr, "err", err)
+			// The address is free (nothing else hosts it) but we cannot
+			// serve it: nothing would ever answer there.
+			return fmt.Errorf("%w: %w", ErrRendezvous, err)
 		}
 		cleanup = append(cleanup, d.rdv.close)
 		d.rdvAddr, d.rdvMode = d.rdv.addr, "local"
@@ -167,6 +182,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := d.startServices(); err != nil {
 		return err
 	}
+	d.work.onShutdown(d.publishTrustEvents())
 	if d.rdv != nil {
 		d.work.goFunc(func() { d.rdv.watchLoop(runCtx, node) })
 	}
@@ -185,7 +201,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.log.Info("daemon ready", "addr", node.Addr(), "socket", d.cfg.Socket, "server", d.rdvAddr, "mode", d.rdvMode)
 	close(d.ready)
 
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-d.stopReq:
+	}
 	d.log.Info("daemon shutting down")
 	return nil
 }
@@ -304,7 +323,7 @@ func (d *Daemon) listenAPI() error {
 	if _, err := os.Lstat(p); err == nil {
 		if c, err := net.DialTimeout("unix", p, time.Second); err == nil {
 			c.Close()
-			return fmt.Errorf("daemon: another daemon answers on %s: stop it or choose another --socket", p)
+			return fmt.Errorf("%w: another daemon answers on %s: stop it or choose another --socket", ErrSocketInUse, p)
 		}
 		if err := os.Remove(p); err != nil {
 			return fmt.Errorf("daemon: remove stale socket: %w", err)

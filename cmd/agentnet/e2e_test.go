@@ -608,6 +608,13 @@ func TestEndToEnd(t *testing.T) {
 	require.Equal(t, "rejected", tr.State)
 	e.fail("a", "trust approve", ctl.CodeConflict, nil, "trust", "approve", "bob")
 
+	// Lifecycle: a unit file, and down stops a daemon and waits for it.
+	e.json("", "service print-unit", nil, "service", "print-unit")
+	dc, _ := e.up("c", rdv...)
+	e.json("c", "down", nil, "down")
+	require.Equal(t, 0, dc.wait(), dc.stderr())
+	e.fail("", "mcp", ctl.CodeInvalidArgument, nil, "mcp", "--approve", "bogus")
+
 	// Every command's --json output was checked against its schema.
 	for name := range e.schemas {
 		if !e.checked[name] && !e.checked[name+" (error)"] {

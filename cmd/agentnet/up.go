@@ -1,8 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -71,6 +72,10 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 		if setErr != nil {
 			return nil, badUsage("%v", setErr)
 		}
+		if err := checkRendezvousAddr(cfg); err != nil {
+			notifyParent(ctl.ErrorBody{Error: err.(*ctl.Error)})
+			return nil, err
+		}
 		if *detach {
 			sock := cfg.Socket
 			if sock == "" {
@@ -93,32 +98,54 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 		if err != nil {
 			return nil, badUsage("%v", err)
 		}
+		// fail reports a startup failure to a detaching parent too.
+		fail := func(err error) error {
+			e := toCtlError(err)
+			notifyParent(ctl.ErrorBody{Error: e})
+			return e
+		}
+		ctx, cancel := context.WithCancel(x.ctx)
+		defer cancel()
 		done := make(chan error, 1)
-		go func() { done <- d.Run(x.ctx) }()
+		go func() { done <- d.Run(ctx) }()
 		select {
 		case <-d.Ready():
 		case err := <-done:
-			return nil, upError(err)
+			return nil, fail(upError(err))
 		}
-		x.emit(d.Status())
-		if err := <-done; err != nil {
+		if err := startupCheck(ctx, d, x.stderr); err != nil {
+			cancel()
+			<-done
+			return nil, fail(err)
+		}
+		st := d.Status()
+		x.emit(st)
+		notifyParent(st)
+		sdNotify("READY=1")
+		err = <-done
+		sdNotify("STOPPING=1")
+		if err != nil {
 			return nil, upError(err)
 		}
 		return nil, nil
 	}
 }
 
-func upError(err error) error {
-	if errors.Is(err, daemon.ErrInUse) {
-		return &ctl.Error{Code: ctl.CodeConflict, Message: err.Error(), Hint: "a daemon already runs on this state directory: use it (agentnet status), stop it, or give this one --state"}
-	}
-	return &ctl.Error{Code: ctl.CodeInternal, Message: err.Error()}
-}
-
 // upDetached starts "agentnet up" again without --detach in a new session,
-// its output appended to <state>/daemon.log, and returns once its control
-// socket answers.
+// its output appended to <state>/daemon.log, and returns once the child
+// reports that it serves (after its startup check), or with the child's
+// error. A daemon already answering on the socket is a conflict.
 func upDetached(x *cliCtx, state, sock string) error {
+	c := ctl.NewClient(sock)
+	ctx, cancel := context.WithTimeout(x.ctx, 2*time.Second)
+	var other ctl.Status
+	err := c.Do(ctx, http.MethodGet, ctl.PathStatus, nil, &other)
+	cancel()
+	if err == nil {
+		return &ctl.Error{Code: ctl.CodeConflict,
+			Message: fmt.Sprintf("a daemon (pid %d) already runs for %s on %s", other.PID, other.StateDir, sock),
+			Hint:    "use it (agentnet status), or stop it first (agentnet down)"}
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("detach: %w", err)
@@ -138,38 +165,51 @@ func upDetached(x *cliCtx, state, sock string) error {
 		return fmt.Errorf("detach: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "AGENTNET_STATE="+state)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	pr, pw, err := os.Pipe()
+	if err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	c := ctl.NewClient(sock)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			tail, _ := os.ReadFile(logPath)
-			lines := strings.Split(strings.TrimSpace(string(tail)), "\n")
-			if len(lines) > 5 {
-				lines = lines[len(lines)-5:]
-			}
-			return &ctl.Error{Code: ctl.CodeInternal, Message: fmt.Sprintf("the daemon exited (%v): %s", err, strings.Join(lines, " | ")), Hint: "see " + logPath}
-		case <-time.After(100 * time.Millisecond):
-		}
-		ctx, cancel := context.WithTimeout(x.ctx, time.Second)
-		var st ctl.Status
-		err := c.Do(ctx, http.MethodGet, ctl.PathStatus, nil, &st)
-		cancel()
-		if err == nil && st.StateDir == state {
-			cmd.Process.Release()
-			x.emit(st)
-			return nil
-		}
+	defer pr.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{pw} // fd 3
+	cmd.Env = append(os.Environ(), "AGENTNET_STATE="+state, notifyEnv+"=3")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		return fmt.Errorf("detach: %w", err)
 	}
-	cmd.Process.Kill()
-	return &ctl.Error{Code: ctl.CodeTimeout, Message: "the daemon did not answer within 30 s", Hint: "see " + logPath}
+	line := make(chan []byte, 1)
+	go func() {
+		b, _ := bufio.NewReaderSize(pr, 64<<10).ReadBytes('\n')
+		line <- b
+	}()
+	var b []byte
+	select {
+	case b = <-line:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return &ctl.Error{Code: ctl.CodeTimeout, Message: "the daemon did not report ready within 60 s", Hint: "see " + logPath}
+	}
+	var eb ctl.ErrorBody
+	if json.Unmarshal(b, &eb) == nil && eb.Error != nil && eb.Error.Code != "" {
+		cmd.Wait()
+		eb.Error.Hint = strings.TrimSpace(eb.Error.Hint + " (log: " + logPath + ")")
+		return eb.Error
+	}
+	var st ctl.Status
+	if len(b) == 0 || json.Unmarshal(b, &st) != nil || st.PID == 0 {
+		err := cmd.Wait()
+		tail, _ := os.ReadFile(logPath)
+		lines := strings.Split(strings.TrimSpace(string(tail)), "\n")
+		if len(lines) > 5 {
+			lines = lines[len(lines)-5:]
+		}
+		return &ctl.Error{Code: ctl.CodeInternal, Message: fmt.Sprintf("the daemon exited (%v): %s", err, strings.Join(lines, " | ")), Hint: "see " + logPath}
+	}
+	cmd.Process.Release()
+	x.emit(st)
+	return nil
 }

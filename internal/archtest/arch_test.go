@@ -31,6 +31,9 @@ var allowed = map[string][]string{
 	"ctl":                     {},
 	"service":                 {"addressing", "service", "internal/atomicfile"},
 	"daemon":                  {"addressing", "trustdb", "network", "rendezvous", "quicnode", "ctl", "service", "internal/"},
+	// The MCP server is a client of the daemon's API: it never opens the
+	// trust store or the node (so it never holds keys).
+	"mcpserver": {"addressing", "ctl", "network", "service/event"},
 }
 
 func TestImportDirections(t *testing.T) {
