@@ -68,6 +68,21 @@ type RendezvousStatus struct {
 	Mode       string `json:"mode"`       // "configured", "local" (zero-config, another daemon hosts it) or "embedded" (this daemon hosts it)
 	Registered bool   `json:"registered"` // the node is registered right now
 	Error      string `json:"error"`      // why not, if known
+	// Transport is how the node reaches the rendezvous: "udp", "tcp" (the
+	// TLS/WebSocket tunnel, when UDP does not get out) or "" (not yet).
+	Transport       string `json:"transport"`
+	TransportReason string `json:"transport_reason"` // what was tried and what answered
+	// TCP is the rendezvous's TCP address the node falls back to ("" for
+	// no fallback); Tunnel its state while a tunnel is open.
+	TCP    string        `json:"tcp"`
+	Tunnel *TunnelStatus `json:"tunnel,omitempty"`
+}
+
+// TunnelStatus is the state of the TCP tunnel to the rendezvous.
+type TunnelStatus struct {
+	Up    bool   `json:"up"`
+	Via   string `json:"via"`   // "direct" or "proxy http://user:xxxxx@host:port"
+	Error string `json:"error"` // why the last attempt failed or the tunnel ended
 }
 
 // NATStatus is what the node's STUN check found about the NAT in front of it.
@@ -99,13 +114,14 @@ type PeerList struct {
 
 // Peer is a live connection to a peer.
 type Peer struct {
-	Addr     string `json:"addr"`
-	Key      string `json:"key"`
-	Hostname string `json:"hostname"`
-	Path     string `json:"path"`    // "direct" or "relay"; a peer may have both for a while
-	Standby  bool   `json:"standby"` // kept as a fallback; new streams use the peer's other connection
-	Remote   string `json:"remote"`  // UDP address in use
-	Outgoing bool   `json:"outgoing"`
+	Addr      string `json:"addr"`
+	Key       string `json:"key"`
+	Hostname  string `json:"hostname"`
+	Path      string `json:"path"`      // "direct" or "relay"; a peer may have both for a while
+	Standby   bool   `json:"standby"`   // kept as a fallback; new streams use the peer's other connection
+	Transport string `json:"transport"` // "udp", or "tcp" for a relayed connection through the TCP tunnel
+	Remote    string `json:"remote"`    // UDP address in use
+	Outgoing  bool   `json:"outgoing"`
 	// Found is how the connection was found: "incoming" (the peer dialled
 	// us) or the dial phase that made it: "last-address", "direct" (a
 	// locator from the rendezvous), "punch", "birthday", "relay".

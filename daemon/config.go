@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/tunnel"
 )
 
 // Defaults.
@@ -61,6 +62,14 @@ type Config struct {
 	// RendezvousKey pins the server's key; zero trusts the first key seen
 	// and pins it in the trust store.
 	RendezvousKey addressing.PublicKey
+	// RendezvousTCP is the rendezvous's TCP address for networks that let
+	// no UDP out; "" means the rendezvous's host, port 443; "off" none.
+	// The zero-config local rendezvous has no TCP side.
+	RendezvousTCP string
+	// Proxy is the HTTP proxy of the TCP path ("" honours HTTPS_PROXY,
+	// https_proxy and NO_PROXY); ProxyCmd a shell command printing one,
+	// re-run after a refusal.
+	Proxy, ProxyCmd string
 	// LocalRendezvous is the zero-config rendezvous address; default
 	// DefaultLocalRendezvous.
 	LocalRendezvous string
@@ -138,6 +147,9 @@ var Settings = []Setting{
 	{"socket", "AGENTNET_SOCKET", "<state>/" + SocketName, "control socket path"},
 	{"rendezvous", "AGENTNET_RENDEZVOUS", "", "rendezvous server host:port (empty: zero-config local rendezvous)"},
 	{"rendezvous-key", "AGENTNET_RENDEZVOUS_KEY", "", "pin the rendezvous server key (empty: trust on first use)"},
+	{"rendezvous-tcp", "AGENTNET_RENDEZVOUS_TCP", "<rendezvous host>:443", "the rendezvous's TCP (TLS/WebSocket) address, used when UDP does not get out; \"off\" for none"},
+	{"proxy", "AGENTNET_PROXY", "", "HTTP proxy for the TCP path, http://[user:pass@]host:port (empty: HTTPS_PROXY/https_proxy, NO_PROXY)"},
+	{"proxy-cmd", "AGENTNET_PROXY_CMD", "", "shell command printing the proxy URL; re-run after a refusal (rotating credentials)"},
 	{"local-rendezvous", "AGENTNET_LOCAL_RENDEZVOUS", DefaultLocalRendezvous, "zero-config rendezvous address, started here if nothing answers"},
 	{"rendezvous-state", "AGENTNET_RENDEZVOUS_STATE", "<home>/rendezvous", "state directory of the embedded rendezvous"},
 	{"listen", "AGENTNET_LISTEN", "0.0.0.0:0", "UDP address of the node"},
@@ -161,6 +173,18 @@ func (c *Config) Set(name, value string) error {
 		if value != "" {
 			c.RendezvousKey, err = addressing.ParsePublicKey(value)
 		}
+	case "rendezvous-tcp":
+		if value != "" && value != "off" {
+			_, _, err = net.SplitHostPort(value)
+		}
+		c.RendezvousTCP = value
+	case "proxy":
+		if value != "" {
+			_, err = tunnel.ParseProxyURL(value)
+		}
+		c.Proxy = value
+	case "proxy-cmd":
+		c.ProxyCmd = value
 	case "local-rendezvous":
 		c.LocalRendezvous = value
 	case "rendezvous-state":
@@ -351,4 +375,29 @@ func (c *Config) validate() error {
 		return fmt.Errorf("daemon: socket path %s is %d bytes, the system allows %d: set --socket (AGENTNET_SOCKET) to a shorter path", p, len(p), maxSocketPath-1)
 	}
 	return nil
+}
+
+// rendezvousTCP returns the TCP fallback address for a configured
+// rendezvous ("" for none).
+func (c *Config) rendezvousTCP() string {
+	switch c.RendezvousTCP {
+	case "off":
+		return ""
+	case "":
+		host, _, err := net.SplitHostPort(c.RendezvousAddr)
+		if err != nil {
+			return ""
+		}
+		return net.JoinHostPort(host, "443")
+	}
+	return c.RendezvousTCP
+}
+
+// proxy returns the TCP path's proxy configuration.
+func (c *Config) proxy() tunnel.ProxyConfig {
+	p := tunnel.ProxyConfig{Cmd: c.ProxyCmd, Environment: true}
+	if c.Proxy != "" {
+		p.URL, _ = tunnel.ParseProxyURL(c.Proxy) // checked by Set
+	}
+	return p
 }

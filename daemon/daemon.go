@@ -48,6 +48,7 @@ type Daemon struct {
 	rdv     *localRendezvous // nil unless zero-config
 	rdvAddr string
 	rdvMode string
+	rdvTCP  string // the TCP fallback address ("" for none)
 	inbox   *message.Inbox
 	msgSrv  *message.Server
 	bus     *event.Bus
@@ -148,6 +149,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if d.cfg.RendezvousAddr != "" {
 		d.rdvAddr, d.rdvMode = d.cfg.RendezvousAddr, "configured"
 		ncfg.RendezvousAddr, ncfg.RendezvousKey = d.cfg.RendezvousAddr, d.cfg.RendezvousKey
+		d.rdvTCP = d.cfg.rendezvousTCP()
+		ncfg.RendezvousTCP, ncfg.Proxy = d.rdvTCP, d.cfg.proxy()
 	} else {
 		d.rdv = &localRendezvous{addr: d.cfg.localRendezvous(), dir: d.cfg.rendezvousDir(), log: d.log.With("component", "rendezvous")}
 		hosting, err := d.rdv.tryHost()

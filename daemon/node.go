@@ -51,8 +51,21 @@ func (d *Daemon) status() ctl.Status {
 	}
 	ok, err := registration(d.node)
 	st.Rendezvous.Registered = ok
+	reach := d.node.Reach()
+	if err == nil && !ok {
+		err = reach.Err // what was tried, and what to check
+	}
 	if err != nil {
 		st.Rendezvous.Error = err.Error()
+	}
+	st.Rendezvous.Transport, st.Rendezvous.TransportReason = reach.Transport, reach.Reason
+	st.Rendezvous.TCP = d.rdvTCP
+	if reach.TunnelVia != "" || reach.TunnelUp || reach.TunnelError != nil {
+		ts := &ctl.TunnelStatus{Up: reach.TunnelUp, Via: reach.TunnelVia}
+		if reach.TunnelError != nil {
+			ts.Error = reach.TunnelError.Error()
+		}
+		st.Rendezvous.Tunnel = ts
 	}
 	for _, r := range d.store.List() {
 		switch r.State {
@@ -93,7 +106,7 @@ func (d *Daemon) handlePeers(w http.ResponseWriter, r *http.Request) error {
 	out := ctl.PeerList{Peers: []ctl.Peer{}}
 	for _, p := range d.node.Peers() {
 		cp := ctl.Peer{
-			Addr: p.Addr.String(), Key: p.Key.String(), Path: p.Path, Standby: p.Standby, Outgoing: p.Outgoing,
+			Addr: p.Addr.String(), Key: p.Key.String(), Path: p.Path, Standby: p.Standby, Transport: p.Transport, Outgoing: p.Outgoing,
 			Found: p.Found, SetupMillis: ms(p.Setup),
 			Since: p.Since.UTC(), RTTMillis: ms(p.RTT), BytesSent: p.BytesSent, BytesReceived: p.BytesReceived,
 		}

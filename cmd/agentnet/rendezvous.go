@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agentnet/agentnet/rendezvous"
+	"github.com/agentnet/agentnet/rendezvous/relay"
 )
 
 // DefaultRendezvousPort is the UDP port a rendezvous listens on by default.
@@ -25,6 +27,10 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", fmt.Sprintf(":%d", DefaultRendezvousPort), "UDP address to serve on")
 	data := fs.String("data", defaultDataDir("rendezvous"), "state directory (identity, registry)")
+	listenTCP := fs.String("listen-tcp", "", "TCP address of the TLS/WebSocket listener for agents whose network lets no UDP out (production: :443; empty: off)")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate the TCP listener presents (default: the server key's self-signed one, which agents pin)")
+	tlsKey := fs.String("tls-key", "", "PEM key of -tls-cert")
+	relayRate := fs.Int("relay-rate", 0, fmt.Sprintf("relay budget per session, bytes/s, both directions (default %d)", relay.DefaultRate))
 	verbose := fs.Bool("v", false, "log debug messages")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -34,7 +40,25 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	srv, err := rendezvous.NewServer(rendezvous.ServerConfig{Addr: *listen, DataDir: *data, Logger: log})
+	cfg := rendezvous.ServerConfig{Addr: *listen, DataDir: *data, Logger: log,
+		TCP: rendezvous.TCPConfig{Addr: *listenTCP}, Limits: rendezvous.Limits{RelayRate: *relayRate}}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		fmt.Fprintln(stderr, "agentnet rendezvous: -tls-cert and -tls-key go together")
+		return 2
+	}
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			fmt.Fprintln(stderr, "agentnet rendezvous: TLS certificate:", err)
+			return 1
+		}
+		cfg.TCP.Certificate = &cert
+	}
+	if *relayRate < 0 {
+		fmt.Fprintln(stderr, "agentnet rendezvous: -relay-rate must not be negative")
+		return 2
+	}
+	srv, err := rendezvous.NewServer(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "agentnet rendezvous:", err)
 		return 1
@@ -44,6 +68,9 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return 1
 	}
 	fmt.Fprintf(stdout, "rendezvous listening on %s\nserver key %s\nstate in %s\n", srv.Addr(), srv.PublicKey(), *data)
+	if a := srv.TCPAddr(); a != nil {
+		fmt.Fprintf(stdout, "TCP (TLS/WebSocket) on %s\n", a)
+	}
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -44,6 +44,9 @@ func init() {
 			fmt.Fprintln(tw, "ADDR\tHOSTNAME\tPATH\tFOUND\tSETUP\tREMOTE\tRTT\tSENT\tRECEIVED")
 			for _, p := range pl.Peers {
 				path := p.Path
+				if p.Transport == "tcp" {
+					path += " over tcp"
+				}
 				if p.Standby {
 					path += " (standby)"
 				}
@@ -100,6 +103,9 @@ func printStatus(w io.Writer, st ctl.Status) {
 	reg := "not registered"
 	if st.Rendezvous.Registered {
 		reg = "registered"
+		if t := st.Rendezvous.Transport; t != "" {
+			reg += " over " + t
+		}
 	}
 	if st.Rendezvous.Error != "" {
 		reg += ": " + st.Rendezvous.Error
@@ -108,6 +114,16 @@ func printStatus(w io.Writer, st ctl.Status) {
 	fmt.Fprintf(tw, "hostname\t%s\n", dash(st.Hostname))
 	fmt.Fprintf(tw, "key\t%s\n", st.Key)
 	fmt.Fprintf(tw, "rendezvous\t%s (%s, %s)\n", st.Rendezvous.Addr, st.Rendezvous.Mode, reg)
+	if r := st.Rendezvous; r.Transport == "tcp" || r.Tunnel != nil {
+		line := r.TransportReason
+		if r.Tunnel != nil {
+			line += fmt.Sprintf("; tunnel to %s via %s", r.TCP, r.Tunnel.Via)
+			if !r.Tunnel.Up && r.Tunnel.Error != "" {
+				line += " (down: " + r.Tunnel.Error + ")"
+			}
+		}
+		fmt.Fprintf(tw, "transport\t%s\n", line)
+	}
 	nat := st.NAT.Kind
 	if st.NAT.Mapped != "" {
 		nat += " (mapped " + st.NAT.Mapped + ")"
