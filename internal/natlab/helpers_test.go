@@ -143,6 +143,7 @@ type world struct {
 	host    *natlab.Host
 	r1, r1b *reflector // same host, ports 3478 and 3479
 	r2      *reflector // another host
+	r1host  *natlab.Host
 }
 
 func newWorld(tb testing.TB, kind natlab.Kind) *world {
@@ -153,11 +154,12 @@ func newWorld(tb testing.TB, kind natlab.Kind) *world {
 	site := lab.AddSite("site", kind)
 	host := site.AddHost("a")
 	return &world{
-		lab:  lab,
-		site: site,
-		host: host,
-		r1:   startReflector(tb, h1, 3478),
-		r1b:  startReflector(tb, h1, 3479),
-		r2:   startReflector(tb, h2, 3478),
+		lab:    lab,
+		site:   site,
+		host:   host,
+		r1:     startReflector(tb, h1, 3478),
+		r1b:    startReflector(tb, h1, 3479),
+		r2:     startReflector(tb, h2, 3478),
+		r1host: h1,
 	}
 }

@@ -1,11 +1,17 @@
 package natlab_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -374,4 +380,86 @@ func TestSetRate(t *testing.T) {
 		require.Greater(t, slow, 200*time.Millisecond)
 		require.Less(t, fast, slow/2)
 	}
+}
+
+// TestTCPOnlyBlocks: BlockAllUDP stops UDP but not TCP; AllowOnlyTCPTo lets
+// only TCP with one address:port through; ResetTCPTo cuts a live TCP
+// connection with a reset; a real tinyproxy with Basic auth answers a
+// CONNECT from the site.
+func TestTCPOnlyBlocks(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	w := newWorld(t, natlab.KindHome)
+	c := listen(t, w.host)
+	mustObserve(t, c, w.r1)
+	pub := w.r1host
+	ln, err := pub.ListenTCP(":8443")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the listener closes (cleanups run last first)
+	t.Cleanup(func() { ln.Close() })
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				io.Copy(conn, conn)
+			})
+		}
+	})
+	server := netip.AddrPortFrom(pub.IP(), 8443)
+	echoTCP := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		conn, err := w.host.DialContext(ctx, "tcp", server.String())
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err = io.ReadFull(conn, make([]byte, 1))
+		return err
+	}
+
+	require.NoError(t, w.site.BlockAllUDP())
+	_, err = observe(c, w.r1.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "UDP is blocked")
+	require.NoError(t, echoTCP(), "TCP still crosses")
+	require.NoError(t, w.site.Unblock())
+
+	proxy := pub.StartHTTPProxy(t, 3128, "agent", "pw")
+	require.NoError(t, w.site.AllowOnlyTCPTo(proxy))
+	_, err = observe(c, w.r1.addr, 2)
+	require.ErrorIs(t, err, errNoReply, "UDP is blocked")
+	require.Error(t, echoTCP(), "TCP to anything but the proxy is blocked")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pc, err := w.host.DialContext(ctx, "tcp", proxy.String())
+	require.NoError(t, err)
+	fmt.Fprintf(pc, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", server, server, base64.StdEncoding.EncodeToString([]byte("agent:pw")))
+	pc.SetDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(pc), nil)
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode, "tinyproxy tunnels to the server")
+	pc.Close()
+	require.NoError(t, w.site.Unblock())
+
+	// A live connection is cut by a reset at its next packet.
+	conn, err := w.host.DialContext(ctx, "tcp", server.String())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, w.site.ResetTCPTo(server))
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	conn.Write([]byte("x"))
+	_, err = io.ReadFull(conn, make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	require.NoError(t, w.site.Unreset())
+	require.NoError(t, echoTCP(), "after Unreset TCP works again")
 }

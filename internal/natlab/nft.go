@@ -152,13 +152,31 @@ func impairRules(loss int, blocks []block) []string {
 	return rules
 }
 
-// block is one UDP block on a router's WAN link.
+// block is one block on a router's WAN link: UDP to or except prefixes,
+// or (tcpOnly) everything but TCP with one address and port, or (reset)
+// TCP to one address and port answered with resets.
 type block struct {
-	except bool           // block everything except prefixes
-	prefix []netip.Prefix // blocked (or, with except, allowed) peers
+	except  bool           // block everything except prefixes
+	prefix  []netip.Prefix // blocked (or, with except, allowed) peers
+	tcpOnly netip.AddrPort // valid: only TCP with this address:port crosses
+	reset   netip.AddrPort // valid: TCP to this address:port gets a reset
 }
 
 func (bl block) rules() []string {
+	if ap := bl.tcpOnly; ap.IsValid() {
+		a, p := ap.Addr().String(), ap.Port()
+		return []string{
+			fmt.Sprintf("oifname %q ip daddr != %s drop", wanIf, a),
+			fmt.Sprintf("oifname %q meta l4proto != tcp drop", wanIf),
+			fmt.Sprintf("oifname %q tcp dport != %d drop", wanIf, p),
+			fmt.Sprintf("iifname %q ip saddr != %s drop", wanIf, a),
+			fmt.Sprintf("iifname %q meta l4proto != tcp drop", wanIf),
+			fmt.Sprintf("iifname %q tcp sport != %d drop", wanIf, p),
+		}
+	}
+	if ap := bl.reset; ap.IsValid() {
+		return []string{fmt.Sprintf("oifname %q ip daddr %s tcp dport %d reject with tcp reset", wanIf, ap.Addr(), ap.Port())}
+	}
 	if bl.except {
 		if len(bl.prefix) == 0 {
 			return []string{

@@ -315,6 +315,46 @@ func (s *Site) BlockUDPExcept(allow ...netip.Prefix) error {
 	return s.addBlock(block{except: true, prefix: slices.Clone(allow)})
 }
 
+// BlockAllUDP drops all UDP between the site and the internet, as many
+// corporate networks and hosted sandboxes do; TCP still crosses. Unblock
+// lifts it.
+func (s *Site) BlockAllUDP() error { return s.addBlock(block{except: true}) }
+
+// AllowOnlyTCPTo drops everything between the site and the internet but
+// TCP with ap (an HTTP proxy, say): no direct route at all. Unblock lifts it.
+func (s *Site) AllowOnlyTCPTo(ap netip.AddrPort) error {
+	if !ap.IsValid() || !ap.Addr().Is4() {
+		return fmt.Errorf("natlab: bad address %v", ap)
+	}
+	return s.addBlock(block{tcpOnly: ap})
+}
+
+// ResetTCPTo makes the site's router answer TCP from the site to ap with
+// resets (nft "reject with tcp reset"), which cuts the site's live TCP
+// connections to ap at their next packet; Unblock lifts it (with the other
+// blocks).
+func (s *Site) ResetTCPTo(ap netip.AddrPort) error {
+	if !ap.IsValid() || !ap.Addr().Is4() {
+		return fmt.Errorf("natlab: bad address %v", ap)
+	}
+	return s.addBlock(block{reset: ap})
+}
+
+// Unreset removes the blocks ResetTCPTo set; the other blocks stay.
+func (s *Site) Unreset() error {
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	kept := r.blocks[:0]
+	for _, b := range r.blocks {
+		if !b.reset.IsValid() {
+			kept = append(kept, b)
+		}
+	}
+	r.blocks = kept
+	return r.applyImpairLocked()
+}
+
 func (s *Site) addBlock(b block) error {
 	r := s.outer
 	r.mu.Lock()
@@ -323,8 +363,8 @@ func (s *Site) addBlock(b block) error {
 	return r.applyImpairLocked()
 }
 
-// Unblock removes every block set by BlockUDPTo and BlockUDPExcept. Loss
-// stays.
+// Unblock removes every block (BlockUDPTo, BlockUDPExcept, BlockAllUDP,
+// AllowOnlyTCPTo, ResetTCPTo). Loss stays.
 func (s *Site) Unblock() error {
 	r := s.outer
 	r.mu.Lock()
