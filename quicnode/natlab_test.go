@@ -35,7 +35,10 @@ type labNet struct {
 	pairs int // sites made by pair, for unique names
 }
 
-const labRendezvousPort = 7420
+const (
+	labRendezvousPort    = 7420
+	labRendezvousTCPPort = 443
+)
 
 func newLabNet(t *testing.T) *labNet {
 	t.Helper()
@@ -48,10 +51,13 @@ func newLabNet(t *testing.T) *labNet {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
+	tcp, err := h.ListenTCP(fmt.Sprintf("%s:%d", h.IP(), labRendezvousTCPPort))
+	require.NoError(t, err)
 	srv, err := rendezvous.NewServer(rendezvous.ServerConfig{
 		Conn:      listen(labRendezvousPort),
 		STUNConn:  listen(labRendezvousPort + 1),
 		RelayConn: listen(labRendezvousPort + 2),
+		TCP:       rendezvous.TCPConfig{Listener: tcp},
 		DataDir:   t.TempDir(),
 		Limits:    rendezvous.Limits{RelayRate: 256 << 20, RelayBurst: 16 << 20},
 	})
@@ -67,7 +73,17 @@ func (ln *labNet) rdvAddr() string {
 
 // startLabNode starts a node whose sockets live in host's namespace.
 func (ln *labNet) startLabNode(h *natlab.Host, hostname string) *Node {
-	t := ln.t
+	ln.t.Helper()
+	return ln.startLabNodeWith(ln.t, h, hostname, nil, true)
+}
+
+func (ln *labNet) rdvTCPAddr() string {
+	return netip.AddrPortFrom(ln.rdv.IP(), labRendezvousTCPPort).String()
+}
+
+// startLabNodeWith starts a lab node, letting mod change its Config
+// first; with wait, it waits for the registration.
+func (ln *labNet) startLabNodeWith(t *testing.T, h *natlab.Host, hostname string, mod func(*Config), wait bool) *Node {
 	t.Helper()
 	st, err := trustdb.Open(t.TempDir())
 	require.NoError(t, err)
@@ -77,15 +93,22 @@ func (ln *labNet) startLabNode(h *natlab.Host, hostname string) *Node {
 	require.NoError(t, err)
 	relay, err := h.ListenUDP(netip.AddrPortFrom(h.IP(), 0).String())
 	require.NoError(t, err)
-	n, err := New(Config{
+	cfg := Config{
 		Store: st, Conn: main, RelayConn: relay, Hostname: hostname,
 		RendezvousAddr: ln.rdvAddr(), RendezvousKey: ln.srv.PublicKey(),
 		ListenUDP: func(network, laddr string) (net.PacketConn, error) { return h.ListenUDP(laddr) },
-	})
+		DialTCP:   h.DialContext,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	n, err := New(cfg)
 	require.NoError(t, err)
-	ctx := ctxT(t, 10*time.Second)
+	ctx := ctxT(t, 15*time.Second)
 	require.NoError(t, n.Start(ctx))
-	require.NoError(t, n.WaitRendezvous(ctx))
+	if wait {
+		require.NoError(t, n.WaitRendezvous(ctx))
+	}
 	t.Cleanup(func() { n.Close(); st.Close() })
 	return n
 }

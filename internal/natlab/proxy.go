@@ -57,4 +57,3 @@ func (h *Host) StartHTTPProxy(tb testing.TB, port uint16, user, pass string) net
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-

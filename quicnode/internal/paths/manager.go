@@ -555,7 +555,7 @@ type LinkStatus struct {
 	Kind          Kind
 	Transport     Transport // what carries it: UDP, or the TCP tunnel (relayed links)
 	Standby       bool      // kept as a fallback; new streams use the other link
-	Remote        net.Addr // the UDP address in use (a relay session for relayed links)
+	Remote        net.Addr  // the UDP address in use (a relay session for relayed links)
 	Outgoing      bool
 	Found         Phase
 	Setup         time.Duration

@@ -362,4 +362,3 @@ func (m *Manager) relayServer(g netip.AddrPort) netip.AddrPort {
 	defer m.reach.mu.Unlock()
 	return netip.AddrPortFrom(m.reach.udpAddr.Addr(), g.Port())
 }
-
