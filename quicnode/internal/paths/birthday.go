@@ -260,7 +260,7 @@ func (m *Manager) birthdayRead(ps *punchSession, c net.PacketConn, i int, hits c
 		from := ua.AddrPort()
 		b := buf[:k]
 		p, err := probe.Parse(b)
-		if err != nil || p.TokenID != ps.id || p.Sender != ps.peerNode || probe.Verify(b, ps.token) != nil {
+		if err != nil || p.Session != ps.id || probe.Verify(b, ps.token, ps.peerNode) != nil {
 			continue
 		}
 		select {

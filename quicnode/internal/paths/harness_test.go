@@ -32,6 +32,14 @@ type testNet struct {
 	router simnet.PerfectRouter
 	mu     sync.Mutex
 	cut    map[[2]netip.AddrPort]bool
+	tap    func(simnet.Packet) // sees every packet sent, cut or not
+}
+
+// setTap makes f see every packet sent from now on.
+func (n *testNet) setTap(f func(simnet.Packet)) {
+	n.mu.Lock()
+	n.tap = f
+	n.mu.Unlock()
 }
 
 // SendPacket implements simnet.Router, dropping cut pairs.
@@ -39,7 +47,11 @@ func (n *testNet) SendPacket(p simnet.Packet) error {
 	from, to := p.From.(*net.UDPAddr).AddrPort(), p.To.(*net.UDPAddr).AddrPort()
 	n.mu.Lock()
 	drop := n.cut[[2]netip.AddrPort{from, to}]
+	tap := n.tap
 	n.mu.Unlock()
+	if tap != nil {
+		tap(p)
+	}
 	if drop {
 		return nil
 	}

@@ -129,7 +129,7 @@ type Manager struct {
 	dialing      map[addressing.PublicKey]*dialCall
 	peersChanged chan struct{} // closed and replaced on every change of peers
 	hints        map[addressing.PublicKey]netip.AddrPort
-	punches      map[[8]byte]*punchSession // by token ID
+	punches      map[[8]byte]*punchSession // by the session ID of the peer's probes
 	birthdays    map[addressing.PublicKey]birthdayRole
 
 	stun        stunWaiters
