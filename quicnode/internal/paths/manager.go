@@ -86,7 +86,7 @@ type Config struct {
 	QUIC             *quic.Config // for peer connections; required
 	HandshakeTimeout time.Duration
 	// StatelessResetKey is set on every transport the manager opens (main,
-	// relay, birthday). Derived from the node's identity, it stays the same
+	// relay, birthday, TCP tunnel). Derived from the identity, it stays the same
 	// across restarts, so a restarted node answers packets of its previous
 	// run's connections with a stateless reset and peers drop them at once
 	// (RFC 9000 §10.3). Nil: no resets are sent (stale connections die on
@@ -568,7 +568,7 @@ type LinkStatus struct {
 	Kind          Kind
 	Transport     Transport // what carries it: UDP, or the TCP tunnel (relayed links)
 	Standby       bool      // kept as a fallback; new streams use the other link
-	Remote        net.Addr // the UDP address in use (a relay session for relayed links)
+	Remote        net.Addr  // the UDP address in use (a relay session for relayed links)
 	Outgoing      bool
 	Found         Phase
 	Setup         time.Duration
