@@ -2,6 +2,7 @@ package quicnode
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -177,8 +178,11 @@ func (n *Node) Start(ctx context.Context) error {
 		ListenUDP:        n.cfg.ListenUDP,
 		QUIC:             n.qconf,
 		HandshakeTimeout: n.cfg.handshakeTimeout(),
-		Hints:            storeHints{n.store},
-		Logger:           n.log.With("component", "paths"),
+		// Derived from the identity: the same after a restart, so peers'
+		// connections of our previous run are reset at once.
+		StatelessResetKey: resetKey(n.id),
+		Hints:             storeHints{n.store},
+		Logger:            n.log.With("component", "paths"),
 	})
 	if err != nil {
 		conn.Close()
@@ -233,6 +237,12 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.log.Info("node started", "addr", n.addr, "local", conn.LocalAddr())
 	return nil
+}
+
+// resetKey derives the node's stateless reset key from its identity.
+func resetKey(id *trustdb.Identity) *quic.StatelessResetKey {
+	k := quic.StatelessResetKey(sha256.Sum256(append([]byte("agentnet node stateless reset v1\x00"), id.PrivateKey().Seed()...)))
+	return &k
 }
 
 // WaitRendezvous blocks until the node is registered at the rendezvous.

@@ -10,7 +10,6 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/probe"
-	"github.com/quic-go/quic-go"
 )
 
 // Birthday punching: a hard NAT (endpoint-dependent mapping, "symmetric")
@@ -261,7 +260,7 @@ func (m *Manager) birthdayRead(ps *punchSession, c net.PacketConn, i int, hits c
 		from := ua.AddrPort()
 		b := buf[:k]
 		p, err := probe.Parse(b)
-		if err != nil || p.TokenID != ps.id || p.Sender != ps.peerNode || probe.Verify(b, ps.token) != nil {
+		if err != nil || p.Session != ps.id || probe.Verify(b, ps.token, ps.peerNode) != nil {
 			continue
 		}
 		select {
@@ -277,7 +276,7 @@ func (m *Manager) birthdayRead(ps *punchSession, c net.PacketConn, i int, hits c
 // may dial) on the winning socket, dials the peer from it, and keeps the
 // transport as long as a direct link of the peer uses it.
 func (m *Manager) birthdayLink(ps *punchSession, udp net.PacketConn, to netip.AddrPort) {
-	tr := &quic.Transport{Conn: udp}
+	tr := m.transport(udp)
 	defer func() {
 		tr.Close()
 		udp.Close()

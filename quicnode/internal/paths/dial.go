@@ -27,6 +27,7 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 		if p := m.peers[key]; p != nil {
 			if l := p.best(); l != nil {
 				m.mu.Unlock()
+				m.pokeIfQuiet(l)
 				return l, nil
 			}
 		}

@@ -39,7 +39,12 @@
 // every upgradeEvery and re-checks the NAT every minute; every
 // livenessPeriod it closes links that sent but heard nothing for PathDead
 // (and re-dials the ones we had dialled), so a dead path fails streams in
-// seconds instead of QUIC's idle timeout.
+// seconds instead of QUIC's idle timeout. A peer that restarted is
+// noticed sooner (stale.go): every transport has a stateless reset key
+// derived from the identity, a link reused after a short silence is first
+// poked with a heartbeat large enough to draw the restarted peer's reset,
+// and a peer dialling us anew while our winning link to it is silent gets
+// that link closed instead of being refused as a duplicate.
 //
 // # Goroutines
 //

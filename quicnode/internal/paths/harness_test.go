@@ -2,6 +2,7 @@ package paths
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -31,6 +32,14 @@ type testNet struct {
 	router simnet.PerfectRouter
 	mu     sync.Mutex
 	cut    map[[2]netip.AddrPort]bool
+	tap    func(simnet.Packet) // sees every packet sent, cut or not
+}
+
+// setTap makes f see every packet sent from now on.
+func (n *testNet) setTap(f func(simnet.Packet)) {
+	n.mu.Lock()
+	n.tap = f
+	n.mu.Unlock()
 }
 
 // SendPacket implements simnet.Router, dropping cut pairs.
@@ -38,7 +47,11 @@ func (n *testNet) SendPacket(p simnet.Packet) error {
 	from, to := p.From.(*net.UDPAddr).AddrPort(), p.To.(*net.UDPAddr).AddrPort()
 	n.mu.Lock()
 	drop := n.cut[[2]netip.AddrPort{from, to}]
+	tap := n.tap
 	n.mu.Unlock()
+	if tap != nil {
+		tap(p)
+	}
 	if drop {
 		return nil
 	}
@@ -130,7 +143,10 @@ func (h *testHost) ServeLink(l *Link) {
 			if err != nil {
 				return
 			}
-			h.m.HandleControl(l, b)
+			h.mu.Lock()
+			m := h.m
+			h.mu.Unlock()
+			m.HandleControl(l, b)
 		}
 	}()
 	for {
@@ -160,12 +176,34 @@ func testQUIC() *quic.Config {
 func newTestManager(t testing.TB, tn *testNet, addr string) (*Manager, *testHost) {
 	t.Helper()
 	h := newTestHost(t)
-	m, err := New(Config{Self: h.id.PublicKey(), Host: h, Conn: tn.listen(addr), QUIC: testQUIC()})
+	return startTestManager(t, tn, addr, h), h
+}
+
+// startTestManager starts a manager for h on addr of net (h.m is set to
+// it), with a stateless reset key derived from h's identity as nodes do.
+func startTestManager(t testing.TB, tn *testNet, addr string, h *testHost) *Manager {
+	t.Helper()
+	key := quic.StatelessResetKey(sha256.Sum256(append([]byte("paths test reset\x00"), h.id.PrivateKey().Seed()...)))
+	m, err := New(Config{Self: h.id.PublicKey(), Host: h, Conn: tn.listen(addr), QUIC: testQUIC(), StatelessResetKey: &key})
 	require.NoError(t, err)
+	h.mu.Lock()
 	h.m = m
+	h.mu.Unlock()
 	require.NoError(t, m.Start())
 	t.Cleanup(func() { m.Close(CodeClosing, "test done") })
-	return m, h
+	return m
+}
+
+// crash closes m as a killed process would: nothing it sends on the way
+// out (CONNECTION_CLOSE) reaches its peers at peerAddrs.
+func crash(tn *testNet, m *Manager, peerAddrs ...net.Addr) {
+	for _, p := range peerAddrs {
+		tn.setCut(m.LocalAddr(), p, true)
+	}
+	m.Close(CodeClosing, "crash")
+	for _, p := range peerAddrs {
+		tn.setCut(m.LocalAddr(), p, false)
+	}
 }
 
 // trustPair makes a and b admit each other.

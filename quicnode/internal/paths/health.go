@@ -156,6 +156,7 @@ func (m *Manager) checkPaths() {
 	}
 	m.mu.Unlock()
 	for _, l := range links {
+		l.quietFor(now)
 		st := l.Conn.ConnectionStats()
 		switch {
 		case l.lastHeard.IsZero() || st.PacketsReceived != l.recvCount:

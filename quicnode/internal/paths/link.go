@@ -59,8 +59,12 @@ type Link struct {
 	Setup    time.Duration // from the start of the dial to the link; 0 if incoming
 	Since    time.Time
 
-	lastPong atomic.Int64 // unix nanoseconds of the last heartbeat answer
-	dgrams   atomic.Bool  // the host started its datagram loop (StartDatagrams)
+	lastPong  atomic.Int64  // unix nanoseconds of the last heartbeat answer
+	rxCount   atomic.Uint64 // PacketsReceived at the last quietFor
+	rxAt      atomic.Int64  // unix nanoseconds: no packet heard since (see quietFor)
+	rxCheckAt atomic.Int64  // unix nanoseconds of the last quietFor
+	pokedAt   atomic.Int64  // unix nanoseconds of the last poke (stale.go)
+	dgrams    atomic.Bool   // the host started its datagram loop (StartDatagrams)
 
 	// Path liveness, touched only by the maintenance loop.
 	recvCount    uint64    // PacketsReceived at the last check

@@ -85,8 +85,15 @@ type Config struct {
 
 	QUIC             *quic.Config // for peer connections; required
 	HandshakeTimeout time.Duration
-	Hints            HintStore // nil: hints live in memory only
-	Logger           *slog.Logger
+	// StatelessResetKey is set on every transport the manager opens (main,
+	// relay, birthday, TCP tunnel). Derived from the identity, it stays the same
+	// across restarts, so a restarted node answers packets of its previous
+	// run's connections with a stateless reset and peers drop them at once
+	// (RFC 9000 §10.3). Nil: no resets are sent (stale connections die on
+	// PathDead or QUIC's idle timeout).
+	StatelessResetKey *quic.StatelessResetKey
+	Hints             HintStore // nil: hints live in memory only
+	Logger            *slog.Logger
 }
 
 // Manager owns every path to every peer: the transports (the main socket,
@@ -122,7 +129,7 @@ type Manager struct {
 	dialing      map[addressing.PublicKey]*dialCall
 	peersChanged chan struct{} // closed and replaced on every change of peers
 	hints        map[addressing.PublicKey]netip.AddrPort
-	punches      map[[8]byte]*punchSession // by token ID
+	punches      map[[8]byte]*punchSession // by the session ID of the peer's probes
 	birthdays    map[addressing.PublicKey]birthdayRole
 
 	stun        stunWaiters
@@ -199,7 +206,7 @@ func New(cfg Config) (*Manager, error) {
 // On failure everything it opened is closed (Conn included).
 func (m *Manager) Start() (err error) {
 	m.conn = m.cfg.Conn
-	m.tr = &quic.Transport{Conn: m.conn}
+	m.tr = m.transport(m.conn)
 	defer func() {
 		if err != nil {
 			m.shutdownTransports()
@@ -224,7 +231,7 @@ func (m *Manager) Start() (err error) {
 			}
 		}
 		m.relay = newRelayConn(rc)
-		m.relayTr = &quic.Transport{Conn: m.relay}
+		m.relayTr = m.transport(m.relay)
 		if m.relayLn, err = m.relayTr.Listen(m.host.ServerTLS(), m.relayQconf); err != nil {
 			return fmt.Errorf("paths: relay listen: %w", err)
 		}
@@ -234,6 +241,11 @@ func (m *Manager) Start() (err error) {
 	}
 	m.g.Go(m.maintainLoop)
 	return nil
+}
+
+// transport returns a QUIC transport on c with the node's reset key.
+func (m *Manager) transport(c net.PacketConn) *quic.Transport {
+	return &quic.Transport{Conn: c, StatelessResetKey: m.cfg.StatelessResetKey}
 }
 
 // Transport returns the main QUIC transport (for the rendezvous client:
@@ -323,6 +335,7 @@ func (m *Manager) admit(conn *quic.Conn, kind Kind) {
 		conn.CloseWithError(CodeNotTrusted, "not trusted")
 		return
 	}
+	m.settleStale(key, kind)
 	l, err := m.addLink(conn, key, kind, false, PhaseIncoming, 0)
 	if err != nil {
 		return

@@ -35,8 +35,8 @@ type punchSession struct {
 	key      addressing.PublicKey
 	peerNode addressing.NodeID
 	token    [probe.TokenSize]byte
-	id       [8]byte
-	dialer   bool // we dial QUIC to where genuine probes come from
+	id       [8]byte // the session ID of the peer's probes
+	dialer   bool    // we dial QUIC to where genuine probes come from
 	deadline time.Time
 	start    time.Time  // when the dial (or the introduction) began
 	direct   chan *Link // the first direct link this session made
@@ -184,7 +184,7 @@ func (m *Manager) startPunch(intro rendezvous.Introduce, start time.Time) *punch
 		key:      intro.Peer,
 		peerNode: intro.Peer.NodeID(),
 		token:    intro.Token,
-		id:       probe.TokenID(intro.Token),
+		id:       probe.SessionID(intro.Token, intro.Peer.NodeID()),
 		deadline: time.Now().Add(punchWindow),
 		start:    start,
 		direct:   make(chan *Link, 1),
@@ -269,9 +269,9 @@ func (m *Manager) handleProbe(b []byte, from netip.AddrPort) {
 		return
 	}
 	m.mu.Lock()
-	ps := m.punches[p.TokenID]
+	ps := m.punches[p.Session]
 	m.mu.Unlock()
-	if ps == nil || probe.Verify(b, ps.token) != nil || p.Sender != ps.peerNode {
+	if ps == nil || probe.Verify(b, ps.token, ps.peerNode) != nil {
 		return
 	}
 	from = unmap(from)

@@ -217,7 +217,7 @@ func (m *Manager) ensureTunnel() (*tunnel.Client, *quic.Transport, error) {
 		return nil, nil, fmt.Errorf("paths: %w", err)
 	}
 	r.tun = tun
-	r.tunTr = &quic.Transport{Conn: tun.QUIC()}
+	r.tunTr = m.transport(tun.QUIC())
 	if m.relay != nil {
 		m.relay.setTunnel(tun)
 	}
