@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,7 +30,7 @@ import (
 //	pending:   target key ‖ requester key → pending request
 //	pairs:     lower key ‖ higher key → trust pair
 //	mail:      recipient key → bucket{ uint64 id → time ‖ message }
-//	meta:      "agent_count" → uint64
+//	meta:      "agent_count" → uint64, "server_key" → public key
 //
 // and the network buckets drawn in boltnet.go.
 type BoltStore struct {
@@ -48,6 +49,7 @@ var (
 	bucketMeta      = []byte("meta")
 
 	metaAgentCount = []byte("agent_count")
+	metaServerKey  = []byte("server_key")
 )
 
 // recordVersion is the first byte of every encoded record.
@@ -55,7 +57,19 @@ const recordVersion = 1
 
 // OpenBoltStore opens (creating if needed) the store at path. A second opener
 // of the same file fails after a short timeout.
+//
+// An existing file is checked before anything is written to it (see
+// boltcheck.go: size, meta pages, every page, bbolt's consistency check);
+// a damaged one is never opened or overwritten: the error wraps
+// ErrStoreDamaged and says how to restore the last good copy (Snapshot).
 func OpenBoltStore(path string) (*BoltStore, error) {
+	if _, err := os.Stat(path); err == nil {
+		if err := verifyBoltStore(path); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("rendezvous: open store %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -212,6 +226,22 @@ func (t boltTx) PutAgent(r AgentRecord) error {
 		}
 	}
 	return t.b(bucketAgents).Put(r.Key[:], encodeAgent(r))
+}
+
+func (t boltTx) ServerKey() (addressing.PublicKey, bool, error) {
+	v := t.b(bucketMeta).Get(metaServerKey)
+	if v == nil {
+		return addressing.PublicKey{}, false, nil
+	}
+	k, ok := addressing.PublicKeyFromSlice(v)
+	if !ok {
+		return k, false, errors.New("rendezvous: store: corrupt server key")
+	}
+	return k, true, nil
+}
+
+func (t boltTx) PutServerKey(k addressing.PublicKey) error {
+	return t.b(bucketMeta).Put(metaServerKey, k[:])
 }
 
 func (t boltTx) SeeNonce(from addressing.PublicKey, nonce [trustdb.NonceSize]byte, tm time.Time) (bool, error) {

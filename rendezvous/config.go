@@ -50,11 +50,20 @@ type ServerConfig struct {
 	// source address per packet).
 	RelayAddr string
 	// DataDir holds the identity and the state (DataDir/rendezvous.db,
-	// bbolt). "" keeps state in a temporary file deleted on Close (tests).
+	// bbolt, checked for damage when opened; a clean Close leaves its last
+	// good copy in DataDir/rendezvous.db.last-good). "" keeps state in a
+	// temporary file deleted on Close (tests).
 	DataDir string
 	// Store, if set, replaces the bbolt file in DataDir. The caller keeps
 	// ownership: Close does not close it.
 	Store Store
+	// InitStore allows Start to begin with a missing or empty store although
+	// the server's identity (DataDir/identity.key) already exists: the
+	// operator's deliberate fresh start, or the first start of an existing
+	// server on a new Store. Without it Start refuses, with an error
+	// wrapping ErrStoreMismatch, so a lost store is never silently replaced
+	// by an empty one.
+	InitStore bool
 	// Logger receives diagnostics; nil discards them.
 	Logger *slog.Logger
 	// Limits bounds what clients can make the server do.

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +69,7 @@ type Server struct {
 	id       *trustdb.Identity
 	store    Store
 	ownStore bool
+	snapshot string // where Close writes the store's last good copy; "" for none
 	conn     *net.UDPConn
 	ownConn  bool
 	tr       *quic.Transport
@@ -237,6 +237,7 @@ func (s *Server) Start() (err error) {
 	s.started = true
 	defer func() {
 		if err != nil {
+			s.snapshot = "" // nothing served: the file is as it was
 			s.releaseLocked()
 		}
 	}()
@@ -246,27 +247,7 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("rendezvous: data dir: %w", err)
 		}
 	}
-	if s.id == nil {
-		if s.cfg.DataDir != "" {
-			s.id, _, err = trustdb.LoadOrCreateIdentity(filepath.Join(s.cfg.DataDir, "identity.key"))
-		} else {
-			s.id, err = trustdb.GenerateIdentity()
-		}
-		if err != nil {
-			return fmt.Errorf("rendezvous: server identity: %w", err)
-		}
-	}
-	switch {
-	case s.cfg.Store != nil:
-		s.store = s.cfg.Store
-	case s.cfg.DataDir != "":
-		s.store, err = OpenBoltStore(filepath.Join(s.cfg.DataDir, "rendezvous.db"))
-		s.ownStore = true
-	default:
-		s.store, err = openTempStore()
-		s.ownStore = true
-	}
-	if err != nil {
+	if err := s.openState(); err != nil {
 		return err
 	}
 
@@ -439,8 +420,13 @@ func (s *Server) releaseLocked() error {
 		}
 	}
 	if s.ownStore && s.store != nil {
+		if bs, ok := s.store.(*BoltStore); ok && s.snapshot != "" {
+			// The last good copy, for when the file is found damaged.
+			errs = append(errs, bs.Snapshot(s.snapshot))
+		}
 		errs = append(errs, s.store.Close())
 	}
+	s.snapshot = ""
 	s.ln, s.tr = nil, nil // s.relay stays, closed, for RelayStats
 	s.ownConn, s.ownStore, s.ownSTUN, s.ownRelay = false, false, false, false
 	return errors.Join(errs...)

@@ -43,6 +43,14 @@ type Tx interface {
 	// releases a hostname the key held before and no longer names.
 	PutAgent(r AgentRecord) error
 
+	// ServerKey returns the key of the server the store belongs to, as
+	// PutServerKey recorded it (false for a new, empty store). The server
+	// refuses to start on a store of another key, and, when its identity
+	// already existed, on a store without one (see Server.Start).
+	ServerKey() (addressing.PublicKey, bool, error)
+	// PutServerKey records k as the store's server key.
+	PutServerKey(k addressing.PublicKey) error
+
 	// SeeNonce records that from sent a message with nonce at time t and
 	// reports whether that (from, nonce) was recorded before.
 	SeeNonce(from addressing.PublicKey, nonce [trustdb.NonceSize]byte, t time.Time) (seen bool, err error)

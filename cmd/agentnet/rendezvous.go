@@ -25,6 +25,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", fmt.Sprintf(":%d", DefaultRendezvousPort), "UDP address to serve on")
 	data := fs.String("data", defaultDataDir("rendezvous"), "state directory (identity, registry)")
+	initStore := fs.Bool("init-store", false, "start with an empty store although the server identity exists (a deliberate fresh start)")
 	verbose := fs.Bool("v", false, "log debug messages")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -34,7 +35,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	srv, err := rendezvous.NewServer(rendezvous.ServerConfig{Addr: *listen, DataDir: *data, Logger: log})
+	srv, err := rendezvous.NewServer(rendezvous.ServerConfig{Addr: *listen, DataDir: *data, InitStore: *initStore, Logger: log})
 	if err != nil {
 		fmt.Fprintln(stderr, "agentnet rendezvous:", err)
 		return 1
