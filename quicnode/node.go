@@ -187,7 +187,7 @@ func (n *Node) Start(ctx context.Context) error {
 			Transport:  pm.Transport(),
 			ServerAddr: n.cfg.RendezvousAddr,
 			ServerKey:  n.cfg.RendezvousKey,
-			Pins:       storePins{n.store},
+			Pins:       storePins{s: n.store, legacy: "rendezvous-pin:" + n.cfg.RendezvousAddr},
 			Hostname:   n.cfg.Hostname,
 			LocalAddrs: paths.LocalCandidates(conn),
 			Deliver:    n.deliver,
@@ -450,18 +450,30 @@ func (h storeHints) SaveHint(k addressing.PublicKey, ap netip.AddrPort) error {
 	return h.s.SetMeta("peer-addr:"+k.String(), b)
 }
 
-// storePins keeps the rendezvous pin in the trust store's metadata.
-type storePins struct{ s *trustdb.Store }
+// storePins keeps the node's one rendezvous pin in the trust store's
+// metadata ("rendezvous-pin"). Earlier versions kept a pin per server
+// address ("rendezvous-pin:<addr>"); the one of the configured address is
+// adopted the first time.
+type storePins struct {
+	s      *trustdb.Store
+	legacy string // "rendezvous-pin:" + the configured server address
+}
 
-func (p storePins) Pin(server string) (addressing.PublicKey, bool) {
-	b, ok := p.s.Meta("rendezvous-pin:" + server)
+const pinMeta = "rendezvous-pin"
+
+func (p storePins) Pin() (addressing.PublicKey, bool) {
+	b, ok := p.s.Meta(pinMeta)
+	if !ok && p.legacy != "" {
+		if b, ok = p.s.Meta(p.legacy); ok {
+			_ = p.s.SetMeta(pinMeta, b) // best effort: the legacy pin stays too
+		}
+	}
 	if !ok {
 		return addressing.PublicKey{}, false
 	}
-	k, ok := addressing.PublicKeyFromSlice(b)
-	return k, ok
+	return addressing.PublicKeyFromSlice(b)
 }
 
-func (p storePins) SetPin(server string, k addressing.PublicKey) error {
-	return p.s.SetMeta("rendezvous-pin:"+server, k[:])
+func (p storePins) SetPin(k addressing.PublicKey) error {
+	return p.s.SetMeta(pinMeta, k[:])
 }

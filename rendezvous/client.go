@@ -37,14 +37,17 @@ const (
 	minRequestSize = 64
 )
 
-// PinStore remembers the server key a client trusted on first use.
-// Implementations must be safe for concurrent use; trustdb.Store's Meta
-// settings are a natural backing.
+// PinStore remembers the rendezvous key a node pinned: one key per node,
+// whatever name or address the server is configured under (so an alias or
+// a config edit such as localhost:7420 → 127.0.0.1:7420 cannot make the
+// node trust another key). It changes only when the user configures a key
+// explicitly (ClientConfig.ServerKey). Implementations must be safe for
+// concurrent use; trustdb.Store's Meta settings are a natural backing.
 type PinStore interface {
-	// Pin returns the key pinned for server ("host:port" as configured).
-	Pin(server string) (addressing.PublicKey, bool)
-	// SetPin pins k for server.
-	SetPin(server string, k addressing.PublicKey) error
+	// Pin returns the pinned key.
+	Pin() (addressing.PublicKey, bool)
+	// SetPin pins k, replacing the pinned key.
+	SetPin(k addressing.PublicKey) error
 }
 
 // ClientConfig configures a Client.
@@ -58,12 +61,13 @@ type ClientConfig struct {
 	// ServerAddr is the server's UDP address, "host:port". Required. It is
 	// resolved again on every connection attempt.
 	ServerAddr string
-	// ServerKey is the server's pinned key. If zero, Pins decides: a key
-	// pinned for ServerAddr is required, and with none the first key seen is
-	// trusted and pinned (trust on first use).
+	// ServerKey is the server's key, configured explicitly. If zero, Pins
+	// decides: the node's pinned key is required (whatever ServerAddr says),
+	// and with none the first key seen is trusted and pinned (trust on first
+	// use). If set, it is also pinned, replacing an earlier pin: configuring
+	// a key is how a user changes the pin.
 	ServerKey addressing.PublicKey
-	// Pins stores the trust-on-first-use pin; it may be nil when ServerKey
-	// is set.
+	// Pins stores the node's pin; it may be nil when ServerKey is set.
 	Pins PinStore
 	// Hostname is claimed at registration if not empty.
 	Hostname string
@@ -433,10 +437,10 @@ func (c *Client) dial() (*quic.Conn, error) {
 		return nil, fmt.Errorf("rendezvous: resolve %s: %w", c.cfg.ServerAddr, err)
 	}
 	want := c.cfg.ServerKey
-	tofu := false
+	tofu, pinned := false, false
 	if want.IsZero() {
-		if k, ok := c.cfg.Pins.Pin(c.cfg.ServerAddr); ok && !k.IsZero() {
-			want = k
+		if k, ok := c.cfg.Pins.Pin(); ok && !k.IsZero() {
+			want, pinned = k, true
 		} else {
 			tofu = true
 		}
@@ -461,20 +465,36 @@ func (c *Client) dial() (*quic.Conn, error) {
 	})
 	if err != nil {
 		if k := mismatch.Load(); k != nil {
-			return nil, fmt.Errorf("%w: %s presented %s, pinned %s", ErrServerKey, c.cfg.ServerAddr, k, want)
+			if pinned {
+				return nil, fmt.Errorf("%w: %s presented key %s, but this node pinned %s when it first met its rendezvous "+
+					"(one key per node, whatever the server's address); if the server's key changed on purpose, "+
+					"configure the new key explicitly (ClientConfig.ServerKey; agentnet up --rendezvous-key %s)",
+					ErrServerKey, c.cfg.ServerAddr, k, want, k)
+			}
+			return nil, fmt.Errorf("%w: %s presented key %s, not the configured %s", ErrServerKey, c.cfg.ServerAddr, k, want)
 		}
 		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
 	}
-	if tofu {
+	switch {
+	case tofu:
 		k, err := certs.PeerKey(qc.ConnectionState().TLS)
 		if err == nil {
-			err = c.cfg.Pins.SetPin(c.cfg.ServerAddr, k)
+			err = c.cfg.Pins.SetPin(k)
 		}
 		if err != nil {
 			qc.CloseWithError(0, "")
 			return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
 		}
 		c.log.Info("rendezvous server key pinned on first use", "server", c.cfg.ServerAddr, "key", k.String())
+	case !pinned && c.cfg.Pins != nil:
+		// A configured key: it becomes the pin (the user's explicit change).
+		if k, ok := c.cfg.Pins.Pin(); !ok || k != want {
+			if err := c.cfg.Pins.SetPin(want); err != nil {
+				qc.CloseWithError(0, "")
+				return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
+			}
+			c.log.Info("rendezvous server key pinned as configured", "server", c.cfg.ServerAddr, "key", want.String(), "replaced", k.String())
+		}
 	}
 	return qc, nil
 }
