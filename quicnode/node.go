@@ -232,6 +232,16 @@ func (n *Node) WaitRendezvous(ctx context.Context) error {
 	return n.rdv.WaitReady(ctx)
 }
 
+// RendezvousState returns the state of the node's rendezvous session
+// (registered, connecting, refused or closed, since when, the last
+// failure); ok is false if no rendezvous is configured.
+func (n *Node) RendezvousState() (st rendezvous.SessionState, ok bool) {
+	if n.rdv == nil {
+		return rendezvous.SessionState{}, false
+	}
+	return n.rdv.State(), true
+}
+
 // Close closes every peer connection, listener and packet conn, stops every
 // goroutine and waits for them. It is idempotent. The Store stays open.
 func (n *Node) Close() error {
@@ -474,6 +484,14 @@ func (p storePins) Pin() (addressing.PublicKey, bool) {
 	return addressing.PublicKeyFromSlice(b)
 }
 
+// SetPin also writes the configured address's legacy entry, for readers of
+// the earlier layout.
 func (p storePins) SetPin(k addressing.PublicKey) error {
-	return p.s.SetMeta(pinMeta, k[:])
+	if err := p.s.SetMeta(pinMeta, k[:]); err != nil {
+		return err
+	}
+	if p.legacy == "" {
+		return nil
+	}
+	return p.s.SetMeta(p.legacy, k[:])
 }

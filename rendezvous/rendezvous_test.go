@@ -507,7 +507,7 @@ func TestCrashRestart(t *testing.T) {
 	ctx := ctxT(t)
 	start := time.Now()
 	// Any packet of a client gets it a reset and it reconnects; an idle one
-	// sends its keepalive within KeepAlivePeriod.
+	// sends its Ping within PingPeriod.
 	lookup := func(from *agent, tg addressing.Target) bool {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()

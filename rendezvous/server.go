@@ -833,6 +833,9 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 			}
 			break
 		}
+		if f.Type == proto.TypePing {
+			continue // a heartbeat: QUIC's ack is the answer
+		}
 		if f.Type != proto.TypeAck {
 			s.stats.badFrames.Add(1)
 			break
