@@ -90,9 +90,20 @@ type Limits struct {
 	// are remembered (least recently used evicted; default 65536 each).
 	RateTableSize int
 	// MaxPendingPerTarget is the number of unanswered trust requests an agent
-	// can have waiting (default 64). Further requests are dropped (counted),
-	// and the requester gets the same answer as ever.
+	// (or a name no agent holds yet) can have waiting (default 64). When they
+	// are full, a request from a source prefix that holds fewer takes the
+	// slot of the oldest request of the prefix that holds the most, and a
+	// fellow network member's takes a stranger's (see pending.go); others
+	// are dropped (counted). The requester gets the same answer as ever.
 	MaxPendingPerTarget int
+	// MaxPendingPerKey, MaxPendingPerPrefix and MaxPendingTotal bound the
+	// unanswered requests one requester key may have (default 256), one
+	// source prefix (IPv4 /24, IPv6 /48; default 4096), and the server
+	// (default 1<<22). Requests over them are dropped (counted) with the
+	// usual answer.
+	MaxPendingPerKey    int
+	MaxPendingPerPrefix int
+	MaxPendingTotal     int
 	// MaxMailbox is the number of undelivered messages kept per agent
 	// (default 256).
 	MaxMailbox int
@@ -104,6 +115,16 @@ type Limits struct {
 	// MaxAgents is the number of registrations kept (default 1<<20); a new
 	// key over it is refused with proto.CodeLimit.
 	MaxAgents int
+	// MaxAgentsPerPrefix is the number of registrations kept for keys that
+	// first registered from one source prefix (IPv4 /24, IPv6 /48; default
+	// MaxAgents/64, at least 1024 or MaxAgents), so one source cannot fill
+	// MaxAgents; a new key over it is refused with proto.CodeLimit.
+	MaxAgentsPerPrefix int
+	// AgentTTL is how long a registration is kept while its agent is offline
+	// (default 90 days; online agents are kept): then its record goes and
+	// its hostname is free again. The address stays the agent's (it is its
+	// key's), and its trust pairs stay, so it simply registers again.
+	AgentTTL time.Duration
 	// RelayRate and RelayBurst are each relay session's token bucket of
 	// bytes, both directions together (default 8 MiB/s, burst 1 MiB; the
 	// burst must hold one frame, 1452 bytes).
@@ -137,10 +158,14 @@ const (
 	DefaultAddrBurst           = 200
 	DefaultRateTableSize       = 1 << 16
 	DefaultMaxPendingPerTarget = 64
+	DefaultMaxPendingPerKey    = 256
+	DefaultMaxPendingPerPrefix = 4096
+	DefaultMaxPendingTotal     = 1 << 22
 	DefaultMaxMailbox          = 256
 	DefaultMaxStreamsPerConn   = 16
 	DefaultMaxConns            = 10000
 	DefaultMaxAgents           = 1 << 20
+	DefaultAgentTTL            = 90 * 24 * time.Hour
 	DefaultRelayRate           = relay.DefaultRate
 	DefaultRelayBurst          = relay.DefaultBurst
 	DefaultMaxRelaySessions    = relay.DefaultMaxSessions
@@ -171,6 +196,15 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxPendingPerTarget == 0 {
 		l.MaxPendingPerTarget = DefaultMaxPendingPerTarget
 	}
+	if l.MaxPendingPerKey == 0 {
+		l.MaxPendingPerKey = DefaultMaxPendingPerKey
+	}
+	if l.MaxPendingPerPrefix == 0 {
+		l.MaxPendingPerPrefix = DefaultMaxPendingPerPrefix
+	}
+	if l.MaxPendingTotal == 0 {
+		l.MaxPendingTotal = DefaultMaxPendingTotal
+	}
 	if l.MaxMailbox == 0 {
 		l.MaxMailbox = DefaultMaxMailbox
 	}
@@ -182,6 +216,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxAgents == 0 {
 		l.MaxAgents = DefaultMaxAgents
+	}
+	if l.MaxAgentsPerPrefix == 0 {
+		l.MaxAgentsPerPrefix = max(l.MaxAgents/64, min(l.MaxAgents, 1024))
+	}
+	if l.AgentTTL == 0 {
+		l.AgentTTL = DefaultAgentTTL
 	}
 	if l.RelayRate == 0 {
 		l.RelayRate = DefaultRelayRate
@@ -214,6 +254,8 @@ func (l Limits) validate() error {
 	case l.KeyRate < 0 || l.KeyBurst < 0 || l.AddrRate < 0 || l.AddrBurst < 0:
 		return errors.New("rendezvous: Limits: rates and bursts must not be negative")
 	case l.RateTableSize < 0 || l.MaxPendingPerTarget < 0 || l.MaxMailbox < 0 ||
+		l.MaxPendingPerKey < 0 || l.MaxPendingPerPrefix < 0 || l.MaxPendingTotal < 0 ||
+		l.MaxAgentsPerPrefix < 0 || l.AgentTTL < 0 ||
 		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0 ||
 		l.MaxNetworksPerAgent < 0 || l.MaxNetworkMembers < 0:
 		return errors.New("rendezvous: Limits: sizes must not be negative")

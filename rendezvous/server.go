@@ -29,9 +29,11 @@ const (
 	requestTimeout = 10 * time.Second
 	// registerTimeout is how long a connection may stay unregistered.
 	registerTimeout = 10 * time.Second
-	// pruneInterval is how often expired replay-cache entries, pending
-	// requests and mailbox messages are deleted.
-	pruneInterval = time.Hour
+	// pruneInterval is how often expired replay-cache entries are deleted;
+	// every maintainEvery-th time, also expired pending requests, mailbox
+	// messages and idle registrations.
+	pruneInterval = time.Minute
+	maintainEvery = 60
 	// mailBatch is how many mailbox messages a session reads per store read.
 	mailBatch = 32
 	// pushQueue is how many introductions may wait for a session stream;
@@ -108,6 +110,7 @@ type counters struct {
 	rateLimited        atomic.Uint64
 	badFrames          atomic.Uint64
 	requestsDropped    atomic.Uint64
+	requestsEvicted    atomic.Uint64
 	mailboxDropped     atomic.Uint64
 	delivered          atomic.Uint64
 	acked              atomic.Uint64
@@ -130,7 +133,8 @@ type Stats struct {
 	ConnsRefused     uint64 // connections refused before the handshake (rate, MaxConns)
 	RateLimited      uint64 // requests answered rate_limited
 	BadFrames        uint64 // malformed, oversized or unexpected frames
-	RequestsDropped  uint64 // trust requests dropped: target over MaxPendingPerTarget or mailbox full
+	RequestsDropped  uint64 // trust requests dropped: no slot for them (pending limits) or the mailbox full
+	RequestsEvicted  uint64 // pending trust requests that gave their slot to a fairer claim (pending.go)
 	MailboxDropped   uint64 // other mailbox messages dropped because a mailbox was full
 	Delivered        uint64 // mailbox messages written to sessions (including redeliveries)
 	Acked            uint64 // mailbox messages acked and deleted
@@ -492,7 +496,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Conns: conns, Sessions: sessions,
 		ConnsRefused: c.connsRefused.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
-		RequestsDropped: c.requestsDropped.Load(), MailboxDropped: c.mailboxDropped.Load(),
+		RequestsDropped: c.requestsDropped.Load(), RequestsEvicted: c.requestsEvicted.Load(), MailboxDropped: c.mailboxDropped.Load(),
 		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
 		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
 		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(),
@@ -743,7 +747,13 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 	case *proto.SetHostname:
 		resp = s.setHostname(c.key, m.Hostname)
 	case *proto.TrustSend:
-		resp = s.trustSend(c.key, m.Msg)
+		var after func()
+		resp, after = s.trustSend(c.key, sourcePrefix(c.remote.Addr()), m.Msg)
+		if after != nil {
+			s.answer(str, resp)
+			after()
+			return
+		}
 	case *proto.Connect:
 		resp = s.connect(c, m)
 	case *proto.NATReport:
@@ -882,16 +892,28 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 				return err
 			}
 			if n >= s.limits.MaxAgents {
-				return ErrLimit
+				return fmt.Errorf("%w: %d agents registered", ErrLimit, n)
 			}
-			rec = AgentRecord{Key: c.key, Created: now}
+			src := sourcePrefix(c.remote.Addr())
+			if n, err := tx.AgentsFrom(src); err != nil {
+				return err
+			} else if n >= s.limits.MaxAgentsPerPrefix {
+				return fmt.Errorf("%w: %d agents registered from %s", ErrLimit, n, src)
+			}
+			rec = AgentRecord{Key: c.key, Created: now, Source: src}
 		}
 		if reg.Hostname != "" {
 			rec.Hostname = reg.Hostname
 		}
 		rec.Locators = locators
 		rec.LastSeen = now
-		return tx.PutAgent(rec)
+		if err := tx.PutAgent(rec); err != nil {
+			return err
+		}
+		// Requests that waited for this NodeID or hostname arrive now (the
+		// session reads its mailbox from the start).
+		_, err = s.claimHeld(tx, c.key, heldKeysOf(c.key.NodeID(), rec.Hostname), now)
+		return err
 	})
 	if err != nil {
 		return s.errorAnswer("register", err), nil
@@ -1116,6 +1138,7 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 
 // setHostname binds (or with "" releases) k's hostname.
 func (s *Server) setHostname(k addressing.PublicKey, name string) proto.Message {
+	var moved bool
 	err := s.store.Update(func(tx Tx) error {
 		rec, ok, err := tx.Agent(k)
 		if err != nil {
@@ -1125,10 +1148,20 @@ func (s *Server) setHostname(k addressing.PublicKey, name string) proto.Message 
 			return errors.New("registered agent has no record")
 		}
 		rec.Hostname = name
-		return tx.PutAgent(rec)
+		if err := tx.PutAgent(rec); err != nil {
+			return err
+		}
+		if name == "" {
+			return nil
+		}
+		moved, err = s.claimHeld(tx, k, heldKeysOf(k.NodeID(), name)[1:], time.Now())
+		return err
 	})
 	if err != nil {
 		return s.errorAnswer("set hostname", err)
+	}
+	if moved {
+		s.wake(k)
 	}
 	return &proto.OK{}
 }
@@ -1137,8 +1170,8 @@ func (s *Server) pruneLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(pruneInterval)
 	defer t.Stop()
-	for {
-		s.prune(time.Now())
+	for i := 0; ; i++ {
+		s.prune(time.Now(), i%maintainEvery == 0)
 		select {
 		case <-t.C:
 		case <-s.ctx.Done():
@@ -1147,12 +1180,17 @@ func (s *Server) pruneLoop() {
 	}
 }
 
-// prune deletes what is older than any trust message may be.
-func (s *Server) prune(now time.Time) {
-	cutoff := now.Add(-trustdb.MaxMessageAge - trustdb.MaxClockSkew)
+// prune deletes replay-cache entries older than TrustReplayWindow, and with
+// all, pending requests and mail older than any trust message may be.
+func (s *Server) prune(now time.Time, all bool) {
+	nonces := now.Add(-TrustReplayWindow - trustdb.MaxClockSkew)
+	var records time.Time
+	if all {
+		records = now.Add(-trustdb.MaxMessageAge - trustdb.MaxClockSkew)
+	}
 	var n int
 	err := s.store.Update(func(tx Tx) (err error) {
-		n, err = tx.Prune(cutoff)
+		n, err = tx.Prune(nonces, records)
 		return err
 	})
 	if err != nil {
