@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -186,6 +187,7 @@ type session struct {
 	c        *serverConn
 	locators []netip.AddrPort // reflexive first, then local
 	wake     chan struct{}    // capacity 1: new mail
+	wakeSoon chan struct{}    // capacity 1: new mail to read after a random delay (trust requests)
 	push     chan []byte      // encoded frames (Introduce) for the session stream; capacity pushQueue
 	net      *netPusher       // network frames for the session stream (network.go)
 	nat      atomic.Uint32    // last reported proto.NATKind (NATReport)
@@ -927,9 +929,10 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 			Relay:     s.relaySvc,
 		}, &session{
 			c: c, locators: locators,
-			wake: make(chan struct{}, 1),
-			push: make(chan []byte, pushQueue),
-			net:  newNetPusher(),
+			wake:     make(chan struct{}, 1),
+			wakeSoon: make(chan struct{}, 1),
+			push:     make(chan []byte, pushQueue),
+			net:      newNetPusher(),
 		}
 }
 
@@ -965,6 +968,10 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 	ctx := sess.c.qc.Context()
 	var last uint64
 	var buf []byte
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
+	var soonC <-chan time.Time // soon's channel while it runs
 	for {
 		var items []MailItem
 		err := s.store.View(func(tx Tx) (err error) {
@@ -998,6 +1005,14 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 		for {
 			select {
 			case <-sess.wake:
+				break wait
+			case <-sess.wakeSoon:
+				if soonC == nil {
+					soon.Reset(requestDeliveryDelay())
+					soonC = soon.C
+				}
+			case <-soonC:
+				soonC = nil
 				break wait
 			case <-sess.net.wake:
 				var ok bool
@@ -1058,6 +1073,27 @@ func (s *Server) wake(k addressing.PublicKey) {
 		default:
 		}
 	}
+}
+
+// wakeSoon is wake for a trust request: k's session reads its mail after
+// requestDeliveryDelay, so the delivery's work does not overlap the
+// requester's answer (which would let the answer's timing tell an online
+// target from a name nobody holds).
+func (s *Server) wakeSoon(k addressing.PublicKey) {
+	s.mu.Lock()
+	sess := s.sessions[k]
+	s.mu.Unlock()
+	if sess != nil {
+		select {
+		case sess.wakeSoon <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// requestDeliveryDelay is a random 5-25 ms.
+func requestDeliveryDelay() time.Duration {
+	return 5*time.Millisecond + rand.N(20*time.Millisecond)
 }
 
 // targetNetwork returns the network an address target names (0 for a

@@ -82,7 +82,11 @@ func (s *Server) trustSend(from addressing.PublicKey, src netip.Prefix, raw []by
 	}
 	return &proto.OK{}, func() {
 		for _, k := range wake {
-			s.wake(k)
+			if m.Kind == trustdb.KindRequest {
+				s.wakeSoon(k)
+			} else {
+				s.wake(k)
+			}
 		}
 	}
 }
