@@ -81,9 +81,12 @@ type Limits struct {
 	// Register, Lookup, SetHostname, TrustSend.
 	KeyRate  float64
 	KeyBurst int
-	// AddrRate and AddrBurst are the token bucket of requests and new
-	// connections per second per source address (IPv6: per /64) (default
-	// 100/s, burst 200).
+	// AddrRate and AddrBurst are the token bucket of requests per second per
+	// source address (IPv6: per /64), shared fairly by the keys that use
+	// the address (each of the n keys seen in the last 10 s gets 1/n, so a
+	// key that floods does not starve a co-located one; the address as a
+	// whole gets at most twice the rate), and, separately, of new
+	// connections per source address (default 100/s, burst 200).
 	AddrRate  float64
 	AddrBurst int
 	// RateTableSize bounds the number of keys and addresses whose buckets
@@ -110,8 +113,16 @@ type Limits struct {
 	// MaxStreamsPerConn is the number of concurrent request streams per
 	// connection (QUIC MaxIncomingStreams; default 16).
 	MaxStreamsPerConn int
-	// MaxConns is the number of concurrent client connections (default 10000).
+	// MaxConns is the number of concurrent client connections (default
+	// 10000). When it is reached, a new connection from a source prefix
+	// (IPv4 /24, IPv6 /48) holding at least two fewer than the prefix that
+	// holds the most takes the place of that prefix's newest connection;
+	// others are refused. So one source can use all of it while nobody else
+	// needs it, and never keep anyone else out.
 	MaxConns int
+	// MaxConnsPerKey is the number of concurrent connections one key may
+	// have (default 4); more are closed at once.
+	MaxConnsPerKey int
 	// MaxAgents is the number of registrations kept (default 1<<20); a new
 	// key over it is refused with proto.CodeLimit.
 	MaxAgents int
@@ -138,6 +149,11 @@ type Limits struct {
 	// MaxRelaySessions bounds the relay sessions (default 10000). Over it,
 	// introductions carry no relay grant.
 	MaxRelaySessions int
+	// MaxRelayPerKey is the number of relay sessions one agent may be a side
+	// of (default MaxRelaySessions/64, at least 8): over it, its
+	// introductions carry no relay grant, so a few keys cannot fill
+	// MaxRelaySessions.
+	MaxRelayPerKey int
 	// RelayIdle is how long a relay session lives without an accepted Bind
 	// or forwarded Data (default 120 s).
 	RelayIdle time.Duration
@@ -164,6 +180,7 @@ const (
 	DefaultMaxMailbox          = 256
 	DefaultMaxStreamsPerConn   = 16
 	DefaultMaxConns            = 10000
+	DefaultMaxConnsPerKey      = 4
 	DefaultMaxAgents           = 1 << 20
 	DefaultAgentTTL            = 90 * 24 * time.Hour
 	DefaultRelayRate           = relay.DefaultRate
@@ -214,6 +231,9 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxConns == 0 {
 		l.MaxConns = DefaultMaxConns
 	}
+	if l.MaxConnsPerKey == 0 {
+		l.MaxConnsPerKey = DefaultMaxConnsPerKey
+	}
 	if l.MaxAgents == 0 {
 		l.MaxAgents = DefaultMaxAgents
 	}
@@ -235,6 +255,9 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxRelaySessions == 0 {
 		l.MaxRelaySessions = DefaultMaxRelaySessions
 	}
+	if l.MaxRelayPerKey == 0 {
+		l.MaxRelayPerKey = max(8, l.MaxRelaySessions/64)
+	}
 	if l.RelayIdle == 0 {
 		l.RelayIdle = DefaultRelayIdle
 	}
@@ -255,11 +278,12 @@ func (l Limits) validate() error {
 		return errors.New("rendezvous: Limits: rates and bursts must not be negative")
 	case l.RateTableSize < 0 || l.MaxPendingPerTarget < 0 || l.MaxMailbox < 0 ||
 		l.MaxPendingPerKey < 0 || l.MaxPendingPerPrefix < 0 || l.MaxPendingTotal < 0 ||
-		l.MaxAgentsPerPrefix < 0 || l.AgentTTL < 0 ||
+		l.MaxAgentsPerPrefix < 0 || l.AgentTTL < 0 || l.MaxConnsPerKey < 0 ||
 		l.MaxStreamsPerConn < 0 || l.MaxConns < 0 || l.MaxAgents < 0 ||
 		l.MaxNetworksPerAgent < 0 || l.MaxNetworkMembers < 0:
 		return errors.New("rendezvous: Limits: sizes must not be negative")
-	case l.RelayRate < 0 || l.RelayBurst < 0 || l.RelayPacketRate < 0 || l.MaxRelaySessions < 0 || l.RelayIdle < 0:
+	case l.RelayRate < 0 || l.RelayBurst < 0 || l.RelayPacketRate < 0 || l.MaxRelaySessions < 0 || l.RelayIdle < 0 ||
+		l.MaxRelayPerKey < 0:
 		return errors.New("rendezvous: Limits: relay limits must not be negative")
 	case l.RelayBurst != 0 && l.RelayBurst < relayframe.MaxFrameSize:
 		return fmt.Errorf("rendezvous: Limits.RelayBurst %d: below one relay frame (%d bytes)", l.RelayBurst, relayframe.MaxFrameSize)

@@ -17,11 +17,14 @@ import (
 // disk sync (logic tests with thousands of transactions).
 func testServer(t *testing.T, limits Limits) *Server {
 	t.Helper()
-	s, err := NewServer(ServerConfig{Addr: "127.0.0.1:0", STUNAddr: "-", RelayAddr: "-", Limits: limits})
+	st, err := openTempStore()
+	require.NoError(t, err)
+	st.db.NoSync = true
+	t.Cleanup(func() { st.Close() })
+	s, err := NewServer(ServerConfig{Addr: "127.0.0.1:0", STUNAddr: "-", RelayAddr: "-", Limits: limits, Store: st})
 	require.NoError(t, err)
 	require.NoError(t, s.Start())
 	t.Cleanup(func() { s.Close() })
-	s.store.(*BoltStore).db.NoSync = true
 	return s
 }
 

@@ -64,8 +64,9 @@ type Server struct {
 	limits Limits
 	log    *slog.Logger
 
-	keyLimit  *rateLimiter[addressing.PublicKey]
-	addrLimit *rateLimiter[netip.Addr]
+	keyLimit  *rateLimiter[addressing.PublicKey] // requests per key
+	addrLimit *fairLimiter                       // requests per source address, shared fairly by its keys
+	connLimit *rateLimiter[netip.Addr]           // new connections per source address
 	stun      stunResponder
 
 	// Set by Start, read-only afterwards.
@@ -95,6 +96,7 @@ type Server struct {
 	draining bool // Shutdown: no new request streams
 	closed   bool
 	conns    map[*serverConn]struct{}
+	connTab  connTable // conns by source prefix and key (limits.go)
 	sessions map[addressing.PublicKey]*session
 
 	nconns atomic.Int64
@@ -108,6 +110,7 @@ type Server struct {
 // not logged).
 type counters struct {
 	connsRefused       atomic.Uint64
+	connsEvicted       atomic.Uint64
 	rateLimited        atomic.Uint64
 	badFrames          atomic.Uint64
 	requestsDropped    atomic.Uint64
@@ -120,8 +123,10 @@ type counters struct {
 	sessionsReplaced   atomic.Uint64
 	storeErrors        atomic.Uint64
 	prunedStoreEntries atomic.Uint64
+	agentsExpired      atomic.Uint64
 	introductions      atomic.Uint64
 	introPushDropped   atomic.Uint64
+	relayRefusedPerKey atomic.Uint64
 	networkDocs        atomic.Uint64
 	networkRefused     atomic.Uint64
 	networkPushes      atomic.Uint64
@@ -131,7 +136,8 @@ type counters struct {
 type Stats struct {
 	Conns            int    // open client connections
 	Sessions         int    // registered (online) agents
-	ConnsRefused     uint64 // connections refused before the handshake (rate, MaxConns)
+	ConnsRefused     uint64 // connections refused (rate, MaxConns, MaxConnsPerKey)
+	ConnsEvicted     uint64 // connections closed to make room for a source prefix holding fewer (MaxConns)
 	RateLimited      uint64 // requests answered rate_limited
 	BadFrames        uint64 // malformed, oversized or unexpected frames
 	RequestsDropped  uint64 // trust requests dropped: no slot for them (pending limits) or the mailbox full
@@ -143,8 +149,10 @@ type Stats struct {
 	TrustRefused     uint64 // trust messages refused (malformed, forged, replayed, unexpected)
 	SessionsReplaced uint64 // sessions closed because the key registered again elsewhere
 	StoreErrors      uint64
+	AgentsExpired    uint64 // registrations deleted after AgentTTL offline
 	Introductions    uint64 // Connect requests answered with an introduction
 	IntroPushDropped uint64 // introductions not pushed: the target's push queue was full
+	RelayRefusedKey  uint64 // introductions without a relay grant: a side over MaxRelayPerKey
 	NetworkDocs      uint64 // networks created, and Joins, Leaves and Removes accepted
 	NetworkRefused   uint64 // network documents refused (malformed, forged, stale, over a limit)
 	NetworkPushes    uint64 // NetworkState frames pushed on session streams
@@ -178,6 +186,7 @@ type serverConn struct {
 	qc         *quic.Conn
 	key        addressing.PublicKey
 	remote     netip.AddrPort // the reflexive address
+	prefix     netip.Prefix   // sourcePrefix of remote
 	registered atomic.Bool
 	sessionOn  atomic.Bool // a Register stream was accepted (only one per connection)
 }
@@ -218,13 +227,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		limits:    limits,
 		log:       log,
 		keyLimit:  newRateLimiter[addressing.PublicKey](limits.KeyRate, limits.KeyBurst, limits.RateTableSize),
-		addrLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
+		addrLimit: newFairLimiter(limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
+		connLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
 		// STUN has its own table: NAT checks do not spend request tokens.
 		stun:     stunResponder{limit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize)},
 		id:       cfg.Identity,
 		ctx:      ctx,
 		cancel:   cancel,
 		conns:    make(map[*serverConn]struct{}),
+		connTab:  newConnTable(),
 		sessions: make(map[addressing.PublicKey]*session),
 	}, nil
 }
@@ -497,11 +508,11 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Conns: conns, Sessions: sessions,
-		ConnsRefused: c.connsRefused.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
+		ConnsRefused: c.connsRefused.Load(), ConnsEvicted: c.connsEvicted.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
 		RequestsDropped: c.requestsDropped.Load(), RequestsEvicted: c.requestsEvicted.Load(), MailboxDropped: c.mailboxDropped.Load(),
 		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
-		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
-		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(),
+		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(), AgentsExpired: c.agentsExpired.Load(),
+		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(), RelayRefusedKey: c.relayRefusedPerKey.Load(),
 		NetworkDocs: c.networkDocs.Load(), NetworkRefused: c.networkRefused.Load(), NetworkPushes: c.networkPushes.Load(),
 	}
 }
@@ -599,14 +610,15 @@ func (s *Server) Close() error {
 }
 
 // admit runs for every new connection attempt before its handshake: it
-// refuses over MaxConns and over the source address's rate.
+// refuses over the source address's rate, and when the server is full, a
+// source prefix that could not take a place (limits.go).
 func (s *Server) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	if s.nconns.Load() >= int64(s.limits.MaxConns) {
+	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok && s.nconns.Load() >= int64(s.limits.MaxConns) && !s.admitFull(ua.AddrPort().Addr()) {
 		s.stats.connsRefused.Add(1)
-		return nil, errors.New("rendezvous: too many connections")
+		return nil, errServerFull
 	}
 	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
-		if !s.addrLimit.allow(addrKey(ua.AddrPort().Addr()), time.Now()) {
+		if !s.connLimit.allow(addrKey(ua.AddrPort().Addr()), time.Now()) {
 			s.stats.connsRefused.Add(1)
 			return nil, errors.New("rendezvous: rate limited")
 		}
@@ -635,17 +647,34 @@ func (s *Server) acceptLoop() {
 			ap := ua.AddrPort()
 			remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
-		c := &serverConn{qc: qc, key: key, remote: remote}
+		c := &serverConn{qc: qc, key: key, remote: remote, prefix: sourcePrefix(remote.Addr())}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			qc.CloseWithError(closeShutdown, "server shutting down")
 			return
 		}
+		victim, code, reason := s.admitConnLocked(c)
+		if reason != "" {
+			s.mu.Unlock()
+			qc.CloseWithError(code, reason)
+			continue
+		}
+		if victim != nil {
+			// Out of the tables now, so the count stays within MaxConns; its
+			// connLoop finds it gone.
+			delete(s.conns, victim)
+			s.connTab.remove(victim)
+			s.nconns.Add(-1)
+		}
 		s.conns[c] = struct{}{}
+		s.connTab.add(c)
 		s.nconns.Add(1)
 		s.wg.Add(1)
 		s.mu.Unlock()
+		if victim != nil {
+			victim.qc.CloseWithError(closeEvicted, "server full: connection given to a source with fewer")
+		}
 		go s.connLoop(c)
 	}
 }
@@ -655,8 +684,11 @@ func (s *Server) connLoop(c *serverConn) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, c)
-		s.nconns.Add(-1)
+		if _, ok := s.conns[c]; ok { // not if evicted (accept removed it)
+			delete(s.conns, c)
+			s.connTab.remove(c)
+			s.nconns.Add(-1)
+		}
 		if sess := s.sessions[c.key]; sess != nil && sess.c == c {
 			delete(s.sessions, c.key)
 		}
@@ -717,7 +749,9 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		return
 	}
 	now := time.Now()
-	if !s.addrLimit.allow(addrKey(c.remote.Addr()), now) || !s.keyLimit.allow(c.key, now) {
+	// The key's own rate first: a key over it spends nothing of its
+	// address's, which its co-located keys share fairly.
+	if !s.keyLimit.allow(c.key, now) || !s.addrLimit.allow(addrKey(c.remote.Addr()), c.key, now) {
 		s.stats.rateLimited.Add(1)
 		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests"})
 		return
@@ -1235,4 +1269,13 @@ func (s *Server) prune(now time.Time, all bool) {
 		return
 	}
 	s.stats.prunedStoreEntries.Add(uint64(n))
+	if !all {
+		return
+	}
+	n, err = s.expireIdle(now)
+	s.stats.agentsExpired.Add(uint64(n))
+	if err != nil {
+		s.stats.storeErrors.Add(1)
+		s.log.Error("rendezvous: expire idle registrations", "err", err)
+	}
 }

@@ -318,3 +318,26 @@ func TestBoltStoreConvertsLayout1(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestFairLimiter: keys that share an address share its rate; one that
+// floods gets its share and no more, a quiet one is never starved.
+func TestFairLimiter(t *testing.T) {
+	l := newFairLimiter(10, 10, 16)
+	a := netip.MustParseAddr("198.18.0.1")
+	flood, quiet := key(t), key(t)
+	now := time.Unix(1_800_000_000, 0)
+	okFlood, okQuiet := 0, 0
+	for i := range 1000 { // 10 s: the flooder asks 100/s, the quiet key 1/s
+		now = now.Add(10 * time.Millisecond)
+		if l.allow(a, flood, now) {
+			okFlood++
+		}
+		if i%100 == 0 && l.allow(a, quiet, now) {
+			okQuiet++
+		}
+	}
+	require.Equal(t, 10, okQuiet, "the quiet key got every request")
+	require.InDelta(t, 10*10/2, okFlood, 15, "the flooder got about its half of 10/s")
+	// Another address is not affected.
+	require.True(t, l.allow(netip.MustParseAddr("198.18.0.2"), flood, now))
+}
