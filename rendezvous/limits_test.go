@@ -161,3 +161,23 @@ func TestRelayPerKeyLimit(t *testing.T) {
 	require.Equal(t, uint64(1), srv.Stats().RelayRefusedKey)
 	require.Equal(t, 3, srv.RelayStats().Sessions)
 }
+
+// TestMaxAgentsPerPrefix: one source prefix cannot register more than its
+// share of MaxAgents; another prefix still can. (Before, one source could
+// register keys until MaxAgents was full.)
+func TestMaxAgentsPerPrefix(t *testing.T) {
+	checkGoroutines(t)
+	srv := rendezvoustest.NewWithConfig(t, rendezvous.ServerConfig{Limits: rendezvous.Limits{MaxAgents: 100, MaxAgentsPerPrefix: 2}})
+	ctx := ctxT(t)
+	a := transportFrom(t, "127.0.1.1")
+	for range 2 {
+		_, err := dialFlood(ctx, srv, a)
+		require.NoError(t, err)
+	}
+	_, err := registerFlood(ctx, srv, a, newID(t))
+	require.ErrorContains(t, err, "register: error")
+	_, err = registerFlood(ctx, srv, transportFrom(t, "127.0.1.2"), newID(t))
+	require.Error(t, err, "the same /24")
+	_, err = dialFlood(ctx, srv, transportFrom(t, "127.0.2.1"))
+	require.NoError(t, err, "another prefix")
+}
