@@ -582,7 +582,7 @@ func TestMaxAgents(t *testing.T) {
 	dialRaw(t, srv, newID(t), true)
 	third := dialRaw(t, srv, newID(t), false)
 	got := third.request(t, frame(t, &proto.Register{}))
-	require.Equal(t, frame(t, &proto.Error{Code: proto.CodeLimit}), got, "%q", got)
+	require.Equal(t, frame(t, &proto.Error{Code: proto.CodeLimit, Text: "server limit reached: 2 agents registered"}), got, "%q", got)
 	// A known key still registers.
 	dialRaw(t, srv, first, true)
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -751,9 +752,14 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 	now := time.Now()
 	// The key's own rate first: a key over it spends nothing of its
 	// address's, which its co-located keys share fairly.
-	if !s.keyLimit.allow(c.key, now) || !s.addrLimit.allow(addrKey(c.remote.Addr()), c.key, now) {
+	if !s.keyLimit.allow(c.key, now) {
 		s.stats.rateLimited.Add(1)
-		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests"})
+		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests from this key"})
+		return
+	}
+	if !s.addrLimit.allow(addrKey(c.remote.Addr()), c.key, now) {
+		s.stats.rateLimited.Add(1)
+		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests from this key's share of its address"})
 		return
 	}
 	msg, err := proto.ParseMessage(f)
@@ -978,7 +984,9 @@ func (s *Server) errorAnswer(op string, err error) *proto.Error {
 	case errors.Is(err, ErrNodeIDTaken):
 		return &proto.Error{Code: proto.CodeNodeIDTaken}
 	case errors.Is(err, ErrLimit):
-		return &proto.Error{Code: proto.CodeLimit}
+		// Which limit, for the operator ("server limit reached: 2 agents
+		// registered"); a limit of the asker's own or of a peer it knows.
+		return &proto.Error{Code: proto.CodeLimit, Text: strings.TrimPrefix(err.Error(), "rendezvous: ")}
 	case errors.Is(err, ErrReplay):
 		return &proto.Error{Code: proto.CodeReplay}
 	case errors.Is(err, ErrNoRequest):
