@@ -202,7 +202,7 @@ func (n *Node) Start(ctx context.Context) error {
 			Dial:       pm.DialRendezvous,
 			ServerAddr: n.cfg.RendezvousAddr,
 			ServerKey:  n.cfg.RendezvousKey,
-			Pins:       storePins{n.store},
+			Pins:       storePins{s: n.store, legacy: "rendezvous-pin:" + n.cfg.RendezvousAddr},
 			Hostname:   n.cfg.Hostname,
 			LocalAddrs: paths.LocalCandidates(conn),
 			Deliver:    n.deliver,
@@ -251,6 +251,16 @@ func (n *Node) WaitRendezvous(ctx context.Context) error {
 		return errors.New("quicnode: no rendezvous configured")
 	}
 	return n.rdv.WaitReady(ctx)
+}
+
+// RendezvousState returns the state of the node's rendezvous session
+// (registered, connecting, refused or closed, since when, the last
+// failure); ok is false if no rendezvous is configured.
+func (n *Node) RendezvousState() (st rendezvous.SessionState, ok bool) {
+	if n.rdv == nil {
+		return rendezvous.SessionState{}, false
+	}
+	return n.rdv.State(), true
 }
 
 // Close closes every peer connection, listener and packet conn, stops every
@@ -477,22 +487,42 @@ func (n *Node) pinnedRendezvousKey() addressing.PublicKey {
 	if !n.cfg.RendezvousKey.IsZero() {
 		return n.cfg.RendezvousKey
 	}
-	k, _ := storePins{n.store}.Pin(n.cfg.RendezvousAddr)
+	k, _ := storePins{s: n.store, legacy: "rendezvous-pin:" + n.cfg.RendezvousAddr}.Pin()
 	return k
 }
 
-// storePins keeps the rendezvous pin in the trust store's metadata.
-type storePins struct{ s *trustdb.Store }
+// storePins keeps the node's one rendezvous pin in the trust store's
+// metadata ("rendezvous-pin"). Earlier versions kept a pin per server
+// address ("rendezvous-pin:<addr>"); the one of the configured address is
+// adopted the first time.
+type storePins struct {
+	s      *trustdb.Store
+	legacy string // "rendezvous-pin:" + the configured server address
+}
 
-func (p storePins) Pin(server string) (addressing.PublicKey, bool) {
-	b, ok := p.s.Meta("rendezvous-pin:" + server)
+const pinMeta = "rendezvous-pin"
+
+func (p storePins) Pin() (addressing.PublicKey, bool) {
+	b, ok := p.s.Meta(pinMeta)
+	if !ok && p.legacy != "" {
+		if b, ok = p.s.Meta(p.legacy); ok {
+			_ = p.s.SetMeta(pinMeta, b) // best effort: the legacy pin stays too
+		}
+	}
 	if !ok {
 		return addressing.PublicKey{}, false
 	}
-	k, ok := addressing.PublicKeyFromSlice(b)
-	return k, ok
+	return addressing.PublicKeyFromSlice(b)
 }
 
-func (p storePins) SetPin(server string, k addressing.PublicKey) error {
-	return p.s.SetMeta("rendezvous-pin:"+server, k[:])
+// SetPin also writes the configured address's legacy entry, for readers of
+// the earlier layout.
+func (p storePins) SetPin(k addressing.PublicKey) error {
+	if err := p.s.SetMeta(pinMeta, k[:]); err != nil {
+		return err
+	}
+	if p.legacy == "" {
+		return nil
+	}
+	return p.s.SetMeta(p.legacy, k[:])
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,42 +21,78 @@ import (
 // BoltStore is the default Store: one bbolt file. Every Update is one
 // durable (fsynced) bbolt transaction.
 //
-// Layout (bucket: key → value):
+// Layout (bucket: key → value; integers big endian):
 //
-//	agents:    public key → agent record
-//	nodes:     NodeID → public key
-//	hostnames: hostname → public key
-//	nonces:    sender key ‖ nonce → message time
-//	pending:   target key ‖ requester key → pending request
-//	pairs:     lower key ‖ higher key → trust pair
-//	mail:      recipient key → bucket{ uint64 id → time ‖ message }
-//	meta:      "agent_count" → uint64
+//	agents:     public key → agent record
+//	agentseen:  last seen (8) ‖ public key → empty       (expiry index)
+//	agentsrc:   source prefix → uint64 agents created from it
+//	nodes:      NodeID → public key
+//	hostnames:  hostname → public key
+//	nonces2:    message time (8) ‖ sender key ‖ nonce → 1  (replay cache, pruned by time)
+//	pending:    target key ‖ requester key → pending request
+//	pendingby:  requester key → uint64 pending requests it made
+//	pendingsrc: source prefix → uint64 pending requests made from it
+//	pairs:      lower key ‖ higher key → trust pair
+//	mailbox:    recipient key ‖ uint64 id → time ‖ message   (ids from the bucket's sequence)
+//	mailcount:  recipient key → uint64 messages
+//	meta:       "agent_count", "pending_total" → uint64, "server_key" → public key,
+//	            "layout" → uint8
 //
-// and the network buckets drawn in boltnet.go.
+// and the network buckets drawn in boltnet.go. A source prefix is
+// netip.Prefix's binary form. Stores of layout 1 (nested mail buckets, a
+// replay cache keyed by sender, no counts) are converted when opened.
 type BoltStore struct {
 	db     *bolt.DB
 	remove string // file to delete on Close ("" = keep)
 }
 
 var (
-	bucketAgents    = []byte("agents")
-	bucketNodes     = []byte("nodes")
-	bucketHostnames = []byte("hostnames")
-	bucketNonces    = []byte("nonces")
-	bucketPending   = []byte("pending")
-	bucketPairs     = []byte("pairs")
-	bucketMail      = []byte("mail")
-	bucketMeta      = []byte("meta")
+	bucketAgents     = []byte("agents")
+	bucketAgentSeen  = []byte("agentseen")
+	bucketAgentSrc   = []byte("agentsrc")
+	bucketNodes      = []byte("nodes")
+	bucketHostnames  = []byte("hostnames")
+	bucketNonces     = []byte("nonces2")
+	bucketPending    = []byte("pending")
+	bucketPendingBy  = []byte("pendingby")
+	bucketPendingSrc = []byte("pendingsrc")
+	bucketPairs      = []byte("pairs")
+	bucketMailbox    = []byte("mailbox")
+	bucketMailCount  = []byte("mailcount")
+	bucketMeta       = []byte("meta")
 
-	metaAgentCount = []byte("agent_count")
+	// Buckets of layout 1.
+	bucketNoncesV1 = []byte("nonces")
+	bucketMailV1   = []byte("mail")
+
+	metaAgentCount   = []byte("agent_count")
+	metaPendingTotal = []byte("pending_total")
+	metaServerKey    = []byte("server_key")
+	metaLayout       = []byte("layout")
 )
 
-// recordVersion is the first byte of every encoded record.
-const recordVersion = 1
+// storeLayout is the layout OpenBoltStore converts older stores to.
+const storeLayout = 2
+
+// recordVersion is the first byte of every encoded record; decoders also
+// accept version 1 (agent and pending records without source fields).
+const recordVersion = 2
 
 // OpenBoltStore opens (creating if needed) the store at path. A second opener
 // of the same file fails after a short timeout.
+//
+// An existing file is checked before anything is written to it (see
+// boltcheck.go: size, meta pages, every page, bbolt's consistency check);
+// a damaged one is never opened or overwritten: the error wraps
+// ErrStoreDamaged and says how to restore the last good copy (Snapshot).
 func OpenBoltStore(path string) (*BoltStore, error) {
+	if _, err := os.Stat(path); err == nil {
+		if err := verifyBoltStore(path); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("rendezvous: open store %s: %w", path, err)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
@@ -65,18 +102,95 @@ func OpenBoltStore(path string) (*BoltStore, error) {
 	}
 	db.MaxBatchDelay = batchDelay
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range append([][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNonces, bucketPending, bucketPairs, bucketMail, bucketMeta}, networkBuckets...) {
+		fresh := tx.Bucket(bucketMeta) == nil
+		for _, name := range append([][]byte{bucketAgents, bucketAgentSeen, bucketAgentSrc, bucketNodes, bucketHostnames,
+			bucketNonces, bucketPending, bucketPendingBy, bucketPendingSrc, bucketPairs, bucketMailbox, bucketMailCount,
+			bucketMeta}, networkBuckets...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		return nil
+		if v := tx.Bucket(bucketMeta).Get(metaLayout); !fresh && (len(v) != 1 || v[0] < storeLayout) {
+			if err := convertLayout1(boltTx{tx}); err != nil {
+				return fmt.Errorf("convert from layout 1: %w", err)
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaLayout, []byte{storeLayout})
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("rendezvous: init store %s: %w", path, err)
 	}
 	return &BoltStore{db: db}, nil
+}
+
+// convertLayout1 converts a store of layout 1: mail from one bucket per
+// recipient to the flat mailbox (ids kept; the sequence continues above the
+// highest), the counts and the expiry index built from the records, the
+// replay cache dropped (its entries are older than any message the new one
+// needs to remember, or one prune away from it).
+func convertLayout1(t boltTx) error {
+	var maxID uint64
+	if old := t.b(bucketMailV1); old != nil {
+		err := old.ForEachBucket(func(to []byte) error {
+			key, ok := addressing.PublicKeyFromSlice(to)
+			if !ok {
+				return errors.New("corrupt mailbox key")
+			}
+			return old.Bucket(to).ForEach(func(k, v []byte) error {
+				if len(k) != 8 || len(v) < 8 {
+					return errors.New("corrupt mailbox")
+				}
+				id := binary.BigEndian.Uint64(k)
+				maxID = max(maxID, id)
+				if err := t.b(bucketMailbox).Put(mailKey(key, id), v); err != nil {
+					return err
+				}
+				return addCount(t.b(bucketMailCount), key[:], 1)
+			})
+		})
+		if err != nil {
+			return err
+		}
+		if err := t.tx.DeleteBucket(bucketMailV1); err != nil {
+			return err
+		}
+	}
+	if maxID > 0 {
+		if err := t.b(bucketMailbox).SetSequence(maxID); err != nil {
+			return err
+		}
+	}
+	if t.b(bucketNoncesV1) != nil {
+		if err := t.tx.DeleteBucket(bucketNoncesV1); err != nil {
+			return err
+		}
+	}
+	c := t.b(bucketPending).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		p, err := t.pendingRecord(k, v)
+		if err != nil {
+			return err
+		}
+		if err := t.countPending(p, 1); err != nil {
+			return err
+		}
+	}
+	c = t.b(bucketAgents).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		key, ok := addressing.PublicKeyFromSlice(k)
+		if !ok {
+			return errors.New("corrupt agent key")
+		}
+		r, err := decodeAgent(key, v)
+		if err != nil {
+			return err
+		}
+		if err := t.b(bucketAgentSeen).Put(seenKey(r.LastSeen, key), nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // openTempStore opens a BoltStore in a new temporary file that Close deletes.
@@ -129,6 +243,41 @@ type boltTx struct{ tx *bolt.Tx }
 
 func (t boltTx) b(name []byte) *bolt.Bucket { return t.tx.Bucket(name) }
 
+// --- counts ---
+
+func getCount(b *bolt.Bucket, k []byte) int {
+	if k == nil {
+		return 0
+	}
+	if v := b.Get(k); len(v) == 8 {
+		return int(binary.BigEndian.Uint64(v))
+	}
+	return 0
+}
+
+// addCount adds d to the count under k (nil: none), deleting it at zero.
+func addCount(b *bolt.Bucket, k []byte, d int) error {
+	if k == nil {
+		return nil
+	}
+	n := getCount(b, k) + d
+	if n <= 0 {
+		return b.Delete(k)
+	}
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n)))
+}
+
+// prefixKey is a source prefix's key in the count buckets (nil if invalid).
+func prefixKey(p netip.Prefix) []byte {
+	if !p.IsValid() {
+		return nil
+	}
+	b, _ := p.MarshalBinary()
+	return b
+}
+
+// --- agents ---
+
 func (t boltTx) Agent(k addressing.PublicKey) (AgentRecord, bool, error) {
 	v := t.b(bucketAgents).Get(k[:])
 	if v == nil {
@@ -171,6 +320,14 @@ func (t boltTx) AgentCount() (int, error) {
 	return int(binary.BigEndian.Uint64(v)), nil
 }
 
+func (t boltTx) AgentsFrom(src netip.Prefix) (int, error) {
+	return getCount(t.b(bucketAgentSrc), prefixKey(src)), nil
+}
+
+func seenKey(tm time.Time, k addressing.PublicKey) []byte {
+	return append(appendTime(nil, tm), k[:]...)
+}
+
 func (t boltTx) PutAgent(r AgentRecord) error {
 	node := r.Key.NodeID()
 	if k, ok, err := t.AgentByNode(node); err != nil {
@@ -202,36 +359,120 @@ func (t boltTx) PutAgent(r AgentRecord) error {
 	if err := t.b(bucketNodes).Put(node[:], r.Key[:]); err != nil {
 		return err
 	}
+	if had {
+		if err := t.b(bucketAgentSeen).Delete(seenKey(old.LastSeen, r.Key)); err != nil {
+			return err
+		}
+		if old.Source != r.Source {
+			if err := addCount(t.b(bucketAgentSrc), prefixKey(old.Source), -1); err != nil {
+				return err
+			}
+		}
+	}
+	if !had || old.Source != r.Source {
+		if err := addCount(t.b(bucketAgentSrc), prefixKey(r.Source), 1); err != nil {
+			return err
+		}
+	}
 	if !had {
-		n, err := t.AgentCount()
-		if err != nil {
+		if err := addCount(t.b(bucketMeta), metaAgentCount, 1); err != nil {
 			return err
 		}
-		if err := t.b(bucketMeta).Put(metaAgentCount, binary.BigEndian.AppendUint64(nil, uint64(n+1))); err != nil {
-			return err
-		}
+	}
+	if err := t.b(bucketAgentSeen).Put(seenKey(r.LastSeen, r.Key), nil); err != nil {
+		return err
 	}
 	return t.b(bucketAgents).Put(r.Key[:], encodeAgent(r))
 }
 
+func (t boltTx) DeleteAgent(k addressing.PublicKey) error {
+	r, had, err := t.Agent(k)
+	if err != nil || !had {
+		return err
+	}
+	if r.Hostname != "" {
+		if owner, ok, _ := t.AgentByHostname(r.Hostname); ok && owner == k {
+			if err := t.b(bucketHostnames).Delete([]byte(r.Hostname)); err != nil {
+				return err
+			}
+		}
+	}
+	node := k.NodeID()
+	if owner, ok, _ := t.AgentByNode(node); ok && owner == k {
+		if err := t.b(bucketNodes).Delete(node[:]); err != nil {
+			return err
+		}
+	}
+	if err := errors.Join(
+		t.b(bucketAgentSeen).Delete(seenKey(r.LastSeen, k)),
+		addCount(t.b(bucketAgentSrc), prefixKey(r.Source), -1),
+		addCount(t.b(bucketMeta), metaAgentCount, -1),
+	); err != nil {
+		return err
+	}
+	return t.b(bucketAgents).Delete(k[:])
+}
+
+func (t boltTx) IdleAgents(before time.Time, max int) ([]addressing.PublicKey, error) {
+	var out []addressing.PublicKey
+	c := t.b(bucketAgentSeen).Cursor()
+	end := appendTime(nil, before)
+	for k, _ := c.First(); k != nil && len(out) < max && bytes.Compare(k[:8], end) < 0; k, _ = c.Next() {
+		key, ok := addressing.PublicKeyFromSlice(k[8:])
+		if len(k) != 8+addressing.PublicKeySize || !ok {
+			return nil, errors.New("rendezvous: store: corrupt agent expiry index")
+		}
+		out = append(out, key)
+	}
+	return out, nil
+}
+
+// --- server key ---
+
+func (t boltTx) ServerKey() (addressing.PublicKey, bool, error) {
+	v := t.b(bucketMeta).Get(metaServerKey)
+	if v == nil {
+		return addressing.PublicKey{}, false, nil
+	}
+	k, ok := addressing.PublicKeyFromSlice(v)
+	if !ok {
+		return k, false, errors.New("rendezvous: store: corrupt server key")
+	}
+	return k, true, nil
+}
+
+func (t boltTx) PutServerKey(k addressing.PublicKey) error {
+	return t.b(bucketMeta).Put(metaServerKey, k[:])
+}
+
+// --- replay cache ---
+
 func (t boltTx) SeeNonce(from addressing.PublicKey, nonce [trustdb.NonceSize]byte, tm time.Time) (bool, error) {
-	k := append(from[:len(from):len(from)], nonce[:]...)
+	k := append(append(appendTime(make([]byte, 0, 8+len(from)+len(nonce)), tm), from[:]...), nonce[:]...)
 	b := t.b(bucketNonces)
 	if b.Get(k) != nil {
 		return true, nil
 	}
-	return false, b.Put(k, appendTime(nil, tm))
+	return false, b.Put(k, []byte{1})
 }
 
-func pairKey(a, b addressing.PublicKey) []byte {
-	if bytes.Compare(a[:], b[:]) > 0 {
-		a, b = b, a
+// --- pending requests ---
+
+func pendingKey(target, requester addressing.PublicKey) []byte {
+	return append(target[:len(target):len(target)], requester[:]...)
+}
+
+func (t boltTx) pendingRecord(k, v []byte) (PendingRequest, error) {
+	target, ok1 := addressing.PublicKeyFromSlice(k[:min(len(k), addressing.PublicKeySize)])
+	requester, ok2 := addressing.PublicKeyFromSlice(k[min(len(k), addressing.PublicKeySize):])
+	if !ok1 || !ok2 {
+		return PendingRequest{}, errors.New("rendezvous: store: corrupt pending key")
 	}
-	return append(a[:len(a):len(a)], b[:]...)
+	return decodePending(target, requester, v)
 }
 
 func (t boltTx) Pending(target, requester addressing.PublicKey) (PendingRequest, bool, error) {
-	v := t.b(bucketPending).Get(append(target[:len(target):len(target)], requester[:]...))
+	v := t.b(bucketPending).Get(pendingKey(target, requester))
 	if v == nil {
 		return PendingRequest{}, false, nil
 	}
@@ -239,21 +480,76 @@ func (t boltTx) Pending(target, requester addressing.PublicKey) (PendingRequest,
 	return p, err == nil, err
 }
 
-func (t boltTx) PendingCount(target addressing.PublicKey) (int, error) {
-	n := 0
+func (t boltTx) Pendings(target addressing.PublicKey, max int) ([]PendingRequest, error) {
+	var out []PendingRequest
 	c := t.b(bucketPending).Cursor()
-	for k, _ := c.Seek(target[:]); k != nil && bytes.HasPrefix(k, target[:]); k, _ = c.Next() {
-		n++
+	for k, v := c.Seek(target[:]); k != nil && len(out) < max && bytes.HasPrefix(k, target[:]); k, v = c.Next() {
+		p, err := t.pendingRecord(k, v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
 	}
-	return n, nil
+	return out, nil
+}
+
+func (t boltTx) PendingQuota(requester addressing.PublicKey, src netip.Prefix) (PendingQuota, error) {
+	return PendingQuota{
+		ByRequester: getCount(t.b(bucketPendingBy), requester[:]),
+		BySource:    getCount(t.b(bucketPendingSrc), prefixKey(src)),
+		Total:       getCount(t.b(bucketMeta), metaPendingTotal),
+	}, nil
+}
+
+// countPending adds d to the counts p takes part in.
+func (t boltTx) countPending(p PendingRequest, d int) error {
+	return errors.Join(
+		addCount(t.b(bucketPendingBy), p.Requester[:], d),
+		addCount(t.b(bucketPendingSrc), prefixKey(p.Source), d),
+		addCount(t.b(bucketMeta), metaPendingTotal, d),
+	)
 }
 
 func (t boltTx) PutPending(p PendingRequest) error {
-	return t.b(bucketPending).Put(append(p.Target[:len(p.Target):len(p.Target)], p.Requester[:]...), encodePending(p))
+	k := pendingKey(p.Target, p.Requester)
+	if v := t.b(bucketPending).Get(k); v != nil {
+		old, err := decodePending(p.Target, p.Requester, v)
+		if err != nil {
+			return err
+		}
+		if err := t.countPending(old, -1); err != nil {
+			return err
+		}
+	}
+	if err := t.countPending(p, 1); err != nil {
+		return err
+	}
+	return t.b(bucketPending).Put(k, encodePending(p))
 }
 
 func (t boltTx) DeletePending(target, requester addressing.PublicKey) error {
-	return t.b(bucketPending).Delete(append(target[:len(target):len(target)], requester[:]...))
+	k := pendingKey(target, requester)
+	v := t.b(bucketPending).Get(k)
+	if v == nil {
+		return nil
+	}
+	old, err := decodePending(target, requester, v)
+	if err != nil {
+		return err
+	}
+	if err := t.countPending(old, -1); err != nil {
+		return err
+	}
+	return t.b(bucketPending).Delete(k)
+}
+
+// --- pairs ---
+
+func pairKey(a, b addressing.PublicKey) []byte {
+	if bytes.Compare(a[:], b[:]) > 0 {
+		a, b = b, a
+	}
+	return append(a[:len(a):len(a)], b[:]...)
 }
 
 func (t boltTx) Pair(a, b addressing.PublicKey) (TrustPair, bool, error) {
@@ -273,52 +569,38 @@ func (t boltTx) DeletePair(a, b addressing.PublicKey) error {
 	return t.b(bucketPairs).Delete(pairKey(a, b))
 }
 
-func (t boltTx) mailbox(to addressing.PublicKey, create bool) (*bolt.Bucket, error) {
-	if create {
-		return t.b(bucketMail).CreateBucketIfNotExists(to[:])
-	}
-	return t.b(bucketMail).Bucket(to[:]), nil
+// --- mailboxes ---
+
+func mailKey(to addressing.PublicKey, id uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(nil), to[:]...), id)
 }
 
 func (t boltTx) Enqueue(to addressing.PublicKey, msg []byte, tm time.Time) (uint64, error) {
-	b, err := t.mailbox(to, true)
-	if err != nil {
-		return 0, err
-	}
-	// Mailbox buckets are never deleted, so ids never repeat for a recipient.
+	b := t.b(bucketMailbox)
+	// One sequence for every mailbox: ids never repeat for a recipient.
 	id, err := b.NextSequence()
 	if err != nil {
 		return 0, err
 	}
-	return id, b.Put(binary.BigEndian.AppendUint64(nil, id), append(appendTime(nil, tm), msg...))
+	if err := addCount(t.b(bucketMailCount), to[:], 1); err != nil {
+		return 0, err
+	}
+	return id, b.Put(mailKey(to, id), append(appendTime(nil, tm), msg...))
 }
 
 func (t boltTx) MailCount(to addressing.PublicKey) (int, error) {
-	b, err := t.mailbox(to, false)
-	if b == nil || err != nil {
-		return 0, err
-	}
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		n++
-	}
-	return n, nil
+	return getCount(t.b(bucketMailCount), to[:]), nil
 }
 
 func (t boltTx) Mail(to addressing.PublicKey, after uint64, max int) ([]MailItem, error) {
-	b, err := t.mailbox(to, false)
-	if b == nil || err != nil {
-		return nil, err
-	}
 	var items []MailItem
-	c := b.Cursor()
-	for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, after+1)); k != nil && len(items) < max; k, v = c.Next() {
-		if len(k) != 8 || len(v) < 8 {
+	c := t.b(bucketMailbox).Cursor()
+	for k, v := c.Seek(mailKey(to, after+1)); k != nil && len(items) < max && bytes.HasPrefix(k, to[:]); k, v = c.Next() {
+		if len(k) != addressing.PublicKeySize+8 || len(v) < 8 {
 			return nil, errors.New("rendezvous: store: corrupt mailbox")
 		}
 		items = append(items, MailItem{
-			ID:   binary.BigEndian.Uint64(k),
+			ID:   binary.BigEndian.Uint64(k[addressing.PublicKeySize:]),
 			Time: readTime(v),
 			Msg:  bytes.Clone(v[8:]),
 		})
@@ -327,48 +609,71 @@ func (t boltTx) Mail(to addressing.PublicKey, after uint64, max int) ([]MailItem
 }
 
 func (t boltTx) Ack(to addressing.PublicKey, id uint64) (bool, error) {
-	b, err := t.mailbox(to, false)
-	if b == nil || err != nil {
-		return false, err
-	}
-	k := binary.BigEndian.AppendUint64(nil, id)
+	k := mailKey(to, id)
+	b := t.b(bucketMailbox)
 	if b.Get(k) == nil {
 		return false, nil
+	}
+	if err := addCount(t.b(bucketMailCount), to[:], -1); err != nil {
+		return false, err
 	}
 	return true, b.Delete(k)
 }
 
-func (t boltTx) Prune(cutoff time.Time) (int, error) {
+// --- pruning ---
+
+func (t boltTx) Prune(nonces, records time.Time) (int, error) {
 	n := 0
-	old := func(v []byte) bool { return len(v) >= 8 && readTime(v).Before(cutoff) }
-	prune := func(b *bolt.Bucket, isOld func(v []byte) bool) error {
-		var dead [][]byte
-		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if v != nil && isOld(v) {
-				dead = append(dead, bytes.Clone(k))
-			}
+	// The replay cache is in time order: delete from the front.
+	var dead [][]byte
+	end := appendTime(nil, nonces)
+	c := t.b(bucketNonces).Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:min(8, len(k))], end) < 0; k, _ = c.Next() {
+		dead = append(dead, bytes.Clone(k))
+	}
+	for _, k := range dead {
+		if err := t.b(bucketNonces).Delete(k); err != nil {
+			return n, err
 		}
-		for _, k := range dead {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
+	}
+	n += len(dead)
+
+	if records.IsZero() {
+		return n, nil
+	}
+	var old []PendingRequest
+	c = t.b(bucketPending).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		p, err := t.pendingRecord(k, v)
+		if err != nil {
+			return n, err
 		}
-		n += len(dead)
-		return nil
+		if p.Time.Before(records) {
+			old = append(old, p)
+		}
 	}
-	if err := prune(t.b(bucketNonces), old); err != nil {
-		return n, err
+	for _, p := range old {
+		if err := t.DeletePending(p.Target, p.Requester); err != nil {
+			return n, err
+		}
 	}
-	pendingOld := func(v []byte) bool {
-		return len(v) >= 1+trustdb.NonceSize+8 && readTime(v[1+trustdb.NonceSize:]).Before(cutoff)
+	n += len(old)
+
+	dead = dead[:0]
+	c = t.b(bucketMailbox).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(v) >= 8 && readTime(v).Before(records) {
+			dead = append(dead, bytes.Clone(k))
+		}
 	}
-	if err := prune(t.b(bucketPending), pendingOld); err != nil {
-		return n, err
+	for _, k := range dead {
+		to, _ := addressing.PublicKeyFromSlice(k[:min(len(k), addressing.PublicKeySize)])
+		if err := errors.Join(t.b(bucketMailbox).Delete(k), addCount(t.b(bucketMailCount), to[:], -1)); err != nil {
+			return n, err
+		}
 	}
-	mail := t.b(bucketMail)
-	err := mail.ForEachBucket(func(k []byte) error { return prune(mail.Bucket(k), old) })
-	return n, err
+	n += len(dead)
+	return n, nil
 }
 
 // --- record encodings (all integers big endian) ---
@@ -422,7 +727,8 @@ func appendBytes16(b, v []byte) []byte {
 	return append(b, v...)
 }
 
-// agent: version | uint8 len hostname | uint8 count | count × (uint8 len | netip binary | uint16 port) | created | last seen
+// agent: version | uint8 len hostname | uint8 count | count × (uint8 len | netip binary | uint16 port) |
+// created | last seen | prefix source (version 2)
 func encodeAgent(r AgentRecord) []byte {
 	b := []byte{recordVersion, byte(len(r.Hostname))}
 	b = append(b, r.Hostname...)
@@ -434,15 +740,14 @@ func encodeAgent(r AgentRecord) []byte {
 		b = binary.BigEndian.AppendUint16(b, ap.Port())
 	}
 	b = appendTime(b, r.Created)
-	return appendTime(b, r.LastSeen)
+	b = appendTime(b, r.LastSeen)
+	return appendPrefix(b, r.Source)
 }
 
 func decodeAgent(k addressing.PublicKey, v []byte) (AgentRecord, error) {
 	d := dec{b: v}
 	r := AgentRecord{Key: k}
-	if d.next(1)[0] != recordVersion {
-		d.bad = true
-	}
+	ver := d.version()
 	r.Hostname = string(d.next(int(d.next(1)[0])))
 	n := int(d.next(1)[0])
 	for range n {
@@ -458,26 +763,72 @@ func decodeAgent(k addressing.PublicKey, v []byte) (AgentRecord, error) {
 	}
 	r.Created = d.time()
 	r.LastSeen = d.time()
+	if ver >= 2 {
+		r.Source = d.prefix()
+	}
 	return r, d.err("agent")
 }
 
-// pending: version | nonce | time | bytes16 msg
+// pending: version | nonce | time | bytes16 msg | prefix source | uint8 flags (bit 0: member) |
+// uint64 mail id (the last three from version 2)
 func encodePending(p PendingRequest) []byte {
 	b := append([]byte{recordVersion}, p.Nonce[:]...)
 	b = appendTime(b, p.Time)
-	return appendBytes16(b, p.Msg)
+	b = appendBytes16(b, p.Msg)
+	b = appendPrefix(b, p.Source)
+	var flags byte
+	if p.Member {
+		flags |= 1
+	}
+	b = append(b, flags)
+	return binary.BigEndian.AppendUint64(b, p.MailID)
 }
 
 func decodePending(target, requester addressing.PublicKey, v []byte) (PendingRequest, error) {
 	d := dec{b: v}
 	p := PendingRequest{Target: target, Requester: requester}
-	if d.next(1)[0] != recordVersion {
-		d.bad = true
-	}
+	ver := d.version()
 	copy(p.Nonce[:], d.next(trustdb.NonceSize))
 	p.Time = d.time()
 	p.Msg = d.bytes16()
+	if ver >= 2 {
+		p.Source = d.prefix()
+		p.Member = d.next(1)[0]&1 != 0
+		p.MailID = binary.BigEndian.Uint64(d.next(8))
+	}
 	return p, d.err("pending")
+}
+
+// prefix: uint8 length (0: none) | netip.Prefix binary
+func appendPrefix(b []byte, p netip.Prefix) []byte {
+	if !p.IsValid() {
+		return append(b, 0)
+	}
+	pb, _ := p.MarshalBinary()
+	b = append(b, byte(len(pb)))
+	return append(b, pb...)
+}
+
+func (d *dec) prefix() netip.Prefix {
+	n := int(d.next(1)[0])
+	if n == 0 {
+		return netip.Prefix{}
+	}
+	var p netip.Prefix
+	if err := p.UnmarshalBinary(d.next(n)); err != nil || !p.IsValid() || p != p.Masked() {
+		d.bad = true
+		return netip.Prefix{}
+	}
+	return p
+}
+
+// version reads the record version, 1 or recordVersion.
+func (d *dec) version() byte {
+	v := d.next(1)[0]
+	if v < 1 || v > recordVersion {
+		d.bad = true
+	}
+	return v
 }
 
 // pair: version | A | B | created | bytes16 request | bytes16 approve
@@ -492,9 +843,7 @@ func encodePair(p TrustPair) []byte {
 func decodePair(v []byte) (TrustPair, error) {
 	d := dec{b: v}
 	var p TrustPair
-	if d.next(1)[0] != recordVersion {
-		d.bad = true
-	}
+	d.version()
 	copy(p.A[:], d.next(addressing.PublicKeySize))
 	copy(p.B[:], d.next(addressing.PublicKeySize))
 	p.Created = d.time()

@@ -155,9 +155,7 @@ func encodeNetwork(r NetworkRecord) []byte {
 func decodeNetwork(id addressing.NetworkID, v []byte) (NetworkRecord, error) {
 	d := dec{b: v}
 	r := NetworkRecord{ID: id}
-	if d.next(1)[0] != recordVersion {
-		d.bad = true
-	}
+	d.version()
 	r.Name = string(d.next(int(d.next(1)[0])))
 	copy(r.Owner[:], d.next(addressing.PublicKeySize))
 	r.Created = d.time()
@@ -174,9 +172,7 @@ func encodeMember(m MemberRecord) []byte {
 func decodeMember(id addressing.NetworkID, k addressing.PublicKey, v []byte) (MemberRecord, error) {
 	d := dec{b: v}
 	m := MemberRecord{Network: id, Key: k}
-	if d.next(1)[0] != recordVersion {
-		d.bad = true
-	}
+	d.version()
 	m.Time = d.time()
 	if j := d.bytes16(); len(j) > 0 {
 		m.Join = j

@@ -34,7 +34,7 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 	}
 
 	var grant *relay.Grant
-	if m.Relay && s.relay != nil {
+	if m.Relay && s.relay != nil && !s.relayOverKeyLimit(c.key, peer) {
 		if g, err := s.relay.Open(c.key, peer); err == nil { // ErrFull is counted by the relay
 			grant = &g
 			// A revoke closes the pair's sessions after it commits: checking
@@ -87,6 +87,17 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 	}
 	s.stats.introductions.Add(1)
 	return answer
+}
+
+// relayOverKeyLimit reports whether a or b is already a side of
+// MaxRelayPerKey relay sessions (counted: the introduction has no grant), so
+// a few keys cannot fill MaxRelaySessions.
+func (s *Server) relayOverKeyLimit(a, b addressing.PublicKey) bool {
+	if s.relay.SessionsOf(a) < s.limits.MaxRelayPerKey && s.relay.SessionsOf(b) < s.limits.MaxRelayPerKey {
+		return false
+	}
+	s.stats.relayRefusedPerKey.Add(1)
+	return true
 }
 
 // natReport records the NAT kind c's agent reported for its session.

@@ -23,10 +23,24 @@ import (
 
 // Client timing.
 const (
-	// KeepAlivePeriod keeps the NAT mapping of the node's socket open.
+	// KeepAlivePeriod is the QUIC keepalive of the session's connection
+	// (the Pings on the session stream come more often; see SessionIdle).
 	KeepAlivePeriod = 15 * time.Second
-	minBackoff      = 100 * time.Millisecond
-	maxBackoff      = 2 * time.Second
+	// SessionIdle is the idle timeout of the session's connection: the
+	// client declares the session lost and registers again when the server
+	// has not acknowledged its traffic (a Ping every PingPeriod) for this
+	// long. A server that died is noticed within PingPeriod + SessionIdle
+	// (4.5 s) of its last packet, one that restarted at the next Ping (its
+	// stateless reset).
+	SessionIdle = 3 * time.Second
+	// PingPeriod is how often the client writes a Ping on its session stream.
+	PingPeriod = 1500 * time.Millisecond
+	// handshakeIdle bounds one connection attempt, so a dial that started
+	// while the server was down is retried with fresh retransmission timers
+	// rather than waiting out quic-go's long backoff.
+	handshakeIdle = 3 * time.Second
+	minBackoff    = 100 * time.Millisecond
+	maxBackoff    = 2 * time.Second
 	// permanentBackoff paces retries after a failure that only the operator
 	// can fix (hostname or NodeID taken, server key not the pinned one).
 	permanentBackoff = 30 * time.Second
@@ -37,14 +51,17 @@ const (
 	minRequestSize = 64
 )
 
-// PinStore remembers the server key a client trusted on first use.
-// Implementations must be safe for concurrent use; trustdb.Store's Meta
-// settings are a natural backing.
+// PinStore remembers the rendezvous key a node pinned: one key per node,
+// whatever name or address the server is configured under (so an alias or
+// a config edit such as localhost:7420 → 127.0.0.1:7420 cannot make the
+// node trust another key). It changes only when the user configures a key
+// explicitly (ClientConfig.ServerKey). Implementations must be safe for
+// concurrent use; trustdb.Store's Meta settings are a natural backing.
 type PinStore interface {
-	// Pin returns the key pinned for server ("host:port" as configured).
-	Pin(server string) (addressing.PublicKey, bool)
-	// SetPin pins k for server.
-	SetPin(server string, k addressing.PublicKey) error
+	// Pin returns the pinned key.
+	Pin() (addressing.PublicKey, bool)
+	// SetPin pins k, replacing the pinned key.
+	SetPin(k addressing.PublicKey) error
 }
 
 // ClientConfig configures a Client.
@@ -62,12 +79,13 @@ type ClientConfig struct {
 	// ServerAddr is the server's UDP address, "host:port". Required. It is
 	// resolved again on every connection attempt.
 	ServerAddr string
-	// ServerKey is the server's pinned key. If zero, Pins decides: a key
-	// pinned for ServerAddr is required, and with none the first key seen is
-	// trusted and pinned (trust on first use).
+	// ServerKey is the server's key, configured explicitly. If zero, Pins
+	// decides: the node's pinned key is required (whatever ServerAddr says),
+	// and with none the first key seen is trusted and pinned (trust on first
+	// use). If set, it is also pinned, replacing an earlier pin: configuring
+	// a key is how a user changes the pin.
 	ServerKey addressing.PublicKey
-	// Pins stores the trust-on-first-use pin; it may be nil when ServerKey
-	// is set.
+	// Pins stores the node's pin; it may be nil when ServerKey is set.
 	Pins PinStore
 	// Hostname is claimed at registration if not empty.
 	Hostname string
@@ -156,6 +174,45 @@ type Client struct {
 	stun2     netip.AddrPort // its second STUN address, resolved; invalid if none
 	hostname  string         // to claim on (re)registration
 	lastErr   error          // the last registration refusal that only the operator can fix
+	status    SessionStatus  // what setStateLocked last made of conn, lastErr and closed
+	since     time.Time      // when status last changed
+	failErr   error          // the last failure of a connection attempt or session
+	failAt    time.Time
+}
+
+// SessionStatus is the state of a client's session with the server.
+type SessionStatus string
+
+// Session states (SessionState.Status).
+const (
+	// SessionConnecting: not registered; the client is dialling or
+	// registering, or waiting to retry (LastError says why).
+	SessionConnecting SessionStatus = "connecting"
+	// SessionRegistered: registered on a connection the server keeps
+	// acknowledging (see SessionIdle).
+	SessionRegistered SessionStatus = "registered"
+	// SessionRefused: the last attempt was refused for a reason only the
+	// operator can fix (LastError: ErrHostnameTaken, ErrNodeIDTaken,
+	// ErrServerKey); the client retries every 30 s.
+	SessionRefused SessionStatus = "refused"
+	// SessionClosed: the client was closed.
+	SessionClosed SessionStatus = "closed"
+)
+
+// SessionState is a snapshot of a client's session (Client.State).
+type SessionState struct {
+	Status SessionStatus
+	// Since is when Status last changed (zero before Start).
+	Since time.Time
+	// Server is the server address of the current registration (registered
+	// only).
+	Server netip.AddrPort
+	// LastError is the most recent failure: why the last session ended or
+	// the last attempt failed (nil if none yet). It is kept after the next
+	// registration, with LastErrorAt, so a status can tell a fresh session
+	// from an old one.
+	LastError   error
+	LastErrorAt time.Time
 }
 
 // NewClient checks cfg and returns a client that is not yet connected. It
@@ -217,6 +274,7 @@ func (c *Client) Start() {
 		return
 	}
 	c.started = true
+	c.status, c.since = SessionConnecting, time.Now()
 	c.wg.Add(1)
 	go c.sessionLoop()
 }
@@ -255,8 +313,37 @@ func (c *Client) readyConn(ctx context.Context) (*quic.Conn, error) {
 func (c *Client) setStateLocked(conn *quic.Conn, lastErr error) {
 	c.conn = conn
 	c.lastErr = lastErr
+	st := SessionConnecting
+	switch {
+	case c.closed:
+		st = SessionClosed
+	case conn != nil:
+		st = SessionRegistered
+	case lastErr != nil:
+		st = SessionRefused
+	}
+	if st != c.status {
+		c.status, c.since = st, time.Now()
+	}
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+// State returns the session's state as of now: registered only while the
+// server keeps acknowledging the session's traffic (a session whose server
+// died is reported lost within PingPeriod + SessionIdle, not after QUIC's
+// usual 30 s), with the last failure and when it happened.
+func (c *Client) State() SessionState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := SessionState{Status: c.status, Since: c.since, LastError: c.failErr, LastErrorAt: c.failAt}
+	if st.Status == "" {
+		st.Status = SessionConnecting
+	}
+	if c.conn != nil {
+		st.Server = c.server
+	}
+	return st
 }
 
 // Close stops the session loop, closes the connection to the server and
@@ -328,6 +415,12 @@ func (c *Client) sessionLoop() {
 		registered, err := c.runSession()
 		if c.ctx.Err() != nil {
 			return
+		}
+		c.mu.Lock()
+		c.failErr, c.failAt = err, time.Now()
+		c.mu.Unlock()
+		if registered {
+			c.log.Info("rendezvous session lost; registering again", "server", c.cfg.ServerAddr, "err", err)
 		}
 		wait := backoff
 		switch {
@@ -427,7 +520,53 @@ func (c *Client) runSession() (registered bool, err error) {
 		c.mu.Unlock()
 	}()
 	str.SetDeadline(time.Time{})
-	return true, c.receive(ctx, str, remoteAddrPort(qc))
+	w := &sessionWriter{str: str}
+	pingCtx, stopPing := context.WithCancel(ctx)
+	pinged := make(chan struct{})
+	go func() { // owned here: waited for below
+		defer close(pinged)
+		c.pingLoop(pingCtx, w)
+	}()
+	err = c.receive(ctx, str, w, remoteAddrPort(qc))
+	stopPing()
+	<-pinged
+	return true, err
+}
+
+// sessionWriter serialises the writes of the session stream (Acks, Pings).
+type sessionWriter struct {
+	mu  sync.Mutex
+	str *quic.Stream
+}
+
+func (w *sessionWriter) write(b []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.str.SetWriteDeadline(time.Now().Add(requestTimeout))
+	_, err := w.str.Write(b)
+	return err
+}
+
+// pingLoop writes a padded Ping on the session stream every PingPeriod
+// until ctx ends: the server's acknowledgements keep the connection's
+// SessionIdle timeout from expiring, and a restarted server answers the
+// (large enough) packet with a stateless reset, which ends the session at
+// once.
+func (c *Client) pingLoop(ctx context.Context, w *sessionWriter) {
+	ping, _ := proto.AppendMessage(nil, &proto.Ping{})
+	ping = proto.Pad(ping, minRequestSize)
+	t := time.NewTicker(PingPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := w.write(ping); err != nil {
+			return // the session is ending; receive reports why
+		}
+	}
 }
 
 // dial connects to the server, pinning its key (or pinning it on first use).
@@ -440,10 +579,10 @@ func (c *Client) dial() (*quic.Conn, error) {
 		}
 	}
 	want := c.cfg.ServerKey
-	tofu := false
+	tofu, pinned := false, false
 	if want.IsZero() {
-		if k, ok := c.cfg.Pins.Pin(c.cfg.ServerAddr); ok && !k.IsZero() {
-			want = k
+		if k, ok := c.cfg.Pins.Pin(); ok && !k.IsZero() {
+			want, pinned = k, true
 		} else {
 			tofu = true
 		}
@@ -462,7 +601,8 @@ func (c *Client) dial() (*quic.Conn, error) {
 	defer cancel()
 	qconf := &quic.Config{
 		KeepAlivePeriod:       KeepAlivePeriod,
-		MaxIdleTimeout:        30 * time.Second,
+		MaxIdleTimeout:        SessionIdle,
+		HandshakeIdleTimeout:  handshakeIdle,
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
 	}
@@ -475,23 +615,39 @@ func (c *Client) dial() (*quic.Conn, error) {
 	}
 	if err != nil {
 		if k := mismatch.Load(); k != nil {
-			return nil, fmt.Errorf("%w: %s presented %s, pinned %s", ErrServerKey, c.cfg.ServerAddr, k, want)
+			if pinned {
+				return nil, fmt.Errorf("%w: %s presented key %s, but this node pinned %s when it first met its rendezvous "+
+					"(one key per node, whatever the server's address); if the server's key changed on purpose, "+
+					"configure the new key explicitly (ClientConfig.ServerKey; agentnet up --rendezvous-key %s)",
+					ErrServerKey, c.cfg.ServerAddr, k, want, k)
+			}
+			return nil, fmt.Errorf("%w: %s presented key %s, not the configured %s", ErrServerKey, c.cfg.ServerAddr, k, want)
 		}
 		if c.cfg.Dial != nil {
 			return nil, err // the dialer says what it tried
 		}
 		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
 	}
-	if tofu {
+	switch {
+	case tofu:
 		k, err := certs.PeerKey(qc.ConnectionState().TLS)
 		if err == nil {
-			err = c.cfg.Pins.SetPin(c.cfg.ServerAddr, k)
+			err = c.cfg.Pins.SetPin(k)
 		}
 		if err != nil {
 			qc.CloseWithError(0, "")
 			return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
 		}
 		c.log.Info("rendezvous server key pinned on first use", "server", c.cfg.ServerAddr, "key", k.String())
+	case !pinned && c.cfg.Pins != nil:
+		// A configured key: it becomes the pin (the user's explicit change).
+		if k, ok := c.cfg.Pins.Pin(); !ok || k != want {
+			if err := c.cfg.Pins.SetPin(want); err != nil {
+				qc.CloseWithError(0, "")
+				return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
+			}
+			c.log.Info("rendezvous server key pinned as configured", "server", c.cfg.ServerAddr, "key", want.String(), "replaced", k.String())
+		}
 	}
 	return qc, nil
 }
@@ -500,7 +656,7 @@ func (c *Client) dial() (*quic.Conn, error) {
 // frames go to Deliver and are acked once accepted, Introduce frames go to
 // Introduced, unknown types are skipped (a newer server). server is the
 // address the connection dialled.
-func (c *Client) receive(ctx context.Context, str *quic.Stream, server netip.AddrPort) error {
+func (c *Client) receive(ctx context.Context, str *quic.Stream, w *sessionWriter, server netip.AddrPort) error {
 	var buf []byte
 	var lists listAssembler
 	for {
@@ -553,8 +709,7 @@ func (c *Client) receive(ctx context.Context, str *quic.Stream, server netip.Add
 			continue
 		}
 		buf, _ = proto.AppendMessage(buf[:0], &proto.Ack{ID: d.ID})
-		str.SetWriteDeadline(time.Now().Add(requestTimeout))
-		if _, err := str.Write(buf); err != nil {
+		if err := w.write(buf); err != nil {
 			return fmt.Errorf("rendezvous: session: ack: %w", err)
 		}
 		if ctx.Err() != nil {

@@ -22,8 +22,12 @@
 // network; an address N:x with N != 0 needs both to be members of N). For
 // anyone else the answer is the NotFound frame, byte for byte the one for an
 // agent that does not exist. A trust request is answered OK whether its
-// target exists or not, is online, or is over its limits; the requester
-// never learns the target's locator.
+// target exists or not, is online, or is over its limits, after the same
+// store operations (a request to a name nobody holds waits under a key
+// derived from the name, pending.go) and before the target's session is
+// woken; the requester never learns the target's locator. A network
+// document naming a network the server does not know, or knows under
+// another name or owner, gets the NotFound frame.
 //
 // # Trust mailbox
 //
@@ -32,10 +36,14 @@
 // connection's key, time window, replay cache), applies it to its own view
 // (pending requests, trusted pairs with both signed messages) and queues it
 // in the recipient's persistent mailbox. A mailbox is pushed on the
-// recipient's session stream at once if it is online, or when it next
-// connects, and a message is deleted only when the recipient acks it.
-// Recipients verify every message again themselves: the server cannot forge
-// consent.
+// recipient's session stream at once if it is online (a request 5-25 ms
+// after its answer), or when it next connects, and a message is deleted only
+// when the recipient acks it. A request to a hostname or address no agent
+// holds is kept until an agent registers with that NodeID or claims that
+// hostname (or the request is 30 days old). A target's pending slots are
+// shared fairly between source prefixes (pending.go). The replay cache
+// keeps a message for TrustReplayWindow. Recipients verify every message
+// again themselves: the server cannot forge consent.
 //
 // # Networks
 //
@@ -84,12 +92,17 @@
 //
 // State lives behind Store, by default a bbolt file in DataDir: a restart
 // loses no registration, pair, pending request or queued message, and the
-// server's identity is kept there too, so pinned keys stay valid. Clients
-// reconnect by themselves. Every input is bounded (Limits): frame size,
-// requests per key and per source address (token buckets in bounded LRU
-// tables), pending requests per target, mailbox size, streams per
-// connection, connections, STUN answers per source address, relay sessions
-// and their bandwidth. Going over gets an Error frame with a stable code
+// server's identity is kept there too, so pinned keys stay valid. A store
+// file is checked before it is opened and a damaged one is refused, never
+// replaced (boltcheck.go, ErrStoreDamaged); a clean Close leaves its last
+// good copy. Clients reconnect by themselves, noticing a lost session
+// within PingPeriod + SessionIdle. Every input is bounded (Limits), per key
+// and per source, shared fairly (limits.go): frame size, requests per key
+// and per source address (shared by its keys), pending requests per target,
+// requester and source prefix, mailbox size, streams per connection,
+// connections (per key, and max-min fair between prefixes when full),
+// registrations per prefix (idle ones expire), STUN answers per source
+// address, relay sessions (per key) and their bandwidth. Going over gets an Error frame with a stable code
 // (proto.CodeRateLimited, ...) or a silent, counted drop where an error would
 // be an oracle; never unbounded memory.
 //

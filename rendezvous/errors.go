@@ -33,6 +33,16 @@ var (
 	ErrLimit = errors.New("rendezvous: server limit reached")
 	// ErrNetworkTaken: another network has that name.
 	ErrNetworkTaken = errors.New("rendezvous: network name taken")
+	// ErrStoreDamaged: the server's store file is damaged (empty, truncated,
+	// a bad meta page, an unreadable page, an inconsistency bbolt's check
+	// found). The server does not open or overwrite it; the error says how
+	// to restore the last good copy.
+	ErrStoreDamaged = errors.New("rendezvous: store damaged")
+	// ErrStoreMismatch: the store does not belong to the server's identity:
+	// it is missing or empty although the identity existed, it belongs to
+	// another server key, or the identity is missing while the store holds
+	// state. Start refuses rather than serve from the wrong state.
+	ErrStoreMismatch = errors.New("rendezvous: store and server identity do not match")
 )
 
 // ServerError is an error answer from the server. It matches the sentinel of

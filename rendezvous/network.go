@@ -69,17 +69,25 @@ func (s *Server) networkSend(from addressing.PublicKey, raw []byte) proto.Messag
 	now := time.Now()
 	var resp proto.Message
 	switch d := doc.(type) {
+	// Everything that can be checked without the store is checked first, so
+	// a document is refused the same way whether its network exists or not;
+	// a document that names a network the server does not know, or knows
+	// under another name or owner, gets the NotFound frame either way.
 	case *network.Join:
 		if d.Member != from {
 			err = fmt.Errorf("%w: join not signed by the connection's key", ErrBadMessage)
 		} else if err = network.CheckTime(d.Time, now); err == nil {
-			resp, err = s.applyJoin(d, raw)
+			if err = d.Verify(); err == nil {
+				resp, err = s.applyJoin(d, raw)
+			}
 		}
 	case *network.Exit:
 		if d.Signer() != from {
 			err = fmt.Errorf("%w: %s not signed by the connection's key", ErrBadMessage, d.Kind())
 		} else if err = network.CheckTime(d.Time, now); err == nil {
-			resp, err = s.applyExit(d, raw)
+			if err = d.Verify(); err == nil {
+				resp, err = s.applyExit(d, raw)
+			}
 		}
 	default:
 		err = fmt.Errorf("%w: a %s is not sent to the server", ErrBadMessage, doc.Kind())
@@ -140,7 +148,8 @@ func (s *Server) applyJoin(j *network.Join, raw []byte) (proto.Message, error) {
 		if err != nil {
 			return err
 		}
-		if !ok {
+		info := network.Info{ID: rec.ID, Name: rec.Name, Owner: rec.Owner}
+		if !ok || j.Invite.Info() != info {
 			return ErrNotFound
 		}
 		cur, had, err := tx.NetworkMember(rec.ID, j.Member)
@@ -151,7 +160,6 @@ func (s *Server) applyJoin(j *network.Join, raw []byte) (proto.Message, error) {
 			return nil // a retry
 		}
 		curJ, last := memberDocs(cur, had)
-		info := network.Info{ID: rec.ID, Name: rec.Name, Owner: rec.Owner}
 		if err := info.CheckJoin(j, curJ, last); err != nil {
 			return err
 		}

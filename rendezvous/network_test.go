@@ -189,10 +189,11 @@ func TestNetworkForgedRefused(t *testing.T) {
 	require.NoError(t, err)
 	now := time.Now()
 
-	// An invite signed by someone else than the network's owner.
+	// An invite made by someone else than the network's owner: to the
+	// server, a network it does not know.
 	fake := rendezvous.NetworkInfo{ID: info.ID, Name: info.Name, Owner: bob.id.PublicKey()}
 	_, err = alice.c.JoinNetwork(ctx, joinDoc(t, alice.id, invite(t, bob.id, fake, alice.id.PublicKey(), now, time.Hour), now))
-	require.ErrorIs(t, err, rendezvous.ErrBadMessage)
+	require.ErrorIs(t, err, rendezvous.ErrNotFound)
 	// Alice's Join sent from bob's connection.
 	good := joinDoc(t, alice.id, invite(t, owner.id, info, alice.id.PublicKey(), now, time.Hour), now)
 	_, err = bob.c.JoinNetwork(ctx, good)
@@ -270,4 +271,41 @@ func TestNetworkListPages(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, st.Full)
 	require.ElementsMatch(t, joins, st.Docs)
+}
+
+// TestNetworkJoinNoOracle: a stranger's Join for an existing network ID and
+// for an unused one gets the same bytes: for an invite it made itself
+// (NotFound) and for a forged one (bad_message, the same text). (Before, the
+// self-made invite for an existing ID answered bad_message and for an
+// unused one not_found.)
+func TestNetworkJoinNoOracle(t *testing.T) {
+	checkGoroutines(t)
+	srv := rendezvoustest.New(t)
+	ctx := ctxT(t)
+	owner := newNetAgent(t, srv, nil)
+	info, err := owner.c.CreateNetwork(ctx, "private")
+	require.NoError(t, err)
+	strangerID, fakeOwner := newID(t), newID(t)
+	stranger := dialRaw(t, srv, strangerID, true)
+	now := time.Now()
+	join := func(id addressing.NetworkID, name string, forged bool) []byte {
+		t.Helper()
+		tok := invite(t, fakeOwner, rendezvous.NetworkInfo{ID: id, Name: name, Owner: fakeOwner.PublicKey()}, strangerID.PublicKey(), now, time.Hour)
+		if forged {
+			tok.Invite.Owner = info.Owner // claims the real owner; the signature is fakeOwner's
+		}
+		j, err := network.NewJoin(strangerID, tok, now)
+		require.NoError(t, err)
+		return stranger.request(t, frame(t, &proto.NetworkSend{Doc: encodeDoc(t, j)}))
+	}
+	notFound := frame(t, &proto.NotFound{})
+	for _, name := range []string{info.Name, "other"} {
+		require.Equal(t, notFound, join(info.ID, name, false), "existing ID, name %s", name)
+		require.Equal(t, notFound, join(999, name, false), "unused ID, name %s", name)
+		forged := join(info.ID, name, true)
+		f, _, err := proto.ParseFrame(forged)
+		require.NoError(t, err)
+		require.Equal(t, proto.TypeError, f.Type)
+		require.Equal(t, forged, join(999, name, true), "forged invite, name %s", name)
+	}
 }

@@ -23,6 +23,11 @@ func recordSeeds() [][]byte {
 		encodeAgent(AgentRecord{}),
 		encodePending(PendingRequest{Nonce: [16]byte{3}, Time: now, Msg: []byte("request")}),
 		encodePair(TrustPair{A: k, B: k, Request: []byte("r"), Approve: []byte("a"), Created: now}),
+		// Version 2 fields, and version 1 records as the previous layout wrote them.
+		encodePending(PendingRequest{Nonce: [16]byte{4}, Time: now, Msg: []byte("q"), Source: netip.MustParsePrefix("198.18.7.0/24"), Member: true, MailID: 77}),
+		encodeAgent(AgentRecord{Key: k, Source: netip.MustParsePrefix("2001:db8:1::/48"), Created: now}),
+		appendTime(appendTime([]byte{1, 1, 'b', 0}, now), now),
+		appendBytes16(appendTime(append([]byte{1}, make([]byte, 16)...), now), []byte("v1 request")),
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -395,14 +396,16 @@ func TestMailboxForOfflineAgent(t *testing.T) {
 	require.NoError(t, alice.c.Send(ctx, msg(t, alice.id, trustdb.KindRequest, target(t, "bob"), noNonce)))
 	require.NoError(t, alice.c.Send(ctx, msg(t, alice.id, trustdb.KindRequest, addressing.TargetAddr(bobID.Addr()), noNonce)))
 
+	// The newer request replaced the older one, queued copy included: a
+	// requester cannot fill a mailbox by asking again.
 	bob2 := newAgent(t, srv, bobID, "")
-	m1, m2 := bob2.recv(t), bob2.recv(t)
-	require.Equal(t, alice.id.PublicKey(), m1.From)
+	m2 := bob2.recv(t)
 	require.Equal(t, alice.id.PublicKey(), m2.From)
-	require.NotEqual(t, m1.Nonce, m2.Nonce)
+	require.Equal(t, addressing.TargetAddr(bobID.Addr()), m2.To)
+	bob2.noMessage(t, 100*time.Millisecond)
 
 	// Acked messages are gone: a third connection gets nothing.
-	require.Eventually(t, func() bool { return srv.Stats().Acked == 2 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return srv.Stats().Acked == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, bob2.c.Close())
 	bob3 := newAgent(t, srv, bobID, "")
 	bob3.noMessage(t, 300*time.Millisecond)
@@ -506,7 +509,7 @@ func TestCrashRestart(t *testing.T) {
 	ctx := ctxT(t)
 	start := time.Now()
 	// Any packet of a client gets it a reset and it reconnects; an idle one
-	// sends its keepalive within KeepAlivePeriod.
+	// sends its Ping within PingPeriod.
 	lookup := func(from *agent, tg addressing.Target) bool {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
@@ -579,7 +582,7 @@ func TestMaxAgents(t *testing.T) {
 	dialRaw(t, srv, newID(t), true)
 	third := dialRaw(t, srv, newID(t), false)
 	got := third.request(t, frame(t, &proto.Register{}))
-	require.Equal(t, frame(t, &proto.Error{Code: proto.CodeLimit}), got)
+	require.Equal(t, frame(t, &proto.Error{Code: proto.CodeLimit, Text: "server limit reached: 2 agents registered"}), got, "%q", got)
 	// A known key still registers.
 	dialRaw(t, srv, first, true)
 }
@@ -666,7 +669,7 @@ func TestPinning(t *testing.T) {
 	require.NoError(t, err)
 	c.Start()
 	require.NoError(t, c.WaitReady(ctx))
-	k, ok := pins.Pin(cfg.ServerAddr)
+	k, ok := pins.Pin()
 	require.True(t, ok)
 	require.Equal(t, srv.PublicKey(), k)
 	require.NoError(t, c.Close())
@@ -682,7 +685,7 @@ func TestPinning(t *testing.T) {
 
 	// A different key than the pinned one (or the configured one): refused,
 	// and WaitReady says why.
-	require.NoError(t, pins.SetPin(cfg.ServerAddr, newID(t).PublicKey()))
+	require.NoError(t, pins.SetPin(newID(t).PublicKey()))
 	for _, configured := range []bool{false, true} {
 		cfg := cfg
 		cfg.Transport = rendezvoustest.NewTransport(t)
@@ -698,25 +701,68 @@ func TestPinning(t *testing.T) {
 }
 
 type memPins struct {
-	mu   sync.Mutex
-	pins map[string]addressing.PublicKey
+	mu  sync.Mutex
+	key addressing.PublicKey
+	set bool
 }
 
-func (p *memPins) Pin(server string) (addressing.PublicKey, bool) {
+func (p *memPins) Pin() (addressing.PublicKey, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	k, ok := p.pins[server]
-	return k, ok
+	return p.key, p.set
 }
 
-func (p *memPins) SetPin(server string, k addressing.PublicKey) error {
+func (p *memPins) SetPin(k addressing.PublicKey) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.pins == nil {
-		p.pins = make(map[string]addressing.PublicKey)
-	}
-	p.pins[server] = k
+	p.key, p.set = k, true
 	return nil
+}
+
+// TestPinIsPerNode: the pin belongs to the node, not to the server's address
+// string. A node that pinned its rendezvous as 127.0.0.1:port refuses another
+// key under another name (localhost:port2), until the user configures that
+// key explicitly. (Before, each address string had its own pin, so the
+// alias silently trusted the imposter's key on first use.)
+func TestPinIsPerNode(t *testing.T) {
+	checkGoroutines(t)
+	srv := rendezvoustest.New(t)
+	imposter := rendezvoustest.New(t)
+	ctx := ctxT(t)
+	pins := &memPins{}
+	id := newID(t)
+	run := func(addr string, key addressing.PublicKey) error {
+		t.Helper()
+		c, err := rendezvous.NewClient(rendezvous.ClientConfig{
+			Identity: id, Transport: rendezvoustest.NewTransport(t), ServerAddr: addr, ServerKey: key, Pins: pins,
+		})
+		require.NoError(t, err)
+		defer c.Close()
+		c.Start()
+		return c.WaitReady(ctx)
+	}
+	require.NoError(t, run(srv.Addr().String(), addressing.PublicKey{}))
+	k, ok := pins.Pin()
+	require.True(t, ok)
+	require.Equal(t, srv.PublicKey(), k)
+
+	alias := fmt.Sprintf("localhost:%d", imposter.Addr().Port)
+	err := run(alias, addressing.PublicKey{})
+	require.ErrorIs(t, err, rendezvous.ErrServerKey)
+	require.Contains(t, err.Error(), imposter.PublicKey().String())
+	require.Contains(t, err.Error(), "configure the new key explicitly")
+	t.Log(err)
+	k, _ = pins.Pin()
+	require.Equal(t, srv.PublicKey(), k, "the pin is unchanged")
+	// The same server under another name is still fine.
+	require.NoError(t, run(fmt.Sprintf("localhost:%d", srv.Addr().Port), addressing.PublicKey{}))
+
+	// The user changes the pin explicitly: the configured key is pinned, and
+	// from then on the old server is the stranger.
+	require.NoError(t, run(alias, imposter.PublicKey()))
+	k, _ = pins.Pin()
+	require.Equal(t, imposter.PublicKey(), k)
+	require.ErrorIs(t, run(srv.Addr().String(), addressing.PublicKey{}), rendezvous.ErrServerKey)
 }
 
 func TestCloseAndShutdown(t *testing.T) {

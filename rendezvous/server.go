@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,9 +33,11 @@ const (
 	requestTimeout = 10 * time.Second
 	// registerTimeout is how long a connection may stay unregistered.
 	registerTimeout = 10 * time.Second
-	// pruneInterval is how often expired replay-cache entries, pending
-	// requests and mailbox messages are deleted.
-	pruneInterval = time.Hour
+	// pruneInterval is how often expired replay-cache entries are deleted;
+	// every maintainEvery-th time, also expired pending requests, mailbox
+	// messages and idle registrations.
+	pruneInterval = time.Minute
+	maintainEvery = 60
 	// mailBatch is how many mailbox messages a session reads per store read.
 	mailBatch = 32
 	// pushQueue is how many introductions may wait for a session stream;
@@ -64,14 +67,16 @@ type Server struct {
 	limits Limits
 	log    *slog.Logger
 
-	keyLimit  *rateLimiter[addressing.PublicKey]
-	addrLimit *rateLimiter[netip.Addr]
+	keyLimit  *rateLimiter[addressing.PublicKey] // requests per key
+	addrLimit *fairLimiter                       // requests per source address, shared fairly by its keys
+	connLimit *rateLimiter[netip.Addr]           // new connections per source address
 	stun      stunResponder
 
 	// Set by Start, read-only afterwards.
 	id       *trustdb.Identity
 	store    Store
 	ownStore bool
+	snapshot string // where Close writes the store's last good copy; "" for none
 	conn     *net.UDPConn
 	ownConn  bool
 	tr       *quic.Transport
@@ -97,6 +102,7 @@ type Server struct {
 	draining bool // Shutdown: no new request streams
 	closed   bool
 	conns    map[*serverConn]struct{}
+	connTab  connTable // conns by source prefix and key (limits.go)
 	sessions map[addressing.PublicKey]*session
 
 	nconns atomic.Int64
@@ -110,9 +116,11 @@ type Server struct {
 // not logged).
 type counters struct {
 	connsRefused       atomic.Uint64
+	connsEvicted       atomic.Uint64
 	rateLimited        atomic.Uint64
 	badFrames          atomic.Uint64
 	requestsDropped    atomic.Uint64
+	requestsEvicted    atomic.Uint64
 	mailboxDropped     atomic.Uint64
 	delivered          atomic.Uint64
 	acked              atomic.Uint64
@@ -121,8 +129,10 @@ type counters struct {
 	sessionsReplaced   atomic.Uint64
 	storeErrors        atomic.Uint64
 	prunedStoreEntries atomic.Uint64
+	agentsExpired      atomic.Uint64
 	introductions      atomic.Uint64
 	introPushDropped   atomic.Uint64
+	relayRefusedPerKey atomic.Uint64
 	networkDocs        atomic.Uint64
 	networkRefused     atomic.Uint64
 	networkPushes      atomic.Uint64
@@ -132,10 +142,12 @@ type counters struct {
 type Stats struct {
 	Conns            int    // open client connections
 	Sessions         int    // registered (online) agents
-	ConnsRefused     uint64 // connections refused before the handshake (rate, MaxConns)
+	ConnsRefused     uint64 // connections refused (rate, MaxConns, MaxConnsPerKey)
+	ConnsEvicted     uint64 // connections closed to make room for a source prefix holding fewer (MaxConns)
 	RateLimited      uint64 // requests answered rate_limited
 	BadFrames        uint64 // malformed, oversized or unexpected frames
-	RequestsDropped  uint64 // trust requests dropped: target over MaxPendingPerTarget or mailbox full
+	RequestsDropped  uint64 // trust requests dropped: no slot for them (pending limits) or the mailbox full
+	RequestsEvicted  uint64 // pending trust requests that gave their slot to a fairer claim (pending.go)
 	MailboxDropped   uint64 // other mailbox messages dropped because a mailbox was full
 	Delivered        uint64 // mailbox messages written to sessions (including redeliveries)
 	Acked            uint64 // mailbox messages acked and deleted
@@ -143,8 +155,10 @@ type Stats struct {
 	TrustRefused     uint64 // trust messages refused (malformed, forged, replayed, unexpected)
 	SessionsReplaced uint64 // sessions closed because the key registered again elsewhere
 	StoreErrors      uint64
+	AgentsExpired    uint64 // registrations deleted after AgentTTL offline
 	Introductions    uint64 // Connect requests answered with an introduction
 	IntroPushDropped uint64 // introductions not pushed: the target's push queue was full
+	RelayRefusedKey  uint64 // introductions without a relay grant: a side over MaxRelayPerKey
 	NetworkDocs      uint64 // networks created, and Joins, Leaves and Removes accepted
 	NetworkRefused   uint64 // network documents refused (malformed, forged, stale, over a limit)
 	NetworkPushes    uint64 // NetworkState frames pushed on session streams
@@ -178,6 +192,7 @@ type serverConn struct {
 	qc         *quic.Conn
 	key        addressing.PublicKey
 	remote     netip.AddrPort // the reflexive address
+	prefix     netip.Prefix   // sourcePrefix of remote
 	registered atomic.Bool
 	sessionOn  atomic.Bool // a Register stream was accepted (only one per connection)
 }
@@ -187,6 +202,7 @@ type session struct {
 	c        *serverConn
 	locators []netip.AddrPort // reflexive first, then local
 	wake     chan struct{}    // capacity 1: new mail
+	wakeSoon chan struct{}    // capacity 1: new mail to read after a random delay (trust requests)
 	push     chan []byte      // encoded frames (Introduce) for the session stream; capacity pushQueue
 	net      *netPusher       // network frames for the session stream (network.go)
 	nat      atomic.Uint32    // last reported proto.NATKind (NATReport)
@@ -217,13 +233,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		limits:    limits,
 		log:       log,
 		keyLimit:  newRateLimiter[addressing.PublicKey](limits.KeyRate, limits.KeyBurst, limits.RateTableSize),
-		addrLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
+		addrLimit: newFairLimiter(limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
+		connLimit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize),
 		// STUN has its own table: NAT checks do not spend request tokens.
 		stun:     stunResponder{limit: newRateLimiter[netip.Addr](limits.AddrRate, limits.AddrBurst, limits.RateTableSize)},
 		id:       cfg.Identity,
 		ctx:      ctx,
 		cancel:   cancel,
 		conns:    make(map[*serverConn]struct{}),
+		connTab:  newConnTable(),
 		sessions: make(map[addressing.PublicKey]*session),
 	}, nil
 }
@@ -242,6 +260,7 @@ func (s *Server) Start() (err error) {
 	s.started = true
 	defer func() {
 		if err != nil {
+			s.snapshot = "" // nothing served: the file is as it was
 			s.releaseLocked()
 		}
 	}()
@@ -251,27 +270,7 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("rendezvous: data dir: %w", err)
 		}
 	}
-	if s.id == nil {
-		if s.cfg.DataDir != "" {
-			s.id, _, err = trustdb.LoadOrCreateIdentity(filepath.Join(s.cfg.DataDir, "identity.key"))
-		} else {
-			s.id, err = trustdb.GenerateIdentity()
-		}
-		if err != nil {
-			return fmt.Errorf("rendezvous: server identity: %w", err)
-		}
-	}
-	switch {
-	case s.cfg.Store != nil:
-		s.store = s.cfg.Store
-	case s.cfg.DataDir != "":
-		s.store, err = OpenBoltStore(filepath.Join(s.cfg.DataDir, "rendezvous.db"))
-		s.ownStore = true
-	default:
-		s.store, err = openTempStore()
-		s.ownStore = true
-	}
-	if err != nil {
+	if err := s.openState(); err != nil {
 		return err
 	}
 
@@ -459,8 +458,13 @@ func (s *Server) releaseLocked() error {
 		}
 	}
 	if s.ownStore && s.store != nil {
+		if bs, ok := s.store.(*BoltStore); ok && s.snapshot != "" {
+			// The last good copy, for when the file is found damaged.
+			errs = append(errs, bs.Snapshot(s.snapshot))
+		}
 		errs = append(errs, s.store.Close())
 	}
+	s.snapshot = ""
 	s.ln, s.tr = nil, nil // s.relay stays, closed, for RelayStats
 	s.ownConn, s.ownStore, s.ownSTUN, s.ownRelay = false, false, false, false
 	return errors.Join(errs...)
@@ -525,11 +529,11 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Conns: conns, Sessions: sessions,
-		ConnsRefused: c.connsRefused.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
-		RequestsDropped: c.requestsDropped.Load(), MailboxDropped: c.mailboxDropped.Load(),
+		ConnsRefused: c.connsRefused.Load(), ConnsEvicted: c.connsEvicted.Load(), RateLimited: c.rateLimited.Load(), BadFrames: c.badFrames.Load(),
+		RequestsDropped: c.requestsDropped.Load(), RequestsEvicted: c.requestsEvicted.Load(), MailboxDropped: c.mailboxDropped.Load(),
 		Delivered: c.delivered.Load(), Acked: c.acked.Load(), TrustMessages: c.trustMessages.Load(), TrustRefused: c.trustRefused.Load(),
-		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(),
-		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(),
+		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(), AgentsExpired: c.agentsExpired.Load(),
+		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(), RelayRefusedKey: c.relayRefusedPerKey.Load(),
 		NetworkDocs: c.networkDocs.Load(), NetworkRefused: c.networkRefused.Load(), NetworkPushes: c.networkPushes.Load(),
 	}
 }
@@ -628,14 +632,15 @@ func (s *Server) Close() error {
 }
 
 // admit runs for every new connection attempt before its handshake: it
-// refuses over MaxConns and over the source address's rate.
+// refuses over the source address's rate, and when the server is full, a
+// source prefix that could not take a place (limits.go).
 func (s *Server) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	if s.nconns.Load() >= int64(s.limits.MaxConns) {
+	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok && s.nconns.Load() >= int64(s.limits.MaxConns) && !s.admitFull(s.sourceOf(ua.AddrPort()).Addr()) {
 		s.stats.connsRefused.Add(1)
-		return nil, errors.New("rendezvous: too many connections")
+		return nil, errServerFull
 	}
 	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
-		if !s.addrLimit.allow(addrKey(s.sourceOf(ua.AddrPort()).Addr()), time.Now()) {
+		if !s.connLimit.allow(addrKey(s.sourceOf(ua.AddrPort()).Addr()), time.Now()) {
 			s.stats.connsRefused.Add(1)
 			return nil, errors.New("rendezvous: rate limited")
 		}
@@ -664,17 +669,34 @@ func (s *Server) acceptLoopOn(ln *quic.Listener) {
 			ap := ua.AddrPort()
 			remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
-		c := &serverConn{qc: qc, key: key, remote: remote}
+		c := &serverConn{qc: qc, key: key, remote: remote, prefix: sourcePrefix(s.sourceOf(remote).Addr())}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			qc.CloseWithError(closeShutdown, "server shutting down")
 			return
 		}
+		victim, code, reason := s.admitConnLocked(c)
+		if reason != "" {
+			s.mu.Unlock()
+			qc.CloseWithError(code, reason)
+			continue
+		}
+		if victim != nil {
+			// Out of the tables now, so the count stays within MaxConns; its
+			// connLoop finds it gone.
+			delete(s.conns, victim)
+			s.connTab.remove(victim)
+			s.nconns.Add(-1)
+		}
 		s.conns[c] = struct{}{}
+		s.connTab.add(c)
 		s.nconns.Add(1)
 		s.wg.Add(1)
 		s.mu.Unlock()
+		if victim != nil {
+			victim.qc.CloseWithError(closeEvicted, "server full: connection given to a source with fewer")
+		}
 		go s.connLoop(c)
 	}
 }
@@ -684,8 +706,11 @@ func (s *Server) connLoop(c *serverConn) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, c)
-		s.nconns.Add(-1)
+		if _, ok := s.conns[c]; ok { // not if evicted (accept removed it)
+			delete(s.conns, c)
+			s.connTab.remove(c)
+			s.nconns.Add(-1)
+		}
 		if sess := s.sessions[c.key]; sess != nil && sess.c == c {
 			delete(s.sessions, c.key)
 		}
@@ -746,9 +771,16 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 		return
 	}
 	now := time.Now()
-	if !s.addrLimit.allow(addrKey(s.sourceOf(c.remote).Addr()), now) || !s.keyLimit.allow(c.key, now) {
+	// The key's own rate first: a key over it spends nothing of its
+	// address's, which its co-located keys share fairly.
+	if !s.keyLimit.allow(c.key, now) {
 		s.stats.rateLimited.Add(1)
-		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests"})
+		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests from this key"})
+		return
+	}
+	if !s.addrLimit.allow(addrKey(s.sourceOf(c.remote).Addr()), c.key, now) {
+		s.stats.rateLimited.Add(1)
+		s.answer(str, &proto.Error{Code: proto.CodeRateLimited, Text: "too many requests from this key's share of its address"})
 		return
 	}
 	msg, err := proto.ParseMessage(f)
@@ -778,7 +810,13 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 	case *proto.SetHostname:
 		resp = s.setHostname(c.key, m.Hostname)
 	case *proto.TrustSend:
-		resp = s.trustSend(c.key, m.Msg)
+		var after func()
+		resp, after = s.trustSend(c.key, c.prefix, m.Msg)
+		if after != nil {
+			s.answer(str, resp)
+			after()
+			return
+		}
 	case *proto.Connect:
 		resp = s.connect(c, m)
 	case *proto.NATReport:
@@ -873,6 +911,9 @@ func (s *Server) serveSession(c *serverConn, str *quic.Stream, reg *proto.Regist
 			}
 			break
 		}
+		if f.Type == proto.TypePing {
+			continue // a heartbeat: QUIC's ack is the answer
+		}
 		if f.Type != proto.TypeAck {
 			s.stats.badFrames.Add(1)
 			break
@@ -923,16 +964,28 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 				return err
 			}
 			if n >= s.limits.MaxAgents {
-				return ErrLimit
+				return fmt.Errorf("%w: %d agents registered", ErrLimit, n)
 			}
-			rec = AgentRecord{Key: c.key, Created: now}
+			src := c.prefix
+			if n, err := tx.AgentsFrom(src); err != nil {
+				return err
+			} else if n >= s.limits.MaxAgentsPerPrefix {
+				return fmt.Errorf("%w: %d agents registered from %s", ErrLimit, n, src)
+			}
+			rec = AgentRecord{Key: c.key, Created: now, Source: src}
 		}
 		if reg.Hostname != "" {
 			rec.Hostname = reg.Hostname
 		}
 		rec.Locators = locators
 		rec.LastSeen = now
-		return tx.PutAgent(rec)
+		if err := tx.PutAgent(rec); err != nil {
+			return err
+		}
+		// Requests that waited for this NodeID or hostname arrive now (the
+		// session reads its mailbox from the start).
+		_, err = s.claimHeld(tx, c.key, heldKeysOf(c.key.NodeID(), rec.Hostname), now)
+		return err
 	})
 	if err != nil {
 		return s.errorAnswer("register", err), nil
@@ -946,9 +999,10 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 			Relay:     s.relaySvc,
 		}, &session{
 			c: c, locators: locators,
-			wake: make(chan struct{}, 1),
-			push: make(chan []byte, pushQueue),
-			net:  newNetPusher(),
+			wake:     make(chan struct{}, 1),
+			wakeSoon: make(chan struct{}, 1),
+			push:     make(chan []byte, pushQueue),
+			net:      newNetPusher(),
 		}
 }
 
@@ -960,7 +1014,9 @@ func (s *Server) errorAnswer(op string, err error) *proto.Error {
 	case errors.Is(err, ErrNodeIDTaken):
 		return &proto.Error{Code: proto.CodeNodeIDTaken}
 	case errors.Is(err, ErrLimit):
-		return &proto.Error{Code: proto.CodeLimit}
+		// Which limit, for the operator ("server limit reached: 2 agents
+		// registered"); a limit of the asker's own or of a peer it knows.
+		return &proto.Error{Code: proto.CodeLimit, Text: strings.TrimPrefix(err.Error(), "rendezvous: ")}
 	case errors.Is(err, ErrReplay):
 		return &proto.Error{Code: proto.CodeReplay}
 	case errors.Is(err, ErrNoRequest):
@@ -984,6 +1040,10 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 	ctx := sess.c.qc.Context()
 	var last uint64
 	var buf []byte
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
+	var soonC <-chan time.Time // soon's channel while it runs
 	for {
 		var items []MailItem
 		err := s.store.View(func(tx Tx) (err error) {
@@ -1017,6 +1077,14 @@ func (s *Server) deliveryLoop(sess *session, str *quic.Stream) {
 		for {
 			select {
 			case <-sess.wake:
+				break wait
+			case <-sess.wakeSoon:
+				if soonC == nil {
+					soon.Reset(requestDeliveryDelay())
+					soonC = soon.C
+				}
+			case <-soonC:
+				soonC = nil
 				break wait
 			case <-sess.net.wake:
 				var ok bool
@@ -1077,6 +1145,27 @@ func (s *Server) wake(k addressing.PublicKey) {
 		default:
 		}
 	}
+}
+
+// wakeSoon is wake for a trust request: k's session reads its mail after
+// requestDeliveryDelay, so the delivery's work does not overlap the
+// requester's answer (which would let the answer's timing tell an online
+// target from a name nobody holds).
+func (s *Server) wakeSoon(k addressing.PublicKey) {
+	s.mu.Lock()
+	sess := s.sessions[k]
+	s.mu.Unlock()
+	if sess != nil {
+		select {
+		case sess.wakeSoon <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// requestDeliveryDelay is a random 5-25 ms.
+func requestDeliveryDelay() time.Duration {
+	return 5*time.Millisecond + rand.N(20*time.Millisecond)
 }
 
 // targetNetwork returns the network an address target names (0 for a
@@ -1157,6 +1246,7 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 
 // setHostname binds (or with "" releases) k's hostname.
 func (s *Server) setHostname(k addressing.PublicKey, name string) proto.Message {
+	var moved bool
 	err := s.store.Update(func(tx Tx) error {
 		rec, ok, err := tx.Agent(k)
 		if err != nil {
@@ -1166,10 +1256,20 @@ func (s *Server) setHostname(k addressing.PublicKey, name string) proto.Message 
 			return errors.New("registered agent has no record")
 		}
 		rec.Hostname = name
-		return tx.PutAgent(rec)
+		if err := tx.PutAgent(rec); err != nil {
+			return err
+		}
+		if name == "" {
+			return nil
+		}
+		moved, err = s.claimHeld(tx, k, heldKeysOf(k.NodeID(), name)[1:], time.Now())
+		return err
 	})
 	if err != nil {
 		return s.errorAnswer("set hostname", err)
+	}
+	if moved {
+		s.wake(k)
 	}
 	return &proto.OK{}
 }
@@ -1178,8 +1278,8 @@ func (s *Server) pruneLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(pruneInterval)
 	defer t.Stop()
-	for {
-		s.prune(time.Now())
+	for i := 0; ; i++ {
+		s.prune(time.Now(), i%maintainEvery == 0)
 		select {
 		case <-t.C:
 		case <-s.ctx.Done():
@@ -1188,12 +1288,17 @@ func (s *Server) pruneLoop() {
 	}
 }
 
-// prune deletes what is older than any trust message may be.
-func (s *Server) prune(now time.Time) {
-	cutoff := now.Add(-trustdb.MaxMessageAge - trustdb.MaxClockSkew)
+// prune deletes replay-cache entries older than TrustReplayWindow, and with
+// all, pending requests and mail older than any trust message may be.
+func (s *Server) prune(now time.Time, all bool) {
+	nonces := now.Add(-TrustReplayWindow - trustdb.MaxClockSkew)
+	var records time.Time
+	if all {
+		records = now.Add(-trustdb.MaxMessageAge - trustdb.MaxClockSkew)
+	}
 	var n int
 	err := s.store.Update(func(tx Tx) (err error) {
-		n, err = tx.Prune(cutoff)
+		n, err = tx.Prune(nonces, records)
 		return err
 	})
 	if err != nil {
@@ -1202,4 +1307,13 @@ func (s *Server) prune(now time.Time) {
 		return
 	}
 	s.stats.prunedStoreEntries.Add(uint64(n))
+	if !all {
+		return
+	}
+	n, err = s.expireIdle(now)
+	s.stats.agentsExpired.Add(uint64(n))
+	if err != nil {
+		s.stats.storeErrors.Add(1)
+		s.log.Error("rendezvous: expire idle registrations", "err", err)
+	}
 }

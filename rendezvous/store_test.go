@@ -1,12 +1,14 @@
 package rendezvous
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/trustdb"
@@ -95,12 +97,15 @@ func TestBoltStore(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 		require.Equal(t, []byte("req"), p.Msg)
-		n, err := tx.PendingCount(b)
+		list, err := tx.Pendings(b, 10)
 		require.NoError(t, err)
-		require.Equal(t, 1, n)
-		n, err = tx.PendingCount(a)
+		require.Len(t, list, 1)
+		list, err = tx.Pendings(a, 10)
 		require.NoError(t, err)
-		require.Equal(t, 0, n)
+		require.Empty(t, list)
+		q, err := tx.PendingQuota(a, netip.Prefix{})
+		require.NoError(t, err)
+		require.Equal(t, PendingQuota{ByRequester: 1, Total: 1}, q)
 
 		pair, ok, err := tx.Pair(a, b) // either order
 		require.NoError(t, err)
@@ -118,7 +123,7 @@ func TestBoltStore(t *testing.T) {
 		deleted, err = tx.Ack(b, 2)
 		require.NoError(t, err)
 		require.False(t, deleted)
-		n, err = tx.MailCount(b)
+		n, err := tx.MailCount(b)
 		require.NoError(t, err)
 		require.Equal(t, 2, n)
 		// Ids never repeat, even after deletions.
@@ -128,9 +133,18 @@ func TestBoltStore(t *testing.T) {
 
 		// Prune drops what is older than the cutoff: 1 nonce pair (2
 		// entries), the pending request, mail items 1 and 3.
-		pruned, err := tx.Prune(now.Add(time.Minute))
+		pruned, err := tx.Prune(now.Add(time.Minute), time.Time{})
 		require.NoError(t, err)
-		require.Equal(t, 5, pruned)
+		require.Equal(t, 2, pruned, "only the replay cache with a zero records cutoff")
+		pruned, err = tx.Prune(now.Add(time.Minute), now.Add(time.Minute))
+		require.NoError(t, err)
+		require.Equal(t, 3, pruned)
+		q, err = tx.PendingQuota(a, netip.Prefix{})
+		require.NoError(t, err)
+		require.Equal(t, PendingQuota{}, q, "the counts follow the pruned request")
+		n, err = tx.MailCount(b)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
 		items, err = tx.Mail(b, 0, 10)
 		require.NoError(t, err)
 		require.Len(t, items, 1)
@@ -157,4 +171,173 @@ func TestRateLimiter(t *testing.T) {
 
 	require.Equal(t, netip.MustParseAddr("2001:db8:1:2::"), addrKey(netip.MustParseAddr("2001:db8:1:2:3:4:5:6")))
 	require.Equal(t, netip.MustParseAddr("10.1.2.3"), addrKey(netip.MustParseAddr("::ffff:10.1.2.3")))
+}
+
+// TestBoltStoreCounts: the counts the store keeps follow every write, and the
+// expiry index finds idle agents oldest first.
+func TestBoltStoreCounts(t *testing.T) {
+	s, err := OpenBoltStore(filepath.Join(t.TempDir(), "rendezvous.db"))
+	require.NoError(t, err)
+	defer s.Close()
+	src1, src2 := netip.MustParsePrefix("198.18.1.0/24"), netip.MustParsePrefix("2001:db8::/48")
+	a, b, c := key(t), key(t), key(t)
+	t0 := time.Unix(1_800_000_000, 0)
+	require.NoError(t, s.Update(func(tx Tx) error {
+		require.NoError(t, tx.PutAgent(AgentRecord{Key: a, Hostname: "a", Source: src1, LastSeen: t0}))
+		require.NoError(t, tx.PutAgent(AgentRecord{Key: b, Source: src1, LastSeen: t0.Add(time.Hour)}))
+		require.NoError(t, tx.PutAgent(AgentRecord{Key: c, Source: src2, LastSeen: t0.Add(2 * time.Hour)}))
+		n, _ := tx.AgentsFrom(src1)
+		require.Equal(t, 2, n)
+		idle, err := tx.IdleAgents(t0.Add(90*time.Minute), 10)
+		require.NoError(t, err)
+		require.Equal(t, []addressing.PublicKey{a, b}, idle)
+		idle, _ = tx.IdleAgents(t0.Add(90*time.Minute), 1)
+		require.Equal(t, []addressing.PublicKey{a}, idle)
+		// Seen again: the index moves.
+		require.NoError(t, tx.PutAgent(AgentRecord{Key: a, Hostname: "a", Source: src1, LastSeen: t0.Add(3 * time.Hour)}))
+		idle, _ = tx.IdleAgents(t0.Add(90*time.Minute), 10)
+		require.Equal(t, []addressing.PublicKey{b}, idle)
+
+		require.NoError(t, tx.DeleteAgent(a))
+		_, ok, _ := tx.Agent(a)
+		require.False(t, ok)
+		_, ok, _ = tx.AgentByHostname("a")
+		require.False(t, ok, "the hostname is free again")
+		_, ok, _ = tx.AgentByNode(a.NodeID())
+		require.False(t, ok)
+		n, _ = tx.AgentsFrom(src1)
+		require.Equal(t, 1, n)
+		n, _ = tx.AgentCount()
+		require.Equal(t, 2, n)
+		idle, _ = tx.IdleAgents(t0.Add(10*time.Hour), 10)
+		require.Equal(t, []addressing.PublicKey{b, c}, idle)
+
+		for i, p := range []PendingRequest{
+			{Target: a, Requester: b, Source: src1, Time: t0},
+			{Target: c, Requester: b, Source: src1, Time: t0},
+			{Target: a, Requester: c, Source: src2, Time: t0},
+		} {
+			p.MailID = uint64(i + 1)
+			require.NoError(t, tx.PutPending(p))
+		}
+		// Replacing keeps the counts.
+		require.NoError(t, tx.PutPending(PendingRequest{Target: a, Requester: b, Source: src1, Time: t0.Add(time.Minute)}))
+		q, _ := tx.PendingQuota(b, src1)
+		require.Equal(t, PendingQuota{ByRequester: 2, BySource: 2, Total: 3}, q)
+		q, _ = tx.PendingQuota(c, src2)
+		require.Equal(t, PendingQuota{ByRequester: 1, BySource: 1, Total: 3}, q)
+		list, _ := tx.Pendings(a, 10)
+		require.Len(t, list, 2)
+		list, _ = tx.Pendings(a, 1)
+		require.Len(t, list, 1)
+		require.NoError(t, tx.DeletePending(a, b))
+		require.NoError(t, tx.DeletePending(a, b)) // gone: nothing changes
+		q, _ = tx.PendingQuota(b, src1)
+		require.Equal(t, PendingQuota{ByRequester: 1, BySource: 1, Total: 2}, q)
+
+		for range 3 {
+			_, err := tx.Enqueue(c, []byte("m"), t0)
+			require.NoError(t, err)
+		}
+		n, _ = tx.MailCount(c)
+		require.Equal(t, 3, n)
+		n, _ = tx.MailCount(a)
+		require.Equal(t, 0, n)
+		return nil
+	}))
+}
+
+// TestBoltStoreConvertsLayout1: a store written by the previous version
+// (nested mailboxes, replay cache by sender, no counts) opens with its mail,
+// ids, pending requests and agents intact and its counts built.
+func TestBoltStoreConvertsLayout1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rendezvous.db")
+	a, b := key(t), key(t)
+	t0 := time.Unix(1_800_000_000, 0)
+	db, err := bolt.Open(path, 0o600, nil)
+	require.NoError(t, err)
+	require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketAgents, bucketNodes, bucketHostnames, bucketNoncesV1, bucketPending, bucketPairs, bucketMailV1, bucketMeta} {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		// An agent record and a pending request as version 1 wrote them.
+		agent := []byte{1, 5, 'a', 'l', 'i', 'c', 'e', 0}
+		agent = appendTime(appendTime(agent, t0), t0)
+		require.NoError(t, tx.Bucket(bucketAgents).Put(a[:], agent))
+		node := a.NodeID()
+		require.NoError(t, tx.Bucket(bucketNodes).Put(node[:], a[:]))
+		require.NoError(t, tx.Bucket(bucketHostnames).Put([]byte("alice"), a[:]))
+		require.NoError(t, tx.Bucket(bucketMeta).Put(metaAgentCount, binary.BigEndian.AppendUint64(nil, 1)))
+		pend := append([]byte{1}, make([]byte, 16)...)
+		pend = appendBytes16(appendTime(pend, t0), []byte("req"))
+		require.NoError(t, tx.Bucket(bucketPending).Put(append(a[:], b[:]...), pend))
+		require.NoError(t, tx.Bucket(bucketNoncesV1).Put(append(b[:], make([]byte, 16)...), appendTime(nil, t0)))
+		mb, err := tx.Bucket(bucketMailV1).CreateBucket(a[:])
+		require.NoError(t, err)
+		for id := uint64(5); id <= 7; id++ {
+			require.NoError(t, mb.Put(binary.BigEndian.AppendUint64(nil, id), append(appendTime(nil, t0), byte(id))))
+		}
+		require.NoError(t, mb.SetSequence(7))
+		return nil
+	}))
+	require.NoError(t, db.Close())
+
+	s, err := OpenBoltStore(path)
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.Update(func(tx Tx) error {
+		r, ok, err := tx.Agent(a)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, "alice", r.Hostname)
+		idle, _ := tx.IdleAgents(t0.Add(time.Second), 10)
+		require.Equal(t, []addressing.PublicKey{a}, idle)
+		p, ok, err := tx.Pending(a, b)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, []byte("req"), p.Msg)
+		q, _ := tx.PendingQuota(b, netip.Prefix{})
+		require.Equal(t, PendingQuota{ByRequester: 1, Total: 1}, q)
+		items, err := tx.Mail(a, 0, 10)
+		require.NoError(t, err)
+		require.Len(t, items, 3)
+		require.Equal(t, uint64(5), items[0].ID)
+		require.Equal(t, []byte{6}, items[1].Msg)
+		n, _ := tx.MailCount(a)
+		require.Equal(t, 3, n)
+		id, err := tx.Enqueue(a, []byte("new"), t0)
+		require.NoError(t, err)
+		require.Equal(t, uint64(8), id, "ids continue above the old ones")
+		return nil
+	}))
+	require.NoError(t, s.View(func(tx Tx) error {
+		require.Nil(t, tx.(boltTx).b(bucketMailV1))
+		require.Nil(t, tx.(boltTx).b(bucketNoncesV1))
+		return nil
+	}))
+}
+
+// TestFairLimiter: keys that share an address share its rate; one that
+// floods gets its share and no more, a quiet one is never starved.
+func TestFairLimiter(t *testing.T) {
+	l := newFairLimiter(10, 10, 16)
+	a := netip.MustParseAddr("198.18.0.1")
+	flood, quiet := key(t), key(t)
+	now := time.Unix(1_800_000_000, 0)
+	okFlood, okQuiet := 0, 0
+	for i := range 1000 { // 10 s: the flooder asks 100/s, the quiet key 1/s
+		now = now.Add(10 * time.Millisecond)
+		if l.allow(a, flood, now) {
+			okFlood++
+		}
+		if i%100 == 0 && l.allow(a, quiet, now) {
+			okQuiet++
+		}
+	}
+	require.Equal(t, 10, okQuiet, "the quiet key got every request")
+	require.InDelta(t, 10*10/2, okFlood, 15, "the flooder got about its half of 10/s")
+	// Another address is not affected.
+	require.True(t, l.allow(netip.MustParseAddr("198.18.0.2"), flood, now))
 }

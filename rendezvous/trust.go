@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -10,22 +11,37 @@ import (
 	"github.com/agentnet/agentnet/trustdb"
 )
 
-// trustSend relays a signed trust message from the agent with key from.
+// TrustReplayWindow is how long the replay cache remembers a trust message
+// (by its time, plus trustdb.MaxClockSkew): a second copy within it is
+// refused with proto.CodeReplay. Only a message's own sender can send it
+// (it must be signed by the connection's key), and an older copy is
+// harmless: a request re-creates a pending request its target's node
+// refuses as a replay, an approve or reject finds no pending request, and a
+// revoke never undoes consent given after it. So the cache holds at most
+// this window's messages instead of trustdb.MaxMessageAge's (30 days).
+const TrustReplayWindow = 10 * time.Minute
+
+// trustSend relays a signed trust message from the agent with key from,
+// whose connection comes from source prefix src. The answer is returned;
+// after, if not nil, must run once the answer has been written (it wakes
+// the recipient's session: waking it before would let the target's
+// existence show in the answer's timing).
 //
 // Every message is parsed, verified, checked to be signed by the sender's
 // own (TLS-authenticated) key, within its time window and never seen before
 // (the replay cache is in the store, in the same transaction as the effect).
 //
-// A request is answered OK whatever happens to it: delivered, dropped
-// because the target is over its pending or mailbox limit, or ignored
-// because the target does not exist. The requester learns nothing about the
-// target (REQ-10, REQ-11). Approve, reject and revoke are sent by agents that
-// already know their peer, so they get precise errors.
-func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message {
+// A request is answered OK whatever happens to it: delivered, held for a
+// target that does not exist yet, dropped because a limit is reached, after
+// the same store operations in every case (see pending.go). The requester
+// learns nothing about the target (REQ-10, REQ-11). Approve, reject and
+// revoke are sent by agents that already know their peer, so they get
+// precise errors.
+func (s *Server) trustSend(from addressing.PublicKey, src netip.Prefix, raw []byte) (resp proto.Message, after func()) {
 	m, err := s.checkTrustMessage(from, raw, time.Now())
 	if err != nil {
 		s.stats.trustRefused.Add(1)
-		return &proto.Error{Code: proto.CodeBadMessage, Text: err.Error()}
+		return &proto.Error{Code: proto.CodeBadMessage, Text: err.Error()}, nil
 	}
 	now := time.Now()
 	var wake []addressing.PublicKey
@@ -42,7 +58,7 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 		}
 		switch m.Kind {
 		case trustdb.KindRequest:
-			return s.applyRequest(tx, m, raw, now, &wake)
+			return s.applyRequest(tx, m, raw, src, now, &wake)
 		case trustdb.KindApprove, trustdb.KindReject:
 			return s.applyAnswer(tx, m, raw, now, &wake)
 		case trustdb.KindRevoke:
@@ -54,7 +70,7 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 		if errors.Is(err, ErrReplay) || errors.Is(err, ErrNoRequest) || errors.Is(err, ErrBadMessage) {
 			s.stats.trustRefused.Add(1)
 		}
-		return s.errorAnswer("trust "+m.Kind.String(), err)
+		return s.errorAnswer("trust "+m.Kind.String(), err), nil
 	}
 	s.stats.trustMessages.Add(1)
 	// The pair is gone: its relay sessions end now, not at their idle
@@ -64,10 +80,15 @@ func (s *Server) trustSend(from addressing.PublicKey, raw []byte) proto.Message 
 			s.relay.ClosePair(from, k)
 		}
 	}
-	for _, k := range wake {
-		s.wake(k)
+	return &proto.OK{}, func() {
+		for _, k := range wake {
+			if m.Kind == trustdb.KindRequest {
+				s.wakeSoon(k)
+			} else {
+				s.wake(k)
+			}
+		}
 	}
-	return &proto.OK{}
 }
 
 // checkTrustMessage parses and verifies raw as a message from key from.
@@ -88,43 +109,31 @@ func (s *Server) checkTrustMessage(from addressing.PublicKey, raw []byte, now ti
 	return m, nil
 }
 
-// applyRequest queues a request in the target's mailbox and remembers it as
-// pending, if the target exists, is not the sender, and is under its limits.
-// It never fails for a reason that depends on the target.
-func (s *Server) applyRequest(tx Tx, m *trustdb.Message, raw []byte, now time.Time, wake *[]addressing.PublicKey) error {
-	target, ok, err := resolve(tx, m.To)
-	if err != nil || !ok || target == m.From {
-		return err
-	}
-	_, replacing, err := tx.Pending(target, m.From)
+// applyRequest admits a request for its target (see pending.go): the key
+// its name resolves to, or the held key of the name. Nothing in it depends
+// on which, and it never fails for a reason that depends on the target.
+func (s *Server) applyRequest(tx Tx, m *trustdb.Message, raw []byte, src netip.Prefix, now time.Time, wake *[]addressing.PublicKey) error {
+	target := heldKey(m.To)
+	k, ok, err := resolve(tx, m.To)
 	if err != nil {
 		return err
 	}
-	if !replacing {
-		n, err := tx.PendingCount(target)
-		if err != nil {
-			return err
-		}
-		if n >= s.limits.MaxPendingPerTarget {
-			s.stats.requestsDropped.Add(1)
-			return nil
-		}
+	if ok {
+		target = k
 	}
-	if n, err := tx.MailCount(target); err != nil {
-		return err
-	} else if n >= s.limits.MaxMailbox {
-		s.stats.requestsDropped.Add(1)
+	if target == m.From {
 		return nil
 	}
-	// One pending request per pair: a newer request replaces the older one
-	// (the target's trustdb answers the newest).
-	err = tx.PutPending(PendingRequest{Target: target, Requester: m.From, Nonce: m.Nonce, Time: m.Time, Msg: raw})
+	member, err := shareNetwork(tx, m.From, target)
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Enqueue(target, raw, now); err != nil {
+	p := PendingRequest{Target: target, Requester: m.From, Nonce: m.Nonce, Time: m.Time, Msg: raw, Source: src, Member: member}
+	if _, err := s.admitPending(tx, p, now); err != nil {
 		return err
 	}
+	// Woken even if dropped or held (a held key has no session): the same
+	// work either way, after the answer.
 	*wake = append(*wake, target)
 	return nil
 }
@@ -179,31 +188,69 @@ func (s *Server) applyAnswer(tx Tx, m *trustdb.Message, raw []byte, now time.Tim
 }
 
 // applyRevoke drops the pair (and any pending request either way) between
-// the sender and the addressee and queues the revoke for the addressee. With
-// nothing between them it does nothing and still succeeds. The addressee of
-// a deleted pair is added to unpaired.
+// the sender and the addressee and queues the revoke for the addressee,
+// unless nothing it knows of the sender needs it: a request of the sender's
+// that was never delivered is simply withdrawn. With nothing between them it
+// does nothing and still succeeds. A revoke older than the sender's own
+// consent (its request or approve of the pair, its pending request) does
+// not undo that consent. The addressee of a deleted pair is added to
+// unpaired. An addressee that does not exist is looked up under its held
+// key (pending.go), with the same store operations, so the answer's timing
+// says nothing about it either.
 func (s *Server) applyRevoke(tx Tx, m *trustdb.Message, raw []byte, now time.Time, wake, unpaired *[]addressing.PublicKey) error {
 	a, ok := m.To.Addr()
 	if !ok {
 		return fmt.Errorf("%w: revoke must name an address", ErrBadMessage)
 	}
-	peer, ok, err := tx.AgentByNode(a.Node())
-	if err != nil || !ok || peer == m.From {
-		return err
-	}
-	_, paired, err := tx.Pair(m.From, peer)
+	peer := heldKey(addressing.TargetAddr(a))
+	k, ok, err := tx.AgentByNode(a.Node())
 	if err != nil {
 		return err
 	}
-	_, out, err := tx.Pending(peer, m.From)
+	if ok {
+		peer = k
+	}
+	if peer == m.From {
+		return nil
+	}
+	pair, paired, err := tx.Pair(m.From, peer)
 	if err != nil {
 		return err
 	}
-	_, in, err := tx.Pending(m.From, peer)
+	outReq, out, err := tx.Pending(peer, m.From)
 	if err != nil {
 		return err
 	}
+	inReq, in, err := tx.Pending(m.From, peer)
+	if err != nil {
+		return err
+	}
+	paired = paired && !consentAfter(pair, m)
+	out = out && !outReq.Time.After(m.Time)
+	in = in && !inReq.Time.After(m.Time)
 	if !paired && !out && !in {
+		return nil
+	}
+	tell := paired || in
+	if out {
+		// Withdrawn before delivery: the peer never needs to hear of it.
+		queued := false
+		if outReq.MailID != 0 {
+			if queued, err = tx.Ack(peer, outReq.MailID); err != nil {
+				return err
+			}
+		}
+		tell = tell || !queued
+		if err := tx.DeletePending(peer, m.From); err != nil {
+			return err
+		}
+	}
+	if in {
+		if err := tx.DeletePending(m.From, peer); err != nil {
+			return err
+		}
+	}
+	if !tell {
 		return nil
 	}
 	if n, err := tx.MailCount(peer); err != nil {
@@ -213,17 +260,28 @@ func (s *Server) applyRevoke(tx Tx, m *trustdb.Message, raw []byte, now time.Tim
 			return fmt.Errorf("%w: peer's mailbox is full", ErrLimit)
 		}
 		s.stats.mailboxDropped.Add(1)
-		return errors.Join(tx.DeletePending(peer, m.From), tx.DeletePending(m.From, peer))
+		return nil
 	}
-	if err := errors.Join(tx.DeletePair(m.From, peer), tx.DeletePending(peer, m.From), tx.DeletePending(m.From, peer)); err != nil {
-		return err
+	if paired {
+		if err := tx.DeletePair(m.From, peer); err != nil {
+			return err
+		}
+		*unpaired = append(*unpaired, peer)
 	}
 	if _, err := tx.Enqueue(peer, raw, now); err != nil {
 		return err
 	}
 	*wake = append(*wake, peer)
-	if paired {
-		*unpaired = append(*unpaired, peer)
-	}
 	return nil
+}
+
+// consentAfter reports whether revoke r's sender consented to pair p after
+// r's time (its request or approve is newer): a stale revoke.
+func consentAfter(p TrustPair, r *trustdb.Message) bool {
+	own := p.Approve
+	if p.A == r.From {
+		own = p.Request
+	}
+	m, err := trustdb.ParseMessage(own)
+	return err == nil && m.Time.After(r.Time)
 }

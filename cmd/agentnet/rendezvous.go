@@ -31,6 +31,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 	tlsCert := fs.String("tls-cert", "", "PEM certificate the TCP listener presents (default: the server key's self-signed one, which agents pin)")
 	tlsKey := fs.String("tls-key", "", "PEM key of -tls-cert")
 	relayRate := fs.Int("relay-rate", 0, fmt.Sprintf("relay budget per session, bytes/s, both directions (default %d)", relay.DefaultRate))
+	initStore := fs.Bool("init-store", false, "start with an empty store although the server identity exists (a deliberate fresh start)")
 	verbose := fs.Bool("v", false, "log debug messages")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -40,7 +41,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg := rendezvous.ServerConfig{Addr: *listen, DataDir: *data, Logger: log,
+	cfg := rendezvous.ServerConfig{Addr: *listen, DataDir: *data, InitStore: *initStore, Logger: log,
 		TCP: rendezvous.TCPConfig{Addr: *listenTCP}, Limits: rendezvous.Limits{RelayRate: *relayRate}}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		fmt.Fprintln(stderr, "agentnet rendezvous: -tls-cert and -tls-key go together")

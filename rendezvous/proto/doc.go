@@ -29,7 +29,12 @@
 // after Register a full list of every network the agent is in (and the
 // Leave or Remove that ended a membership of its own it may have missed),
 // later each change of those networks. A client ignores pushed
-// frame types it does not know. The session ends with the connection.
+// frame types it does not know. Besides its Acks, the client writes a
+// padded Ping on the session stream every second and a half (unanswered:
+// QUIC's acknowledgement is the answer), which keeps the connection's short
+// idle timeout from expiring while the server is there and draws a
+// stateless reset at once from a server that restarted. The session ends
+// with the connection.
 //
 // # Frame
 //
@@ -91,6 +96,7 @@
 //	                       uint8 flags (bit 0: first page of a full list; bit 1: last page) |
 //	                       uint16 count | count × doc
 //	0x13  NATReport        uint8 the sender's NAT kind (as in Introduce)
+//	0x14  Ping             (empty; session stream, client to server, padded)
 //
 // where doc is a uint16 length (1-1024) and a signed network document
 // (package network: Join, Leave or Remove), opaque to this package.

@@ -64,6 +64,7 @@ const (
 	TypeNetworkState   Type = 0x12
 
 	TypeNATReport Type = 0x13
+	TypePing      Type = 0x14
 )
 
 var typeNames = [...]string{
@@ -73,7 +74,7 @@ var typeNames = [...]string{
 	TypeConnect: "connect", TypeIntroduce: "introduce",
 	TypeNetworkCreate: "network_create", TypeNetworkInfo: "network_info", TypeNetworkSend: "network_send",
 	TypeNetworkMembers: "network_members", TypeNetworkState: "network_state",
-	TypeNATReport: "nat_report",
+	TypeNATReport: "nat_report", TypePing: "ping",
 }
 
 // String returns the type's snake_case name, or "type_0xNN".
@@ -237,6 +238,8 @@ func ParseMessage(f Frame) (Message, error) {
 		return parse(ParseNetworkState, f.Body)
 	case TypeNATReport:
 		return parse(ParseNATReport, f.Body)
+	case TypePing:
+		return &Ping{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown frame type %s", ErrMalformed, f.Type)
 }
@@ -488,6 +491,17 @@ func (*OK) FrameType() Type { return TypeOK }
 
 // AppendBinary implements Message; the body is empty.
 func (*OK) AppendBinary(b []byte) ([]byte, error) { return b, nil }
+
+// Ping is the client's heartbeat on the session stream. The server does not
+// answer it (QUIC acknowledges it); padded (Pad), it is large enough to draw
+// a stateless reset from a server that restarted and lost the connection.
+type Ping struct{}
+
+// FrameType implements Message.
+func (*Ping) FrameType() Type { return TypePing }
+
+// AppendBinary implements Message; the body is empty (padding is ignored).
+func (*Ping) AppendBinary(b []byte) ([]byte, error) { return b, nil }
 
 // ErrorCode is a stable error code.
 type ErrorCode uint16

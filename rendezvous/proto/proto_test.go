@@ -71,6 +71,7 @@ func sampleMessages() []Message {
 		&Introduce{Peer: k, PeerAddr: a, Initiator: true, Relay: &RelayGrant{Addr: v4, Side: 0}, PeerNAT: NATEasy},
 		&NATReport{Kind: NATHard},
 		&NATReport{},
+		&Ping{},
 	}
 }
 

@@ -298,6 +298,21 @@ func (s *Server) Open(a, b addressing.PublicKey) (Grant, error) {
 	return g, nil
 }
 
+// SessionsOf returns the number of open sessions agent k is a side of (the
+// server's per-key limit, rendezvous.Limits.MaxRelayPerKey). It walks the
+// pairs: call it when opening a session, not per packet.
+func (s *Server) SessionsOf(k addressing.PublicKey) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for p, list := range s.byPair {
+		if p[0] == k || p[1] == k {
+			n += len(list)
+		}
+	}
+	return n
+}
+
 // ClosePair closes every session of the pair a, b (in either order) at once
 // and returns how many there were. Frames for them are dropped from now on.
 func (s *Server) ClosePair(a, b addressing.PublicKey) int {
