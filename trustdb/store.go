@@ -392,8 +392,10 @@ func lockDir(dir string) (unlock func(), err error) {
 	}
 }
 
+var allBuckets = [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo, bucketNetworks}
+
 func createBuckets(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo, bucketNetworks} {
+	for _, name := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -407,10 +409,24 @@ func (s *Store) load(path string) error {
 	trusted := make(map[addressing.PublicKey]struct{})
 	var members map[addressing.NetworkID]map[addressing.PublicKey]struct{}
 	var untrusted []untrustedEntry
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		// Buckets added by later versions of the schema appear here.
-		if err := createBuckets(tx); err != nil {
-			return err
+	// Buckets added by later versions of the schema appear here; a store
+	// that has them all is only read.
+	missing := false
+	s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			missing = missing || tx.Bucket(name) == nil
+		}
+		return nil
+	})
+	run := s.db.View
+	if missing {
+		run = s.db.Update
+	}
+	err := run(func(tx *bolt.Tx) error {
+		if missing {
+			if err := createBuckets(tx); err != nil {
+				return err
+			}
 		}
 		info := tx.Bucket(bucketInfo)
 		if v := info.Get(infoVersion); v == nil {

@@ -113,7 +113,7 @@ func registerCLI(c *cliCommand) {
 
 // nounDoc describes nouns whose commands have verbs.
 var nounDoc = map[string]string{
-	"trust":    "consent to talk: request, decide, list, revoke",
+	"trust":    "consent to talk: request, decide, list, revoke, forget",
 	"hostname": "claim or release this node's hostname",
 	"file":     "send a file to a peer's inbox",
 	"message":  "send a typed message to a peer's inbox",
@@ -131,10 +131,22 @@ type cliCtx struct {
 	json           bool
 	client         *ctl.Client
 	timeout        time.Duration
+	timeoutSet     bool // --timeout given
 	stdin          io.Reader
 }
 
-// call runs one request within the --timeout.
+// timeoutMS is --timeout in milliseconds for a request's timeout_ms field,
+// or 0 (the daemon's default) if it was not given.
+func timeoutMS(x *cliCtx) int {
+	if !x.timeoutSet {
+		return 0
+	}
+	return int(min(max(x.timeout.Milliseconds(), 1), 3_600_000))
+}
+
+// call runs one request within the --timeout; the daemon is told the
+// deadline (ctl.TimeoutHeader), so a timeout is reported by the daemon for
+// what it waited on, not blamed on the daemon.
 func (x *cliCtx) call(method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(x.ctx, x.timeout)
 	defer cancel()
@@ -255,6 +267,7 @@ func runCLI(ctx context.Context, c *cliCommand, args []string, stdout, stderr io
 	}
 	x.args = pos
 	x.timeout = cf.timeout
+	x.timeoutSet = flagSet(fs, "timeout")
 	if x.timeout <= 0 {
 		x.timeout = 365 * 24 * time.Hour
 	}

@@ -23,7 +23,7 @@ func init() {
 	registerCLI(&cliCommand{
 		noun: "up", summary: "run this node as a daemon with the local control API (foreground; --detach for background)",
 		output: ctl.Status{}, daemonless: true,
-		errors:  []ctl.Code{ctl.CodeConflict, ctl.CodeInvalidArgument},
+		errors:  []ctl.Code{ctl.CodeConflict, ctl.CodeInvalidArgument, ctl.CodeDamagedState},
 		example: "agentnet up --hostname alice",
 		setup:   setupUp,
 		human: func(w io.Writer, v any) {
@@ -55,6 +55,9 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 		state, _ = filepath.Abs(state)
 		cfg := daemon.Config{StateDir: state, Version: version}
 		if err := cfg.LoadFile(); err != nil {
+			if errors.Is(err, daemon.ErrDamaged) {
+				return nil, upError(err)
+			}
 			return nil, badUsage("%v", err)
 		}
 		if err := cfg.LoadEnv(os.Getenv); err != nil {
@@ -109,6 +112,10 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 }
 
 func upError(err error) error {
+	var h interface{ Hint() string }
+	if errors.Is(err, daemon.ErrDamaged) && errors.As(err, &h) {
+		return &ctl.Error{Code: ctl.CodeDamagedState, Message: err.Error(), Hint: h.Hint()}
+	}
 	if errors.Is(err, daemon.ErrInUse) {
 		return &ctl.Error{Code: ctl.CodeConflict, Message: err.Error(), Hint: "a daemon already runs on this state directory: use it (agentnet status), stop it, or give this one --state"}
 	}
