@@ -101,76 +101,77 @@ func scribble(t *testing.T, path string, off, n int64) {
 func TestOpenDamagedStore(t *testing.T) {
 	tests := []struct {
 		name   string
-		damage func(t *testing.T, dir string)
+		damage func(t *testing.T, dir string, peer addressing.PublicKey)
 		reason string // part of the error
 		file   string // the file reported
 	}{
-		{"empty", func(t *testing.T, dir string) {
+		{"empty", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Truncate(filepath.Join(dir, DatabaseFile), 0))
 		}, "empty", DatabaseFile},
-		{"truncated to 16 KiB", func(t *testing.T, dir string) {
+		{"truncated to 16 KiB", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Truncate(filepath.Join(dir, DatabaseFile), 16<<10))
 		}, "truncated", DatabaseFile},
-		{"truncated by one page in use", func(t *testing.T, dir string) {
+		{"truncated by one page in use", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			m := liveMeta(t, p)
 			require.NoError(t, os.Truncate(p, int64(m.hwm-1)*int64(m.pageSize)))
 		}, "truncated", DatabaseFile},
-		{"random bytes over meta page 0", func(t *testing.T, dir string) {
+		{"random bytes over meta page 0", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			scribble(t, p, 0, pageSize(t, p))
 		}, "meta page 0", DatabaseFile},
-		{"random bytes over meta page 1", func(t *testing.T, dir string) {
+		{"random bytes over meta page 1", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			ps := pageSize(t, p)
 			scribble(t, p, ps, ps)
 		}, "meta page 1", DatabaseFile},
-		{"random bytes over the freelist page", func(t *testing.T, dir string) {
+		{"random bytes over the freelist page", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			m := liveMeta(t, p)
 			scribble(t, p, int64(m.freelist)*int64(m.pageSize), int64(m.pageSize))
 		}, "", DatabaseFile},
-		{"random bytes over the root page", func(t *testing.T, dir string) {
+		{"random bytes over the root page", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			m := liveMeta(t, p)
 			scribble(t, p, int64(m.root)*int64(m.pageSize), int64(m.pageSize))
 		}, "", DatabaseFile},
-		{"random file", func(t *testing.T, dir string) {
+		{"random file", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			fi, err := os.Stat(p)
 			require.NoError(t, err)
 			scribble(t, p, 0, fi.Size())
 		}, "both meta pages", DatabaseFile},
-		{"a record's state byte", func(t *testing.T, dir string) {
+		{"a record's state byte", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			p := filepath.Join(dir, DatabaseFile)
 			b, err := os.ReadFile(p)
 			require.NoError(t, err)
 			// The trusted record: version 2, state 3 (trusted), then the key.
-			i := bytes.Index(b, []byte{recordVersion, byte(StateTrusted)})
-			require.Positive(t, i)
-			b[i+1] = 9
+			// Every copy (freed pages may hold older ones).
+			pat := append([]byte{recordVersion, byte(StateTrusted)}, peer[:]...)
+			require.Positive(t, bytes.Count(b, pat))
+			b = bytes.ReplaceAll(b, pat, append([]byte{recordVersion, 9}, peer[:]...))
 			require.NoError(t, os.WriteFile(p, b, 0o600))
 		}, "record", DatabaseFile},
-		{"trust.db missing", func(t *testing.T, dir string) {
+		{"trust.db missing", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Remove(filepath.Join(dir, DatabaseFile)))
 		}, "missing", DatabaseFile},
-		{"identity.key missing", func(t *testing.T, dir string) {
+		{"identity.key missing", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Remove(filepath.Join(dir, IdentityFile)))
 		}, "missing", IdentityFile},
-		{"identity.key empty", func(t *testing.T, dir string) {
+		{"identity.key empty", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Truncate(filepath.Join(dir, IdentityFile), 0))
 		}, "malformed", IdentityFile},
-		{"identity.key garbage", func(t *testing.T, dir string) {
+		{"identity.key garbage", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.WriteFile(filepath.Join(dir, IdentityFile), []byte("agentnet identity v1\nseed xx\n"), 0o600))
 		}, "malformed", IdentityFile},
-		{"identity.key readable by others", func(t *testing.T, dir string) {
+		{"identity.key readable by others", func(t *testing.T, dir string, peer addressing.PublicKey) {
 			require.NoError(t, os.Chmod(filepath.Join(dir, IdentityFile), 0o644))
 		}, "0644", IdentityFile},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir, peer, meta := damageFixture(t)
-			tt.damage(t, dir)
+			tt.damage(t, dir, peer)
 			before := snapshot(t, dir)
 			s, err := Open(dir)
 			if err == nil {
