@@ -26,6 +26,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 	listen := fs.String("listen", fmt.Sprintf(":%d", DefaultRendezvousPort), "UDP address to serve on")
 	data := fs.String("data", defaultDataDir("rendezvous"), "state directory (identity, registry)")
 	verbose := fs.Bool("v", false, "log debug messages")
+	jsonOut := fs.Bool("json", false, "print one JSON object once serving: {addr, key, state} (errors too)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -43,7 +44,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "agentnet rendezvous:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "rendezvous listening on %s\nserver key %s\nstate in %s\n", srv.Addr(), srv.PublicKey(), *data)
+	printServing(stdout, *jsonOut, rendezvousServing{Addr: srv.Addr().String(), Key: srv.PublicKey().String(), State: *data})
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
