@@ -31,7 +31,7 @@ const (
 )
 
 // StreamResetHint is the hint of a CodeStreamReset error.
-const StreamResetHint = "the stream ended before its end (the peer reset or closed it, its node or daemon stopped, or the path to it died): what arrived may be incomplete; retry"
+const StreamResetHint = "the stream was cut before its end (the peer reset or closed it, its node or daemon stopped, or the path to it died): what arrived may be incomplete; retry"
 
 // CodeInfo describes one error code.
 type CodeInfo struct {

@@ -133,6 +133,7 @@ type cliCtx struct {
 	timeout        time.Duration
 	timeoutSet     bool // --timeout given
 	stdin          io.Reader
+	written        *int // bytes printed on stdout so far
 }
 
 // timeoutMS is --timeout in milliseconds for a request's timeout_ms field,
@@ -245,7 +246,8 @@ func runCLI(ctx context.Context, c *cliCommand, args []string, stdout, stderr io
 	}
 	addCommonFlags(fs, &cf, def)
 	body := c.setup(fs)
-	x := &cliCtx{ctx: ctx, cmd: c, stdout: stdout, stderr: stderr, stdin: stdinReader}
+	out := &countingWriter{w: stdout}
+	x := &cliCtx{ctx: ctx, cmd: c, stdout: out, stderr: stderr, stdin: stdinReader, written: &out.n}
 	fail := func(e *ctl.Error, code int) int {
 		printError(x, e)
 		return code
@@ -317,13 +319,15 @@ func badUsage(format string, args ...any) error {
 }
 
 // printError reports an error: code, message and hint on stderr, and with
-// --json the error object on stdout.
+// --json the error object on stdout, unless stdout carries raw stream
+// data (connect) that was already printed.
 func printError(x *cliCtx, e *ctl.Error) {
 	fmt.Fprintf(x.stderr, "agentnet %s: %s: %s\n", x.cmd.name(), e.Code, e.Message)
 	if e.Hint != "" {
 		fmt.Fprintf(x.stderr, "hint: %s\n", e.Hint)
 	}
-	if x.json {
+	raw := x.cmd.output == nil && x.cmd.streaming
+	if x.json && (!raw || x.written == nil || *x.written == 0) {
 		b, _ := json.Marshal(ctl.ErrorBody{Error: e})
 		x.stdout.Write(append(b, '\n'))
 	}

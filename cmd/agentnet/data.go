@@ -89,12 +89,12 @@ func init() {
 		},
 	})
 	registerCLI(&cliCommand{
-		noun: "recv", summary: "listen on a virtual port and print what each stream carries (streaming)",
+		noun: "recv", summary: "listen on a virtual port and print what each stream carries, until interrupted (streaming; -n to stop after some)",
 		args:      []cliArg{{Name: "port", Help: "virtual port, 1-65535"}},
 		streaming: true, output: ctl.Received{}, errors: []ctl.Code{ctl.CodePortInUse},
 		example: "agentnet recv 5000 -n 1 --json",
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
-			n := fs.Int("n", 1, "streams to receive before exiting; 0 = until interrupted")
+			n := fs.Int("n", 0, "streams to receive before exiting (default 0: until interrupted)")
 			maxBytes := fs.Int("max-bytes", 0, "bytes kept per stream (default: the daemon's message limit)")
 			return func(x *cliCtx) (any, error) {
 				port, err := portArg(x.args[0])
@@ -132,9 +132,9 @@ func init() {
 		},
 	})
 	registerCLI(&cliCommand{
-		noun: "connect", summary: "pipe standard input and output to a peer's virtual port, like nc (streaming, raw bytes)",
+		noun: "connect", summary: "pipe standard input and output to a peer's virtual port, like nc (streaming, raw bytes); exits 0 only if both directions ended cleanly",
 		args:      []cliArg{{Name: "peer", Help: "address or hostname"}, {Name: "port", Help: "virtual port, 1-65535"}},
-		streaming: true, errors: peerCodes,
+		streaming: true, errors: append([]ctl.Code{ctl.CodeStreamReset, ctl.CodeUnavailable}, peerCodes...),
 		example: "tar c dir | agentnet connect bob 5000",
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 			return func(x *cliCtx) (any, error) {
