@@ -142,7 +142,10 @@ func TestRawCommands(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"rendezvous", "--json", "-listen", "127.0.0.1:0", "-data", t.TempDir()}, pw, io.Discard); pw.Close() }()
+	go func() {
+		done <- run(ctx, []string{"rendezvous", "--json", "-listen", "127.0.0.1:0", "-data", t.TempDir()}, pw, io.Discard)
+		pw.Close()
+	}()
 	line, err := bufio.NewReader(pr).ReadBytes('\n')
 	require.NoError(t, err)
 	var srv rendezvousServing
