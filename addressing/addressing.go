@@ -166,9 +166,25 @@ func (n NodeID) appendTo(b []byte) []byte {
 
 // ParseNodeID parses "xxxx.xxxx.xxxx" (lower-case hex, exactly four digits per group).
 func ParseNodeID(s string) (NodeID, error) {
+	n, err := parseNodeID(s)
+	if err != nil {
+		return NodeID{}, fmt.Errorf("addressing: node ID %q: %w", s, err)
+	}
+	return n, nil
+}
+
+// Reasons a node ID does not parse.
+var (
+	errNodeIDForm = errors.New("want xxxx.xxxx.xxxx")
+	errNodeIDHex  = errors.New("want lower-case hex digits")
+	errNodeIDZero = errors.New("node ID is zero")
+)
+
+// parseNodeID is ParseNodeID with the bare reason as the error.
+func parseNodeID(s string) (NodeID, error) {
 	var n NodeID
 	if len(s) != 14 || s[4] != '.' || s[9] != '.' {
-		return n, fmt.Errorf("addressing: node ID %q: want xxxx.xxxx.xxxx", s)
+		return n, errNodeIDForm
 	}
 	j := 0
 	for i := 0; i < 14; i += 5 {
@@ -176,14 +192,14 @@ func ParseNodeID(s string) (NodeID, error) {
 			hi, ok1 := fromHex(s[i+k])
 			lo, ok2 := fromHex(s[i+k+1])
 			if !ok1 || !ok2 {
-				return NodeID{}, fmt.Errorf("addressing: node ID %q: want lower-case hex digits", s)
+				return NodeID{}, errNodeIDHex
 			}
 			n[j] = hi<<4 | lo
 			j++
 		}
 	}
 	if n.IsZero() {
-		return NodeID{}, fmt.Errorf("addressing: node ID %q is zero", s)
+		return NodeID{}, errNodeIDZero
 	}
 	return n, nil
 }
@@ -256,17 +272,28 @@ func (a Addr) AppendText(b []byte) []byte {
 
 // ParseAddr parses "N:xxxx.xxxx.xxxx" strictly.
 func ParseAddr(s string) (Addr, error) {
-	i := strings.IndexByte(s, ':')
-	if i < 0 {
-		return Addr{}, fmt.Errorf("addressing: address %q: want N:xxxx.xxxx.xxxx", s)
-	}
-	nw, err := parseNetwork(s[:i])
+	a, err := parseAddr(s)
 	if err != nil {
 		return Addr{}, fmt.Errorf("addressing: address %q: %w", s, err)
 	}
-	node, err := ParseNodeID(s[i+1:])
+	return a, nil
+}
+
+var errAddrForm = errors.New("want N:xxxx.xxxx.xxxx")
+
+// parseAddr is ParseAddr with the bare reason as the error.
+func parseAddr(s string) (Addr, error) {
+	i := strings.IndexByte(s, ':')
+	if i < 0 {
+		return Addr{}, errAddrForm
+	}
+	nw, err := parseNetwork(s[:i])
 	if err != nil {
-		return Addr{}, fmt.Errorf("addressing: address %q: %w", s, errors.Unwrap(err))
+		return Addr{}, err
+	}
+	node, err := parseNodeID(s[i+1:])
+	if err != nil {
+		return Addr{}, err
 	}
 	return Addr{nw, node}, nil
 }
@@ -387,9 +414,9 @@ func ParseSockAddr(s string) (SockAddr, error) {
 	if i < 0 {
 		return SockAddr{}, fmt.Errorf("addressing: socket address %q: want N:xxxx.xxxx.xxxx:port", s)
 	}
-	a, err := ParseAddr(s[:i])
+	a, err := parseAddr(s[:i])
 	if err != nil {
-		return SockAddr{}, fmt.Errorf("addressing: socket address %q: %w", s, errors.Unwrap(err))
+		return SockAddr{}, fmt.Errorf("addressing: socket address %q: %w", s, err)
 	}
 	p, err := parseNetwork(s[i+1:])
 	if err != nil {

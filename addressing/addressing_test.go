@@ -180,3 +180,25 @@ func TestNodeIDCompare(t *testing.T) {
 	require.Equal(t, 0, a.Compare(a))
 	require.Equal(t, uint64(0xffffffffffff), NodeIDFromUint64(1<<63-1).Uint64())
 }
+
+// TestParseErrorsReadWell: every parse error names the input and says why,
+// with no formatting noise. Before the fix a bad node ID inside an address
+// printed "%!w(<nil>)" (errors.Unwrap of an error made without %w).
+func TestParseErrorsReadWell(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		parse    func(string) error
+	}{
+		{"0:zzzz.0000.0001", `addressing: address "0:zzzz.0000.0001": want lower-case hex digits`, func(s string) error { _, err := ParseAddr(s); return err }},
+		{"0:0000.0000.0000", `addressing: address "0:0000.0000.0000": node ID is zero`, func(s string) error { _, err := ParseAddr(s); return err }},
+		{"0:3f2a", `addressing: address "0:3f2a": want xxxx.xxxx.xxxx`, func(s string) error { _, err := ParseAddr(s); return err }},
+		{"x:3f2a.91c0.0b17", `addressing: address "x:3f2a.91c0.0b17": network must be decimal 0-65535 without leading zeros`, func(s string) error { _, err := ParseAddr(s); return err }},
+		{"0:3F2A.91c0.0b17:80", `addressing: socket address "0:3F2A.91c0.0b17:80": want lower-case hex digits`, func(s string) error { _, err := ParseSockAddr(s); return err }},
+		{"3f2a.91c0.0b1", `addressing: node ID "3f2a.91c0.0b1": want xxxx.xxxx.xxxx`, func(s string) error { _, err := ParseNodeID(s); return err }},
+	} {
+		err := tc.parse(tc.in)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("parse %q: got %v, want %s", tc.in, err, tc.want)
+		}
+	}
+}

@@ -1,8 +1,16 @@
 package addressing
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 )
+
+// badlyFormatted reports fmt's error marks ("%!w(<nil>)") in err, outside
+// the quoted input.
+func badlyFormatted(err error, in string) bool {
+	return strings.Contains(strings.ReplaceAll(err.Error(), strconv.Quote(in), ""), "%!")
+}
 
 // FuzzParseAddr checks that parsing never panics and that every accepted
 // string is the one canonical text form of its value.
@@ -13,6 +21,9 @@ func FuzzParseAddr(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		a, err := ParseAddr(s)
 		if err != nil {
+			if badlyFormatted(err, s) {
+				t.Fatalf("ParseAddr(%q): badly formatted error %q", s, err)
+			}
 			if a.IsValid() {
 				t.Fatalf("ParseAddr(%q) failed but returned valid %v", s, a)
 			}
@@ -37,6 +48,9 @@ func FuzzParseSockAddr(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		a, err := ParseSockAddr(s)
 		if err != nil {
+			if badlyFormatted(err, s) {
+				t.Fatalf("ParseSockAddr(%q): badly formatted error %q", s, err)
+			}
 			return
 		}
 		if got := a.String(); got != s {

@@ -14,6 +14,7 @@ const (
 	PathTrustApprove    = "/v1/trust/approve"
 	PathTrustReject     = "/v1/trust/reject"
 	PathTrustRevoke     = "/v1/trust/revoke"
+	PathTrustForget     = "/v1/trust/forget"
 	PathPing            = "/v1/ping"
 	PathSend            = "/v1/send"
 	PathRecv            = "/v1/recv"
@@ -32,6 +33,13 @@ const (
 
 // UpgradeProtocol is the Upgrade token of /v1/connect.
 const UpgradeProtocol = "agentnet-stream"
+
+// TimeoutHeader is a request header: the caller gives up after this many
+// milliseconds (1-3600000), so the daemon stops the request's work by then
+// and answers CodeTimeout itself. The Client sends it for every context
+// with a deadline, a little short of the deadline so the answer arrives
+// in time.
+const TimeoutHeader = "Agentnet-Timeout"
 
 // Well-known virtual ports of the built-in services.
 const (
@@ -148,7 +156,7 @@ type HostnameResult struct {
 }
 
 // PeerRequest names a peer: an address or a hostname. It is the body of the
-// trust approve, reject and revoke endpoints.
+// trust approve, reject, revoke and forget endpoints.
 type PeerRequest struct {
 	Peer string `json:"peer"`
 }
@@ -166,6 +174,12 @@ type TrustResult struct {
 	State     string `json:"state"`     // pending-out, pending-in, trusted, revoked, rejected
 	Delivered bool   `json:"delivered"` // the rendezvous took the message; false: queued, retried in the background
 	Warning   string `json:"warning"`
+}
+
+// ForgetResult is the answer of POST /v1/trust/forget (body: PeerRequest).
+type ForgetResult struct {
+	Peer      string        `json:"peer"`
+	Forgotten []TrustRecord `json:"forgotten"` // the records deleted: the peer's, and our unanswered requests to that name
 }
 
 // TrustList is the answer of GET /v1/trust and GET /v1/trust/pending.

@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // baseURL is the URL the client addresses; the host part is ignored (the
@@ -66,13 +69,27 @@ func (c *Client) transportError(ctx context.Context, err error) *Error {
 	switch {
 	case errors.As(err, &de):
 		return Errorf(CodeNotRunning, "start the daemon with \"agentnet up\" (add --detach to run it in the background), or point --socket / AGENTNET_SOCKET at its socket",
-			"no agentnet daemon answers on %s: %v", c.socket, de.err)
+			"no agentnet daemon answers on %s: %v", c.socket, cleanNetError(de.err))
 	case ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
-		return Errorf(CodeTimeout, "raise --timeout", "the daemon did not answer in time")
+		return Errorf(CodeTimeout, "the daemon was told the deadline and did not answer by then: is it overloaded or stuck? (agentnet status); or raise --timeout", "the local daemon did not answer in time")
 	case ctx.Err() != nil:
 		return Errorf(CodeUnavailable, "", "request cancelled: %v", ctx.Err())
 	}
-	return Errorf(CodeUnavailable, "check that the daemon is still running (agentnet status)", "control socket: %v", err)
+	return Errorf(CodeUnavailable, "check that the daemon is still running (agentnet status)", "control socket: %v", cleanNetError(err))
+}
+
+// cleanNetError drops the socket addresses that a *net.OpError prints
+// ("read unix ->/path/agentnet.sock: ..."), keeping what went wrong.
+func cleanNetError(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		var se *os.SyscallError
+		if errors.As(oe.Err, &se) {
+			return se.Err
+		}
+		return oe.Err
+	}
+	return err
 }
 
 func (c *Client) newRequest(ctx context.Context, method, path string, in any) (*http.Request, error) {
@@ -91,7 +108,21 @@ func (c *Client) newRequest(ctx context.Context, method, path string, in any) (*
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	setTimeout(ctx, req.Header)
 	return req, nil
+}
+
+// setTimeout tells the daemon the caller's deadline (TimeoutHeader), less a
+// margin for the answer to come back.
+func setTimeout(ctx context.Context, h http.Header) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return
+	}
+	left := time.Until(dl)
+	left -= min(max(left/10, 50*time.Millisecond), time.Second)
+	ms := min(max(left.Milliseconds(), 1), 3_600_000)
+	h.Set(TimeoutHeader, strconv.FormatInt(ms, 10))
 }
 
 // Do sends a request with the JSON encoding of in (nil: no body) and decodes
@@ -145,6 +176,7 @@ func (c *Client) Upload(ctx context.Context, path string, query url.Values, body
 	if size == 0 {
 		req.Body = http.NoBody
 	}
+	setTimeout(ctx, req.Header)
 	req.Header.Set("Content-Type", "application/octet-stream")
 	return c.roundTrip(ctx, req, out)
 }
@@ -219,24 +251,197 @@ func (s *Stream) Next(v any) error {
 func (s *Stream) Close() error { return s.resp.Body.Close() }
 
 // Conn is a byte stream to a peer's virtual port, bridged by the daemon.
+// With a daemon that speaks framing (every daemon of this version), the end
+// of the stream is explicit both ways (see FramingHeader): Read returns
+// io.EOF only when the peer ended its side cleanly, and an *Error (code
+// CodeStreamReset, CodeNotTrusted, ...) when the stream broke, including
+// when the daemon goes away; Wait tells whether our own side was delivered.
+// Read and Write may be called concurrently with each other; each of them
+// from one goroutine at a time.
 type Conn struct {
 	net.Conn // the Unix socket
 	r        *bufio.Reader
+	framed   bool
+
+	rbuf    []byte // frame buffer
+	pending []byte // unread data of the current DATA frame
+	rerr    error  // sticky: the *Error that broke the stream
+	eof     bool   // the peer's EOF arrived
+	done    bool   // the daemon's DONE arrived
+
+	wmu     sync.Mutex
+	wclosed bool  // our EOF (or RESET) was sent
+	werr    error // sticky write error
+	wbuf    []byte
 }
 
+// Framed reports whether the daemon speaks framing on this connection.
+func (c *Conn) Framed() bool { return c.framed }
+
 // Read reads from the peer.
-func (c *Conn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func (c *Conn) Read(b []byte) (int, error) {
+	if !c.framed {
+		return c.r.Read(b)
+	}
+	for len(c.pending) == 0 {
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+		if c.eof {
+			return 0, io.EOF
+		}
+		t, p, err := c.readFrame()
+		if err != nil {
+			c.rerr = err
+			return 0, err
+		}
+		switch t {
+		case FrameData:
+			c.pending = p
+		case FrameEOF:
+			c.eof = true
+		default:
+			c.rerr = c.unexpected(t)
+			return 0, c.rerr
+		}
+	}
+	n := copy(b, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// readFrame reads the next frame; RESET, a malformed frame and the socket
+// ending become the *Error returned.
+func (c *Conn) readFrame() (FrameType, []byte, error) {
+	if c.rbuf == nil {
+		c.rbuf = make([]byte, MaxFrameData)
+	}
+	t, p, err := ReadFrame(c.r, c.rbuf)
+	switch {
+	case err == nil && t == FrameReset:
+		return t, nil, ParseReset(p)
+	case err == nil:
+		return t, p, nil
+	case errors.Is(err, ErrFrame):
+		return 0, nil, &Error{Code: CodeStreamReset, Message: "the daemon sent a malformed frame: " + err.Error(), Hint: StreamResetHint}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return 0, nil, &Error{Code: CodeUnavailable, Message: "the daemon closed the stream before its end", Hint: "is the daemon still running? (agentnet status); what arrived may be incomplete"}
+	}
+	return 0, nil, &Error{Code: CodeUnavailable, Message: "control socket: " + cleanNetError(err).Error(), Hint: "is the daemon still running? (agentnet status); what arrived may be incomplete"}
+}
+
+func (c *Conn) unexpected(t FrameType) error {
+	return &Error{Code: CodeStreamReset, Message: "the daemon sent an unexpected " + t.String() + " frame", Hint: StreamResetHint}
+}
+
+// Write writes to the peer.
+func (c *Conn) Write(b []byte) (int, error) {
+	if !c.framed {
+		return c.Conn.Write(b)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	if c.wclosed {
+		return 0, &Error{Code: CodeInvalidArgument, Message: "write after CloseWrite"}
+	}
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), MaxFrameData)
+		c.wbuf, _ = AppendFrame(c.wbuf[:0], FrameData, b[:k])
+		if _, err := c.Conn.Write(c.wbuf); err != nil {
+			c.werr = &Error{Code: CodeUnavailable, Message: "control socket: " + cleanNetError(err).Error(), Hint: "the daemon ended the stream; Read or Wait says why"}
+			return n, c.werr
+		}
+		n += k
+		b = b[k:]
+	}
+	return n, nil
+}
 
 // CloseWrite sends EOF to the peer; reading goes on.
 func (c *Conn) CloseWrite() error {
-	if uc, ok := c.Conn.(*net.UnixConn); ok {
-		return uc.CloseWrite()
+	if !c.framed {
+		if uc, ok := c.Conn.(*net.UnixConn); ok {
+			return uc.CloseWrite()
+		}
+		return errors.New("ctl: connection cannot half-close")
 	}
-	return errors.New("ctl: connection cannot half-close")
+	return c.sendEnd(FrameEOF)
+}
+
+func (c *Conn) sendEnd(t FrameType) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed || c.werr != nil {
+		return c.werr
+	}
+	c.wclosed = true
+	var b []byte
+	if t == FrameReset {
+		b = AppendReset(nil, nil)
+	} else {
+		b, _ = AppendFrame(nil, t, nil)
+	}
+	if _, err := c.Conn.Write(b); err != nil {
+		c.werr = &Error{Code: CodeUnavailable, Message: "control socket: " + cleanNetError(err).Error()}
+		return c.werr
+	}
+	return nil
+}
+
+// Wait returns, once both directions ended, whether they ended cleanly: nil
+// when the daemon confirms it (our data was handed to the peer's stream
+// and the peer's EOF arrived), else the *Error that broke the stream. Call
+// it after CloseWrite, not concurrently with Read; data the caller did not
+// read is dropped. On an unframed connection it returns nil at once.
+func (c *Conn) Wait() error {
+	if !c.framed || c.done {
+		return nil
+	}
+	c.pending = nil
+	for c.rerr == nil {
+		t, _, err := c.readFrame()
+		switch {
+		case err != nil:
+			c.rerr = err
+		case t == FrameData && !c.eof:
+		case t == FrameEOF && !c.eof:
+			c.eof = true
+		case t == FrameDone && c.eof:
+			c.done = true
+			return nil
+		default:
+			c.rerr = c.unexpected(t)
+		}
+	}
+	return c.rerr
+}
+
+// Abort resets the stream: the peer's reads and writes fail instead of
+// seeing a clean end. It closes the connection.
+func (c *Conn) Abort() error {
+	if c.framed {
+		c.sendEnd(FrameReset)
+	}
+	return c.Conn.Close()
+}
+
+// Close ends our side cleanly (like CloseWrite, if not done yet) and closes
+// the connection; data the peer still sends is refused (its writes fail).
+// To cut the stream instead, use Abort.
+func (c *Conn) Close() error {
+	if c.framed {
+		c.sendEnd(FrameEOF)
+	}
+	return c.Conn.Close()
 }
 
 // Connect asks the daemon for a stream to req.Peer:req.Port (POST
-// /v1/connect). On success the socket is switched to the raw stream.
+// /v1/connect). On success the socket is switched to the stream, framed if
+// the daemon supports it.
 func (c *Client) Connect(ctx context.Context, req ConnectRequest) (*Conn, error) {
 	conn, err := c.dial(ctx)
 	if err != nil {
@@ -247,6 +452,8 @@ func (c *Client) Connect(ctx context.Context, req ConnectRequest) (*Conn, error)
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set("Connection", "Upgrade")
 	hr.Header.Set("Upgrade", UpgradeProtocol)
+	hr.Header.Set(FramingHeader, FramingVersion)
+	setTimeout(ctx, hr.Header)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if err := hr.Write(conn); err != nil {
@@ -267,5 +474,5 @@ func (c *Client) Connect(ctx context.Context, req ConnectRequest) (*Conn, error)
 		conn.Close()
 		return nil, c.transportError(ctx, ctx.Err())
 	}
-	return &Conn{Conn: conn, r: br}, nil
+	return &Conn{Conn: conn, r: br, framed: resp.Header.Get(FramingHeader) == FramingVersion}, nil
 }

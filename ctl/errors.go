@@ -20,13 +20,18 @@ const (
 	CodePortClosed      Code = "port_closed"      // nothing listens on the peer's virtual port
 	CodeUnreachable     Code = "unreachable"      // the peer is trusted but offline or no path answered
 	CodeTimeout         Code = "timeout"          // the operation did not finish in time
-	CodeTooLarge        Code = "too_large"        // the peer refused a message or file over its size limit
+	CodeTooLarge        Code = "too_large"        // a message or file over a size limit: the peer's, or ours for messages we send
 	CodeInboxFull       Code = "inbox_full"       // the peer's inbox quota is exhausted
 	CodeNotRunning      Code = "not_running"      // no daemon answers on the socket (CLI only)
 	CodeNotImplemented  Code = "not_implemented"  // the feature has not landed in this build
 	CodeUnavailable     Code = "unavailable"      // the daemon is shutting down, or a service is switched off
+	CodeStreamReset     Code = "stream_reset"     // a stream was cut before its end: data may be missing
+	CodeDamagedState    Code = "damaged_state"    // a state file on disk is damaged, missing or unsafe; nothing was changed
 	CodeInternal        Code = "internal"         // anything else; the message says what
 )
+
+// StreamResetHint is the hint of a CodeStreamReset error.
+const StreamResetHint = "the stream was cut before its end (the peer reset or closed it, its node or daemon stopped, or the path to it died): what arrived may be incomplete; retry"
 
 // CodeInfo describes one error code.
 type CodeInfo struct {
@@ -45,11 +50,13 @@ var Codes = []CodeInfo{
 	{CodePortClosed, http.StatusNotFound, "nothing listens on the peer's virtual port"},
 	{CodeUnreachable, http.StatusBadGateway, "the peer is trusted but offline, or no path to it answered"},
 	{CodeTimeout, http.StatusGatewayTimeout, "the operation did not finish in time"},
-	{CodeTooLarge, http.StatusRequestEntityTooLarge, "the peer refused a message or file over its size limit"},
+	{CodeTooLarge, http.StatusRequestEntityTooLarge, "a message or file is over a size limit: the peer's (it refused it), or this daemon's own for the messages it sends (--max-message)"},
 	{CodeInboxFull, http.StatusInsufficientStorage, "the peer's inbox quota is exhausted"},
 	{CodeNotRunning, 0, "no daemon answers on the control socket (reported by the CLI, never by the daemon)"},
 	{CodeNotImplemented, http.StatusNotImplemented, "the feature has not landed in this build"},
 	{CodeUnavailable, http.StatusServiceUnavailable, "the daemon is shutting down, or the service is switched off"},
+	{CodeStreamReset, http.StatusBadGateway, "a stream was cut before its end (reset by the peer, its node gone, the path dead): what arrived may be incomplete"},
+	{CodeDamagedState, http.StatusInternalServerError, "a state file (identity key, trust store, inbox index, config file) is damaged, missing or unsafe; nothing was changed, and the hint says how to restore it"},
 	{CodeInternal, http.StatusInternalServerError, "an unexpected failure; the message says what"},
 }
 

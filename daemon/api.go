@@ -11,6 +11,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -22,6 +25,7 @@ import (
 	"github.com/agentnet/agentnet/service/event"
 	"github.com/agentnet/agentnet/service/message"
 	"github.com/agentnet/agentnet/trustdb"
+	"github.com/quic-go/quic-go"
 )
 
 // handlerFunc is an API handler; a returned error becomes the error answer
@@ -34,6 +38,7 @@ const (
 	defaultTimeout = 30 * time.Second
 	trustTimeout   = 5 * time.Second
 	dialTimeout    = 15 * time.Second
+	maxTimeoutMS   = 3_600_000
 )
 
 func (d *Daemon) routes() http.Handler {
@@ -41,6 +46,16 @@ func (d *Daemon) routes() http.Handler {
 	h := func(pattern string, f handlerFunc) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			d.log.Debug("api request", "method", r.Method, "path", r.URL.Path)
+			if v := r.Header.Get(ctl.TimeoutHeader); v != "" {
+				ms, err := strconv.Atoi(v)
+				if err != nil || ms < 1 || ms > maxTimeoutMS {
+					writeError(w, invalid("header %s: %q: want milliseconds, 1-%d", ctl.TimeoutHeader, v, maxTimeoutMS))
+					return
+				}
+				ctx, cancel := context.WithTimeout(r.Context(), time.Duration(ms)*time.Millisecond)
+				defer cancel()
+				r = r.WithContext(ctx)
+			}
 			if err := f(w, r); err != nil {
 				writeError(w, d.apiError(err))
 			}
@@ -56,6 +71,7 @@ func (d *Daemon) routes() http.Handler {
 	h("POST "+ctl.PathTrustApprove, d.trustAction("approve"))
 	h("POST "+ctl.PathTrustReject, d.trustAction("reject"))
 	h("POST "+ctl.PathTrustRevoke, d.trustAction("revoke"))
+	h("POST "+ctl.PathTrustForget, d.handleTrustForget)
 	h("POST "+ctl.PathPing, d.handlePing)
 	h("POST "+ctl.PathSend, d.handleSend)
 	h("POST "+ctl.PathRecv, d.handleRecv)
@@ -134,7 +150,7 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: fmt.Sprintf("request body over %d bytes", limit), Hint: "send less; bulk data goes through connect, file send or /v1/files"}
+			return &bodyLimitError{limit}
 		}
 		return ctl.Errorf(ctl.CodeInvalidArgument, "", "read request body: %v", err)
 	}
@@ -151,6 +167,12 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	}
 	return nil
 }
+
+// bodyLimitError is decode's error for a request body over its limit
+// (invalid_argument, unless the handler says better).
+type bodyLimitError struct{ limit int64 }
+
+func (e *bodyLimitError) Error() string { return fmt.Sprintf("request body over %d bytes", e.limit) }
 
 func invalid(format string, args ...any) *ctl.Error {
 	return ctl.Errorf(ctl.CodeInvalidArgument, "", format, args...)
@@ -187,8 +209,8 @@ func timeout(ms int, def time.Duration) (time.Duration, error) {
 	switch {
 	case ms == 0:
 		return def, nil
-	case ms < 0 || ms > 3_600_000:
-		return 0, invalid("timeout_ms %d out of range: want 1-3600000", ms)
+	case ms < 0 || ms > maxTimeoutMS:
+		return 0, invalid("timeout_ms %d out of range: want 1-%d", ms, maxTimeoutMS)
 	}
 	return time.Duration(ms) * time.Millisecond, nil
 }
@@ -289,13 +311,29 @@ func (d *Daemon) settle(ctx context.Context, rec trustdb.Record) {
 	}
 }
 
-// apiError maps an error to its API error.
+// apiError maps an error to its API error: the code by the kind of error
+// (the sentinels of quicnode, rendezvous, trustdb and the services, and
+// quic-go's connection errors), and a hint that blames what failed: our
+// own rendezvous session when we are not registered, the path or the peer
+// otherwise, the daemon only when it is shutting down.
 func (d *Daemon) apiError(err error) *ctl.Error {
 	var ce *ctl.Error
 	if errors.As(err, &ce) {
 		return ce
 	}
-	msg := err.Error()
+	msg := errorText(err)
+	var bl *bodyLimitError
+	if errors.As(err, &bl) {
+		return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: msg, Hint: "send less; bulk data goes through connect, file send or /v1/files"}
+	}
+	var (
+		ae *quic.ApplicationError
+		se *quic.StreamError
+		it *quic.IdleTimeoutError
+		sr *quic.StatelessResetError
+
+		damagedHint interface{ Hint() string }
+	)
 	switch {
 	case errors.Is(err, quicnode.ErrNotTrusted):
 		return &ctl.Error{Code: ctl.CodeNotTrusted, Message: msg,
@@ -304,12 +342,25 @@ func (d *Daemon) apiError(err error) *ctl.Error {
 		return &ctl.Error{Code: ctl.CodePortClosed, Message: msg, Hint: "nothing listens on that virtual port at the peer (a service switched off, or no expose/recv running)"}
 	case errors.Is(err, quicnode.ErrPortInUse), errors.Is(err, syscall.EADDRINUSE):
 		return &ctl.Error{Code: ctl.CodePortInUse, Message: msg, Hint: "choose another port, or stop what uses it"}
-	case errors.Is(err, quicnode.ErrUnreachable):
-		return &ctl.Error{Code: ctl.CodeUnreachable, Message: msg, Hint: "is the peer's daemon running and registered at the same rendezvous? (\"agentnet status\" on both sides)"}
+	case errors.Is(err, rendezvous.ErrServerKey):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the rendezvous presented a key other than the one pinned (--rendezvous-key, or trusted on first use): an imposter, or a server whose identity was replaced; only its operator can say which"}
+	case errors.Is(err, quicnode.ErrUnreachable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		code, hint := ctl.CodeUnreachable, "is the peer's daemon running and registered at the same rendezvous? (\"agentnet status\" on both sides)"
+		if !errors.Is(err, quicnode.ErrUnreachable) {
+			code, hint = ctl.CodeTimeout, "the peer did not answer in time: retry, or raise --timeout (timeout_ms)"
+		}
+		if ok, why := registration(d.node); !ok {
+			hint = "this node is not registered at its rendezvous " + d.rdvAddr + " right now"
+			if why != nil {
+				hint += " (" + errorText(why) + ")"
+			}
+			hint += ", so it cannot find peers: is the rendezvous running and reachable? (\"agentnet status\" shows the session)"
+		}
+		return &ctl.Error{Code: code, Message: msg, Hint: hint}
 	case errors.Is(err, quicnode.ErrBusy):
 		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the peer's listener is overloaded; retry"}
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
-		return &ctl.Error{Code: ctl.CodeTimeout, Message: msg, Hint: "retry, or raise timeout_ms (--timeout)"}
+	case errors.Is(err, ErrDamaged) && errors.As(err, &damagedHint):
+		return &ctl.Error{Code: ctl.CodeDamagedState, Message: msg, Hint: damagedHint.Hint()}
 	case errors.Is(err, trustdb.ErrUnexpected):
 		return &ctl.Error{Code: ctl.CodeConflict, Message: msg, Hint: "\"agentnet trust list\" shows each peer's state"}
 	case errors.Is(err, trustdb.ErrOutboxFull), errors.Is(err, rendezvous.ErrRateLimited), errors.Is(err, rendezvous.ErrLimit):
@@ -324,10 +375,48 @@ func (d *Daemon) apiError(err error) *ctl.Error {
 		return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: msg}
 	case errors.Is(err, message.ErrNotFound):
 		return &ctl.Error{Code: ctl.CodeNotFound, Message: msg, Hint: "\"agentnet inbox\" lists the items"}
-	case errors.Is(err, net.ErrClosed):
+	case d.ctx.Err() != nil && errors.Is(err, net.ErrClosed):
 		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the daemon is shutting down"}
+	case errors.As(err, &se):
+		return d.streamError(err)
+	case errors.As(err, &ae) && ae.ErrorCode == quicnode.CodePathDead:
+		return &ctl.Error{Code: ctl.CodeUnreachable, Message: msg, Hint: "the path to the peer died: nothing came back while we sent (its machine or network went away, or a NAT forgot the mapping); retry: the node dials afresh"}
+	case errors.As(err, &ae) && ae.ErrorCode == quicnode.CodeClosing && ae.Remote:
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the peer's node is shutting down; retry when it is back"}
+	case errors.As(err, &it):
+		return &ctl.Error{Code: ctl.CodeUnreachable, Message: msg, Hint: "the peer stopped answering (idle timeout): its machine or network went away; retry"}
+	case errors.As(err, &sr):
+		return &ctl.Error{Code: ctl.CodeUnreachable, Message: msg, Hint: "the peer's node restarted; retry"}
+	case errors.As(err, &ae):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the connection to the peer closed; retry"}
+	case errors.Is(err, net.ErrClosed):
+		return &ctl.Error{Code: ctl.CodeUnavailable, Message: msg, Hint: "the connection closed under the request; retry"}
 	}
 	return &ctl.Error{Code: ctl.CodeInternal, Message: msg}
+}
+
+// errorText is err's message without noise: the same failure joined from
+// several dial candidates (errors.Join: "...: context deadline exceeded\n
+// context deadline exceeded\ncontext deadline exceeded") is said once, the
+// lines joined by "; ", and the socket addresses of a *net.OpError ("read
+// unix /path/agentnet.sock->@: ...") are dropped.
+func errorText(err error) string {
+	msg := err.Error()
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		if full := oe.Error(); strings.Contains(msg, full) {
+			msg = strings.Replace(msg, full, oe.Op+": "+oe.Err.Error(), 1)
+		}
+	}
+	lines := strings.Split(msg, "\n")
+	out := lines[:0]
+	for _, l := range lines {
+		said := slices.ContainsFunc(out, func(o string) bool { return o == l || strings.HasSuffix(o, ": "+l) })
+		if l != "" && !said {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // streamWriter writes JSON Lines and flushes each.

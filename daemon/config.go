@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/tunnel"
+	"github.com/agentnet/agentnet/trustdb"
 )
 
 // Defaults.
@@ -275,17 +276,55 @@ func (c *Config) LoadFile() error {
 	return nil
 }
 
+// readFile reads the config file. A file that is not one JSON object
+// (empty, truncated, garbage) is damage: a *StateError, never taken for an
+// empty config (and so never overwritten by setFileKey).
 func readFile(p string) (map[string]any, error) {
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("daemon: config file %s: %w", p, err)
 	}
 	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("daemon: config file %s: %w", p, err)
+	err = json.Unmarshal(b, &m)
+	if err == nil && m == nil {
+		err = errors.New("null")
+	}
+	if err != nil {
+		return nil, &StateError{Path: p, Reason: "not a JSON object: " + err.Error(), Err: err,
+			Fix: "it holds the settings you saved (and \"agentnet hostname set\" saves): fix the JSON, or move the file aside to run with the defaults"}
 	}
 	return m, nil
 }
+
+// ErrDamaged is matched (errors.Is) by the errors of Run and LoadFile when a
+// state file is damaged, missing or unsafe: the identity key or trust store
+// (a *trustdb.DamagedError), the inbox index or the config file (a
+// *StateError). Nothing was changed; the error's Hint method says how to
+// restore.
+var ErrDamaged = trustdb.ErrDamaged
+
+// StateError is a damaged state file of the daemon's own: the config file,
+// the inbox index. It matches ErrDamaged.
+type StateError struct {
+	Path   string // the damaged file or directory
+	Reason string // what is wrong
+	Fix    string // how to restore it
+	Err    error  // the underlying error, if any
+}
+
+func (e *StateError) Error() string { return "daemon: " + e.Path + ": " + e.Reason }
+
+// Hint says how to restore the file.
+func (e *StateError) Hint() string { return e.Fix }
+
+// Unwrap returns the underlying error.
+func (e *StateError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrDamaged.
+func (e *StateError) Is(target error) bool { return target == ErrDamaged }
 
 // setFileKey sets (or with "" removes) one key of the config file, keeping
 // the others.

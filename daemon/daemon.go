@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,6 +129,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// 1. State directory and trust store (the lock against a second daemon).
 	store, err := trustdb.Open(d.cfg.StateDir)
 	if err != nil {
+		if errors.Is(err, trustdb.ErrDamaged) {
+			return err // a *trustdb.DamagedError: its Hint says how to restore
+		}
 		if errors.Is(err, trustdb.ErrInUse) {
 			return fmt.Errorf("daemon: state directory %s is in use by another agentnet daemon (its control socket is %s; stop it first, or give this one another --state): %w",
 				d.cfg.StateDir, d.cfg.Socket, err)
@@ -136,6 +140,21 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	d.store = store
 	cleanup = append(cleanup, func() { store.Close() })
+
+	// The inbox next (its damage, too, is found before anything starts);
+	// after the store, whose lock keeps a second daemon from touching it.
+	inboxDir := filepath.Join(d.cfg.StateDir, InboxName)
+	inbox, err := message.OpenInbox(inboxDir, d.maxInbox())
+	if errors.Is(err, message.ErrDamaged) {
+		idx := filepath.Join(inboxDir, "index")
+		return &StateError{Path: idx, Reason: "damaged entries: " + strings.TrimPrefix(err.Error(), message.ErrDamaged.Error()+": "+idx+": "), Err: err,
+			Fix: "each entry named is a file in " + idx + ": fix it, or move it aside (its content stays in " +
+				inboxDir + "/files or /messages); the daemon starts once every entry reads"}
+	}
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.inbox = inbox
 
 	// 2. Rendezvous.
 	ncfg := quicnode.Config{
@@ -189,6 +208,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if d.rdv != nil {
 		d.work.goFunc(func() { d.rdv.watchLoop(runCtx, node) })
 	}
+	d.work.goFunc(func() { d.maintainLoop(runCtx) })
 
 	// 5. Control API.
 	if err := d.listenAPI(); err != nil {
@@ -212,6 +232,31 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	return nil
 }
 
+// maintainPeriod is how often the daemon expires records of never-trusted
+// peers and refreshes the trust store's last good copy.
+var maintainPeriod = 10 * time.Minute
+
+// maintainLoop keeps the trust store tidy while the daemon runs: expired
+// records of peers never trusted go (trustdb.Prune), and the last good copy
+// trust.db.bak follows the changes (trustdb.Backup, a no-op without one).
+func (d *Daemon) maintainLoop(ctx context.Context) {
+	t := time.NewTicker(maintainPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := d.store.Prune(); err != nil {
+			d.log.Warn("trust store: prune failed", "err", err)
+		}
+		if err := d.store.Backup(); err != nil {
+			d.log.Warn("trust store: backup failed", "err", err)
+		}
+	}
+}
+
 // startServices starts the built-in services the config enables (echo runs
 // inside the node).
 func (d *Daemon) startServices() error {
@@ -225,18 +270,13 @@ func (d *Daemon) startServices() error {
 		d.work.addCloser(l)
 		d.work.goFunc(func() { d.discardLoop(l) })
 	}
-	inbox, err := message.OpenInbox(filepath.Join(d.cfg.StateDir, InboxName), d.maxInbox())
-	if err != nil {
-		return fmt.Errorf("daemon: %w", err)
-	}
-	d.inbox = inbox
 	if d.cfg.enabled(ServiceMessages) {
 		l, err := d.node.Listen(service.PortMessages)
 		if err != nil {
 			return fmt.Errorf("daemon: message service: %w", err)
 		}
 		d.msgSrv = &message.Server{
-			Inbox:        inbox,
+			Inbox:        d.inbox,
 			Limits:       d.limits,
 			HostnameFunc: d.peerHostname,
 			ReceiveFunc:  d.announce,

@@ -111,7 +111,12 @@ func requireCode(t *testing.T, err error, code ctl.Code) {
 // other. a has hostname alice, b bob.
 func pair(t *testing.T, cfgB Config) (a, b *testDaemon) {
 	t.Helper()
-	srv := rendezvoustest.New(t)
+	return pairWith(t, rendezvoustest.New(t), cfgB)
+}
+
+// pairWith is pair on the rendezvous srv.
+func pairWith(t *testing.T, srv *rendezvoustest.Server, cfgB Config) (a, b *testDaemon) {
+	t.Helper()
 	dir := t.TempDir()
 	a = startDaemon(t, Config{StateDir: filepath.Join(dir, "a"), RendezvousAddr: srv.Addr().String(), RendezvousKey: srv.PublicKey(), Hostname: "alice"})
 	cfgB.StateDir = filepath.Join(dir, "b")

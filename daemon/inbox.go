@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +22,9 @@ import (
 func (d *Daemon) handleMessage(w http.ResponseWriter, r *http.Request) error {
 	var req ctl.MessageRequest
 	if err := decode(w, r, d.maxJSONBody(), &req); err != nil {
+		if errors.As(err, new(*bodyLimitError)) {
+			return d.tooLarge(-1)
+		}
 		return err
 	}
 	t, err := d.checkPeer(req.Peer)
@@ -54,8 +58,8 @@ func (d *Daemon) handleMessage(w http.ResponseWriter, r *http.Request) error {
 	if set != 1 {
 		return ctl.Errorf(ctl.CodeInvalidArgument, "a message is text, json or data_base64", "set exactly one of text, json, data_base64 (got %d)", set)
 	}
-	if lim := d.limits.For(kind); int64(len(body)) > lim {
-		return &ctl.Error{Code: ctl.CodeInvalidArgument, Message: fmt.Sprintf("message of %d bytes exceeds this daemon's limit of %d bytes", len(body), lim), Hint: "send it as a file (agentnet file send)"}
+	if int64(len(body)) > d.limits.For(kind) {
+		return d.tooLarge(len(body))
 	}
 	to, err := timeout(req.TimeoutMS, defaultTimeout)
 	if err != nil {
@@ -73,6 +77,18 @@ func (d *Daemon) handleMessage(w http.ResponseWriter, r *http.Request) error {
 		return ctxErr(ctx, err)
 	}
 	return writeOK(w, ctl.DeliveryResult{Peer: req.Peer, Addr: addr, Kind: kind.String(), ID: ack.ID, Bytes: int64(len(body)), SHA256: fmt.Sprintf("%x", ack.Sum)})
+}
+
+// tooLarge is the answer to a message over this daemon's limit for the
+// messages it sends (its own --max-message); n < 0: size unknown (the
+// request body was over the bound).
+func (d *Daemon) tooLarge(n int) *ctl.Error {
+	lim := d.limits.For(message.KindText)
+	msg := fmt.Sprintf("message over this daemon's limit of %d bytes (--max-message)", lim)
+	if n >= 0 {
+		msg = fmt.Sprintf("message of %d bytes over this daemon's limit of %d bytes (--max-message)", n, lim)
+	}
+	return &ctl.Error{Code: ctl.CodeTooLarge, Message: msg, Hint: "send it as a file (agentnet file send), or raise --max-message"}
 }
 
 // handleFile sends the raw request body as a file: POST

@@ -280,3 +280,39 @@ func (d *Daemon) trustAction(action string) handlerFunc {
 		return writeOK(w, res)
 	}
 }
+
+// handleTrustForget deletes the record of a peer that is not trusted, and
+// our unanswered requests to the name given.
+func (d *Daemon) handleTrustForget(w http.ResponseWriter, r *http.Request) error {
+	var req ctl.PeerRequest
+	if err := decode(w, r, maxSmallBody, &req); err != nil {
+		return err
+	}
+	t, err := d.checkPeer(req.Peer)
+	if err != nil {
+		return err
+	}
+	res := ctl.ForgetResult{Peer: req.Peer, Forgotten: []ctl.TrustRecord{}}
+	rec, ok := d.record(t)
+	if ok && rec.State == trustdb.StateTrusted {
+		return ctl.Errorf(ctl.CodeConflict, "revoke it first (\"agentnet trust revoke "+req.Peer+"\"), then forget it", "%s is trusted", req.Peer)
+	}
+	if ok {
+		gone, err := d.store.Forget(rec.Key)
+		if err != nil {
+			return err
+		}
+		res.Forgotten = append(res.Forgotten, trustRecord(gone))
+	}
+	reqs, err := d.store.ForgetRequests(t)
+	if err != nil {
+		return err
+	}
+	for _, g := range reqs {
+		res.Forgotten = append(res.Forgotten, trustRecord(g))
+	}
+	if len(res.Forgotten) == 0 {
+		return ctl.Errorf(ctl.CodeNotFound, "\"agentnet trust list\" shows every record", "no trust record for %s", req.Peer)
+	}
+	return writeOK(w, res)
+}

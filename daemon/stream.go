@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -64,6 +63,9 @@ func (d *Daemon) handlePing(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer c.Close()
+	// The request's deadline (Agentnet-Timeout) bounds the whole ping.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
 	res := ctl.PingResult{Peer: req.Peer, Addr: remoteNode(c), ConnectMS: ms(time.Since(t0)), RTTs: []float64{}}
 	var out, in [8]byte
 	var sum time.Duration
@@ -76,13 +78,15 @@ func (d *Daemon) handlePing(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		binary.BigEndian.PutUint64(out[:], uint64(i))
-		c.SetDeadline(time.Now().Add(to))
+		if ctx.Err() == nil {
+			c.SetDeadline(time.Now().Add(to))
+		}
 		start := time.Now()
 		if _, err := c.Write(out[:]); err != nil {
-			return err
+			return ctxErr(ctx, err)
 		}
 		if _, err := io.ReadFull(c, in[:]); err != nil {
-			return err
+			return ctxErr(ctx, err)
 		}
 		rtt := time.Since(start)
 		if in != out {
@@ -266,16 +270,23 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("daemon: connect: hijack: %w", err)
 	}
 	hj.SetDeadline(time.Time{})
-	_, err = io.WriteString(hj, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+ctl.UpgradeProtocol+"\r\n\r\n")
-	if err != nil {
+	framed := r.Header.Get(ctl.FramingHeader) == ctl.FramingVersion
+	answer := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + ctl.UpgradeProtocol + "\r\n"
+	if framed {
+		answer += ctl.FramingHeader + ": " + ctl.FramingVersion + "\r\n"
+	}
+	if _, err = io.WriteString(hj, answer+"\r\n"); err != nil {
 		hj.Close()
-		c.Close()
+		abortConn(c, errClientAbort)
 		return nil
 	}
-	client := &bufferedConn{Conn: hj, r: brw.Reader}
+	var client net.Conn = &bufferedConn{Conn: hj, r: brw.Reader}
+	if framed {
+		client = &framedConn{Conn: hj, r: brw.Reader, d: d, rbuf: make([]byte, ctl.MaxFrameData)}
+	}
 	if !d.work.goFunc(func() { d.bridge(client, c) }) {
-		hj.Close()
-		c.Close()
+		abortConn(client, errShutdown)
+		abortConn(c, errShutdown)
 	}
 	return nil
 }
@@ -294,42 +305,6 @@ func (b *bufferedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return b.Conn.Close()
-}
-
-// bridge copies between a and b in both directions, carrying half-close:
-// when one side's reads end with EOF, the other side's write half is
-// closed. An error in either direction closes both. Both are closed when
-// it returns; shutdown closes them early.
-//
-// Owners (the tunnel a bridge belongs to) may register both conns too, to
-// close them when the tunnel ends.
-func (d *Daemon) bridge(a, b net.Conn, owners ...*tracker) {
-	ra := d.work.addCloser(a)
-	rb := d.work.addCloser(b)
-	defer func() { ra(); rb(); a.Close(); b.Close() }()
-	for _, o := range owners {
-		oa, ob := o.addCloser(a), o.addCloser(b)
-		defer func() { oa(); ob() }()
-	}
-	var wg sync.WaitGroup
-	var once sync.Once
-	abort := func() { once.Do(func() { a.Close(); b.Close() }) }
-	cp := func(dst, src net.Conn) {
-		defer wg.Done()
-		buf := make([]byte, 64<<10)
-		_, err := io.CopyBuffer(dst, src, buf)
-		if err != nil {
-			abort()
-			return
-		}
-		if closeWrite(dst) != nil {
-			abort()
-		}
-	}
-	wg.Add(2)
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }
 
 func (d *Daemon) handleBench(w http.ResponseWriter, r *http.Request) error {

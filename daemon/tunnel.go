@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/ctl"
 )
 
@@ -100,6 +101,18 @@ func (d *Daemon) handleForward(w http.ResponseWriter, r *http.Request) error {
 	if err := d.requireTrusted(t); err != nil {
 		return err
 	}
+	// Name the peer before listening: a hostname no record knows must
+	// resolve now (a forward to a name that leads nowhere fails at once).
+	addr := d.peerAddrString(t)
+	if addr == "" {
+		ctx, cancel := context.WithTimeout(r.Context(), trustTimeout)
+		k, err := d.node.Resolve(ctx, t)
+		cancel()
+		if err != nil {
+			return err
+		}
+		addr = addressing.AddrFrom(0, k.NodeID()).String()
+	}
 	var lc net.ListenConfig
 	l, err := lc.Listen(r.Context(), "tcp", listen)
 	if err != nil {
@@ -115,7 +128,7 @@ func (d *Daemon) handleForward(w http.ResponseWriter, r *http.Request) error {
 	var conns tracker
 	defer conns.shutdown()
 	sw := &streamWriter{w: w}
-	if !sw.line(ctl.Forwarded{Listen: l.Addr().String(), Peer: req.Peer, Addr: d.peerAddrString(t), Port: int(port)}) {
+	if !sw.line(ctl.Forwarded{Listen: l.Addr().String(), Peer: req.Peer, Addr: addr, Port: int(port)}) {
 		return nil
 	}
 	d.log.Info("forwarding", "addr", l.Addr(), "peer", req.Peer, "port", port)

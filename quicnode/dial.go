@@ -53,6 +53,17 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 	}
 }
 
+// Resolve returns the key of the trusted peer or fellow network member t
+// names, as Dial would find it (a hostname no record knows is asked of the
+// rendezvous), without connecting. Anything else fails with ErrNotTrusted.
+func (n *Node) Resolve(ctx context.Context, t addressing.Target) (addressing.PublicKey, error) {
+	k, err := n.resolve(ctx, t)
+	if err != nil {
+		return k, fmt.Errorf("quicnode: resolve %s: %w", t, err)
+	}
+	return k, nil
+}
+
 func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16) (*streamConn, error) {
 	s, err := l.Conn.OpenStreamSync(ctx)
 	if err != nil {

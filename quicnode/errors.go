@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/agentnet/agentnet/quicnode/internal/paths"
+	"github.com/quic-go/quic-go"
 )
 
 var (
@@ -36,10 +37,11 @@ const (
 
 // Stream error codes (RESET_STREAM / STOP_SENDING).
 const (
-	StreamClosed     = paths.StreamClosed     // the application closed the stream
-	StreamPortClosed = paths.StreamPortClosed // nothing listens on the port
-	StreamBusy       = paths.StreamBusy       // the listener's backlog is full
-	StreamBadHeader  = paths.StreamBadHeader  // malformed or late port header
+	StreamClosed                          = paths.StreamClosed     // the application closed the stream
+	StreamPortClosed                      = paths.StreamPortClosed // nothing listens on the port
+	StreamBusy                            = paths.StreamBusy       // the listener's backlog is full
+	StreamBadHeader                       = paths.StreamBadHeader  // malformed or late port header
+	StreamAborted    quic.StreamErrorCode = 0x13                   // the application cut the stream (Abort)
 )
 
 // classify maps QUIC errors from a peer connection to our sentinels.

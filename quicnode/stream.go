@@ -135,6 +135,15 @@ func (c *streamConn) Close() error {
 // CloseWrite sends EOF to the peer; reading goes on.
 func (c *streamConn) CloseWrite() error { return c.s.Close() }
 
+// Abort resets the stream both ways (StreamAborted): unlike Close, which
+// ends what was written cleanly, the peer's reads and writes fail, so it
+// cannot take a cut for the end. Data not yet sent is dropped.
+func (c *streamConn) Abort() error {
+	c.s.CancelWrite(StreamAborted)
+	c.s.CancelRead(StreamAborted)
+	return nil
+}
+
 func (c *streamConn) LocalAddr() net.Addr                { return c.local }
 func (c *streamConn) RemoteAddr() net.Addr               { return c.remote }
 func (c *streamConn) SetDeadline(t time.Time) error      { return c.s.SetDeadline(t) }

@@ -67,7 +67,19 @@
 //
 // If the request named an address, the approver's key must hash to that
 // address's NodeID. A trusted peer that sends a request has lost its record,
-// so the queued approve tells it again.
+// so the queued approve tells it again. A repeated local Request to the same
+// target replaces the earlier pending-out record (and its message, if not
+// yet delivered): there is one pending-out record per target, and an answer
+// to a superseded request is refused with ErrUnexpected.
+//
+// Anyone can make a record by sending a request, so the records of peers we
+// never trusted (Record.EverTrusted false: a stranger's request waiting for
+// our decision, rejected, or withdrawn with a revoke) are bounded and
+// expire: at most MaxUntrusted are kept (the oldest closed ones go first,
+// then the oldest requests), a request expires UntrustedPendingTTL and a
+// closed record UntrustedClosedTTL after its last change. Forget deletes a
+// record that is not trusted, ForgetRequests our own unanswered requests to
+// a target.
 //
 // Incoming messages are accepted only if the signature verifies, the time is
 // within MaxMessageAge in the past and MaxClockSkew in the future, it is
@@ -80,7 +92,25 @@
 //
 // dir/identity.key holds the identity; dir/trust.db is a bbolt database
 // (opened with a one-second lock timeout, so a second process gets a clear
-// "in use" error rather than a hang). Its buckets:
+// "in use" error rather than a hang); dir/trust.db.bak is its last good copy.
+//
+// Damaged state is never replaced by an empty store. A store is created
+// only in a directory holding neither file (the database first, under a
+// temporary name, then the key, then the database's real name, so a crash
+// leaves no half store). Otherwise Open refuses, with a *DamagedError
+// (errors.Is ErrDamaged) that names the file and says how to restore, and
+// writes nothing: a missing or malformed key file, a key file others can
+// read, a missing or empty database, one whose meta pages are damaged or
+// point past the end of the file (bbolt would roll back silently, or fault
+// with SIGBUS reading a truncated file), one failing bbolt's page check or
+// holding a record that does not parse, and a database made for another
+// key. A panic inside bbolt while opening is recovered and reported the
+// same way. After verifying the database, Open writes the last good copy
+// (Tx.WriteTo, atomically); Close and Backup refresh it when something
+// changed. To restore: stop the process, keep the damaged file, copy
+// trust.db.bak over trust.db.
+//
+// The buckets:
 //
 //	records    peer key (32)          -> Record (versioned binary, ParseRecord)
 //	pending    our request nonce (16) -> pending-out Record whose key is unknown

@@ -150,8 +150,8 @@ func decodeKeyFile(b []byte) (*Identity, error) {
 // rename, never replaces a key another process created meanwhile; if linking
 // is not supported it falls back to rename), and the directory is fsynced.
 // An existing file whose permissions are wider than 0600 (any group or other
-// bit) is refused, as is a file with malformed contents; neither is ever
-// overwritten.
+// bit) is refused, as is a file with malformed contents, with a
+// *DamagedError (errors.Is ErrDamaged); neither is ever overwritten.
 func LoadOrCreateIdentity(path string) (id *Identity, created bool, err error) {
 	id, err = loadIdentity(path)
 	if err == nil {
@@ -189,10 +189,12 @@ func loadIdentity(path string) (*Identity, error) {
 		return nil, fmt.Errorf("trustdb: identity key file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("trustdb: identity key file %s is not a regular file (mode %s)", path, fi.Mode())
+		return nil, &DamagedError{Path: path, Reason: fmt.Sprintf("the identity key file is not a regular file (mode %s)", fi.Mode())}
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("trustdb: identity key file %s has mode %#o, which lets other users read the private key; want 0600 (chmod 600 %s)", path, perm, path)
+		return nil, &DamagedError{Path: path,
+			Reason: fmt.Sprintf("the identity key file has mode %#o, which lets other users read the private key; want 0600", perm),
+			hint:   fmt.Sprintf("chmod 600 %s, if no one else could read it meanwhile (else start over as a new agent: move %s aside)", path, filepath.Dir(path))}
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 513))
 	if err != nil {
@@ -200,7 +202,7 @@ func loadIdentity(path string) (*Identity, error) {
 	}
 	id, err := decodeKeyFile(b)
 	if err != nil {
-		return nil, fmt.Errorf("trustdb: identity key file %s is malformed: %w", path, err)
+		return nil, &DamagedError{Path: path, Reason: "the identity key file is malformed: " + err.Error(), Err: err}
 	}
 	return id, nil
 }

@@ -93,6 +93,10 @@ type Record struct {
 	// Created and Updated are our clock when the record was created and last
 	// changed.
 	Created, Updated time.Time
+	// EverTrusted reports that the peer was trusted at some point. Records
+	// of peers never trusted (a stranger's request, rejected or withdrawn)
+	// are bounded and expire (MaxUntrusted); the others stay until Forget.
+	EverTrusted bool
 }
 
 // Addr returns the peer's address in network 0, or, for a pending-out request
@@ -121,8 +125,16 @@ func (r Record) String() string {
 	return r.State.String() + " " + who
 }
 
-// recordVersion is the first byte of an encoded Record.
-const recordVersion = 1
+// recordVersion is the first byte of an encoded Record. Version 1 lacked the
+// flags byte; it still parses, as a record of a peer we may have trusted
+// (EverTrusted), so that no old record expires.
+const (
+	recordVersion   = 2
+	recordVersionV1 = 1
+)
+
+// Record flags.
+const flagEverTrusted = 1 << 0
 
 // Limits of a record's variable fields.
 const (
@@ -131,10 +143,11 @@ const (
 
 // AppendBinary appends the versioned binary encoding of r to b:
 //
-//	version (1) = 1 | state (1) | key (32) | nonce (16)
+//	version (1) = 2 | state (1) | key (32) | nonce (16)
 //	peer time (8) | created (8) | updated (8)      int64 unix ns, 0 = zero time
 //	target len (1) | target | hostname len (1) | hostname
 //	note len (2) | note | consent len (2) | consent
+//	flags (1): bit 0 EverTrusted, the others 0       (not in version 1)
 //
 // Later versions may append fields; ParseRecord ignores trailing bytes.
 func (r Record) AppendBinary(b []byte) ([]byte, error) {
@@ -154,7 +167,12 @@ func (r Record) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Note)))
 	b = append(b, r.Note...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Consent)))
-	return append(b, r.Consent...), nil
+	b = append(b, r.Consent...)
+	var flags byte
+	if r.EverTrusted {
+		flags |= flagEverTrusted
+	}
+	return append(b, flags), nil
 }
 
 // ParseRecord decodes a record encoded by AppendBinary. Every length is
@@ -172,7 +190,8 @@ func ParseRecord(b []byte) (Record, error) {
 func parseRecord(b []byte) (Record, error) {
 	var r Record
 	rd := wire.NewReader(b)
-	if v := rd.Byte(); rd.Err() == nil && v != recordVersion {
+	v := rd.Byte()
+	if rd.Err() == nil && v != recordVersion && v != recordVersionV1 {
 		return r, fmt.Errorf("unknown version %d", v)
 	}
 	r.State = State(rd.Byte())
@@ -186,6 +205,15 @@ func parseRecord(b []byte) (Record, error) {
 	r.Note = string(rd.Next(int(rd.Uint16())))
 	if c := rd.Next(int(rd.Uint16())); len(c) > 0 {
 		r.Consent = append([]byte(nil), c...)
+	}
+	if v == recordVersionV1 {
+		r.EverTrusted = true
+	} else {
+		flags := rd.Byte()
+		if rd.Err() == nil && flags&^flagEverTrusted != 0 {
+			return Record{}, fmt.Errorf("unknown flags %#x", flags)
+		}
+		r.EverTrusted = flags&flagEverTrusted != 0
 	}
 	if rd.Err() != nil {
 		return Record{}, rd.Err()

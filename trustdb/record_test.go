@@ -33,7 +33,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Run(r.String(), func(t *testing.T) {
 			enc, err := r.AppendBinary(nil)
 			require.NoError(t, err)
-			require.Equal(t, byte(1), enc[0])
+			require.Equal(t, byte(2), enc[0])
 			got, err := ParseRecord(enc)
 			require.NoError(t, err)
 			require.Equal(t, r, got)
@@ -46,6 +46,39 @@ func TestRecordRoundTrip(t *testing.T) {
 				require.ErrorIs(t, err, ErrMalformed, "truncated to %d", n)
 			}
 		})
+	}
+}
+
+// encodeV1 encodes r in the record format of version 1 (no flags byte).
+func encodeV1(tb testing.TB, r Record) []byte {
+	tb.Helper()
+	enc, err := r.AppendBinary(nil)
+	require.NoError(tb, err)
+	enc = enc[:len(enc)-1]
+	enc[0] = recordVersionV1
+	return enc
+}
+
+// TestRecordVersion1 checks that records written before the flags byte
+// still parse, as records of peers we may have trusted (so that none of
+// them expires), and that the flags byte round-trips.
+func TestRecordVersion1(t *testing.T) {
+	for _, r := range validRecords(t) {
+		got, err := ParseRecord(encodeV1(t, r))
+		require.NoError(t, err)
+		require.True(t, got.EverTrusted, "a version 1 record never expires")
+		got.EverTrusted = false
+		require.Equal(t, r, got)
+
+		r.EverTrusted = true
+		enc, err := r.AppendBinary(nil)
+		require.NoError(t, err)
+		got, err = ParseRecord(enc)
+		require.NoError(t, err)
+		require.Equal(t, r, got)
+		enc[len(enc)-1] = 0x02
+		_, err = ParseRecord(enc)
+		require.ErrorIs(t, err, ErrMalformed, "unknown flags")
 	}
 }
 
@@ -82,7 +115,7 @@ func TestRecordInvalid(t *testing.T) {
 	t.Run("unknown version", func(t *testing.T) {
 		enc, err := good[0].AppendBinary(nil)
 		require.NoError(t, err)
-		enc[0] = 2
+		enc[0] = 3
 		_, err = ParseRecord(enc)
 		require.ErrorIs(t, err, ErrMalformed)
 	})
@@ -106,10 +139,11 @@ func TestStateText(t *testing.T) {
 
 func validRecordSeeds(tb testing.TB) [][]byte {
 	var out [][]byte
-	for _, r := range validRecords(tb) {
+	for i, r := range validRecords(tb) {
+		r.EverTrusted = i%2 == 0
 		enc, err := r.AppendBinary(nil)
 		require.NoError(tb, err)
-		out = append(out, enc)
+		out = append(out, enc, encodeV1(tb, r))
 	}
 	return out
 }
@@ -129,8 +163,18 @@ func FuzzParseRecord(f *testing.F) {
 		}
 		enc, err := r.AppendBinary(nil)
 		require.NoError(t, err)
-		require.LessOrEqual(t, len(enc), len(b))
-		require.Equal(t, b[:len(enc)], enc, "canonical up to the ignored trailing bytes")
+		if b[0] == recordVersionV1 {
+			// Re-encoded in the current version: the same fields, plus the
+			// flags byte version 1 lacked.
+			require.True(t, r.EverTrusted)
+			v1 := bytes.Clone(enc[:len(enc)-1])
+			v1[0] = recordVersionV1
+			require.LessOrEqual(t, len(v1), len(b))
+			require.Equal(t, b[:len(v1)], v1, "canonical up to the ignored trailing bytes")
+		} else {
+			require.LessOrEqual(t, len(enc), len(b))
+			require.Equal(t, b[:len(enc)], enc, "canonical up to the ignored trailing bytes")
+		}
 		r2, err := ParseRecord(enc)
 		require.NoError(t, err)
 		require.Equal(t, r, r2)

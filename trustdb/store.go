@@ -5,12 +5,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -115,6 +118,13 @@ type Store struct {
 	lastSent  time.Time  // Time of the newest message we made
 	outboxLen int
 	seenLen   int
+	// untrusted counts the records of peers never trusted (isUntrusted);
+	// nextExpiry is when the first of them expires.
+	untrusted  int
+	nextExpiry time.Time
+	// commits counts committed writes; backedUp is its value at the last
+	// backup.
+	commits, backedUp uint64
 
 	subMu   sync.Mutex // guards the fields below
 	subCond *sync.Cond // signalled when queue grows or closing is set
@@ -141,63 +151,292 @@ type queuedEvent struct {
 }
 
 // Open opens (creating if needed) the trust store in dir: the directory is
-// created with mode 0700, the identity is dir/identity.key
-// (LoadOrCreateIdentity), the records dir/trust.db. If another process holds
-// the database, Open fails within about a second with an error naming the
-// path that wraps ErrInUse. Open refuses a database made for another identity
-// key. Close the Store when done.
+// created with mode 0700, the identity is dir/identity.key, the records
+// dir/trust.db. If another process holds the database, Open fails within
+// about a second with an error naming the path that wraps ErrInUse.
+//
+// A store is created only in an empty directory (neither file exists), and
+// so that a crash at any moment leaves either no store or a whole one.
+// Otherwise Open never starts afresh: a missing, empty, truncated or
+// otherwise damaged trust.db or identity.key, or a database made for
+// another identity key, fails with a *DamagedError (errors.Is ErrDamaged)
+// whose Hint says how to restore, and nothing is written. Before opening the
+// database for writing, Open checks its meta pages against the file's size
+// (bbolt would fault reading past the end of a truncated file, or silently
+// roll back to the previous transaction when one meta page is damaged),
+// then every page (bbolt's Tx.Check) and every record; a panic inside bbolt
+// is recovered and reported as damage. After that verification Open
+// refreshes the last good copy, dir/trust.db.bak (see Backup). Close the
+// Store when done.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("trustdb: create store directory: %w", err)
 	}
-	id, _, err := LoadOrCreateIdentity(filepath.Join(dir, IdentityFile))
+	path := filepath.Join(dir, DatabaseFile)
+	id, created, err := prepareStore(dir)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, DatabaseFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	if !created {
+		k, err := verifyBolt(path)
+		switch {
+		case errors.Is(err, bolterrors.ErrTimeout):
+			return nil, &inUseError{path}
+		case err != nil:
+			return nil, damaged(path, err.Error(), err)
+		case k != id.pub:
+			return nil, damaged(filepath.Join(dir, IdentityFile),
+				fmt.Sprintf("holds identity %s, but %s belongs to identity %s (the key file was replaced?)", id.pub, path, k), nil)
+		}
+	}
+	db, err := openBolt(path, false)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, &inUseError{path}
 		}
-		return nil, fmt.Errorf("trustdb: open %s: %w", path, err)
+		return nil, damaged(path, err.Error(), err)
 	}
 	s := &Store{id: id, db: db, dir: dir, now: time.Now, maxSeen: maxSeen, done: make(chan struct{})}
 	s.subCond = sync.NewCond(&s.subMu)
-	if err := s.load(path); err != nil {
+	if err := s.safeLoad(path); err != nil {
 		db.Close()
 		return nil, err
 	}
+	if !created {
+		if err := s.backupLocked(true); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	go s.deliverLoop()
+	if err := s.Prune(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
-// load creates the buckets, checks the schema and identity, and fills the
-// in-memory state.
+// safeLoad runs load, turning a panic inside bbolt into damage.
+func (s *Store) safeLoad(path string) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = damaged(path, fmt.Sprintf("reading the database failed: %v", r), nil)
+		}
+	}()
+	return s.load(path)
+}
+
+// openBolt opens the bbolt file at path (read-only: shared lock, nothing
+// written), recovering a panic inside bbolt as an error.
+func openBolt(path string, readOnly bool) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("bbolt failed opening it: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, ReadOnly: readOnly})
+}
+
+// verifyBolt checks the trust database at path without writing to it: its
+// meta pages against the file size, then every page (Tx.Check), then that
+// it is a trust store of our schema. It returns the identity key the store
+// was made for. An error wrapping bolterrors.ErrTimeout means another
+// process holds the file; any other error describes damage.
+func verifyBolt(path string) (key addressing.PublicKey, err error) {
+	if err := checkBoltFile(path); err != nil {
+		return key, err
+	}
+	db, err := openBolt(path, true)
+	if err != nil {
+		return key, err
+	}
+	defer db.Close()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reading the database failed: %v", r)
+		}
+	}()
+	err = db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for e := range tx.Check() { // read to the end: the checker uses tx
+			if len(errs) < 4 {
+				errs = append(errs, e)
+			}
+		}
+		if len(errs) > 0 {
+			return fmt.Errorf("bbolt's consistency check failed: %w", errors.Join(errs...))
+		}
+		info := tx.Bucket(bucketInfo)
+		if info == nil {
+			return errors.New("no info bucket: not a trust store, or its first transaction was lost")
+		}
+		k, ok := addressing.PublicKeyFromSlice(info.Get(infoIdentity))
+		if !ok {
+			return errors.New("no identity recorded in the info bucket")
+		}
+		key = k
+		return nil
+	})
+	return key, err
+}
+
+// prepareStore loads the identity of the store in dir, creating the store
+// if the directory holds neither file, or finishing a creation that a crash
+// interrupted. created reports a store made now. Any other combination is
+// damage.
+func prepareStore(dir string) (id *Identity, created bool, err error) {
+	idPath, path := filepath.Join(dir, IdentityFile), filepath.Join(dir, DatabaseFile)
+	id, idErr := loadIdentity(idPath)
+	_, dbErr := os.Lstat(path)
+	if idErr == nil && dbErr == nil {
+		return id, false, nil
+	}
+	if idErr != nil && !errors.Is(idErr, fs.ErrNotExist) {
+		return nil, false, idErr
+	}
+	if dbErr != nil && !errors.Is(dbErr, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("trustdb: %w", dbErr)
+	}
+	// Something is missing: look again holding the directory lock, so two
+	// processes never both create a store.
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
+	id, idErr = loadIdentity(idPath)
+	_, dbErr = os.Lstat(path)
+	newPath := path + ".new"
+	idMissing, dbMissing := errors.Is(idErr, fs.ErrNotExist), errors.Is(dbErr, fs.ErrNotExist)
+	switch {
+	case idErr != nil && !idMissing:
+		return nil, false, idErr
+	case dbErr != nil && !dbMissing:
+		return nil, false, fmt.Errorf("trustdb: %w", dbErr)
+	case !idMissing && !dbMissing:
+		return id, false, nil
+	case !idMissing:
+		// A creation that died after writing the key installs its
+		// database now; anything else means the records are gone.
+		if k, err := verifyBolt(newPath); err == nil && k == id.pub {
+			if err := os.Rename(newPath, path); err != nil {
+				return nil, false, fmt.Errorf("trustdb: finish creating the store: %w", err)
+			}
+			return id, true, syncDir(dir)
+		}
+		return nil, false, damaged(path, "is missing, but "+IdentityFile+" exists: the agent's trust records are gone", nil)
+	case !dbMissing:
+		return nil, false, damaged(idPath, "is missing, but "+DatabaseFile+" exists: the agent's private key is gone", nil)
+	}
+	// A new store: the database (recording the identity) first, under a
+	// temporary name; then the key; then the database's real name.
+	id, err = GenerateIdentity()
+	if err != nil {
+		return nil, false, err
+	}
+	os.Remove(newPath) // from a creation that died before its key existed
+	db, err := bolt.Open(newPath, 0o600, &bolt.Options{Timeout: openTimeout})
+	if err != nil {
+		return nil, false, fmt.Errorf("trustdb: create %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := createBuckets(tx); err != nil {
+			return err
+		}
+		info := tx.Bucket(bucketInfo)
+		if err := info.Put(infoVersion, []byte{storeVersion}); err != nil {
+			return err
+		}
+		return info.Put(infoIdentity, id.pub[:])
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(newPath)
+		return nil, false, fmt.Errorf("trustdb: create %s: %w", path, err)
+	}
+	if err := writeKeyFile(idPath, encodeKeyFile(id)); err != nil {
+		os.Remove(newPath)
+		return nil, false, err
+	}
+	if err := os.Rename(newPath, path); err != nil {
+		return nil, false, fmt.Errorf("trustdb: create %s: %w", path, err)
+	}
+	return id, true, syncDir(dir)
+}
+
+// lockDir takes an exclusive flock on dir; unlock releases it.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("trustdb: lock store directory: %w", err)
+	}
+	deadline := time.Now().Add(openTimeout)
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, &inUseError{dir}
+			}
+			return nil, fmt.Errorf("trustdb: lock store directory: %w", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var allBuckets = [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo, bucketNetworks}
+
+func createBuckets(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// load checks the schema and identity, and fills the in-memory state. Every
+// problem it finds is damage.
 func (s *Store) load(path string) error {
 	trusted := make(map[addressing.PublicKey]struct{})
 	var members map[addressing.NetworkID]map[addressing.PublicKey]struct{}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketRecords, bucketPending, bucketOutbox, bucketSeen, bucketSeenTime, bucketMeta, bucketInfo, bucketNetworks} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+	var untrusted []untrustedEntry
+	// Buckets added by later versions of the schema appear here; a store
+	// that has them all is only read.
+	missing := false
+	s.db.View(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			missing = missing || tx.Bucket(name) == nil
+		}
+		return nil
+	})
+	run := s.db.View
+	if missing {
+		run = s.db.Update
+	}
+	err := run(func(tx *bolt.Tx) error {
+		if missing {
+			if err := createBuckets(tx); err != nil {
 				return err
 			}
 		}
 		info := tx.Bucket(bucketInfo)
 		if v := info.Get(infoVersion); v == nil {
-			if err := info.Put(infoVersion, []byte{storeVersion}); err != nil {
-				return err
-			}
+			return damaged(path, "has no schema version", nil)
 		} else if len(v) != 1 || v[0] != storeVersion {
 			return fmt.Errorf("trustdb: %s has unsupported schema version %v", path, v)
 		}
-		if v := info.Get(infoIdentity); v == nil {
-			if err := info.Put(infoIdentity, s.id.pub[:]); err != nil {
-				return err
-			}
-		} else if !bytes.Equal(v, s.id.pub[:]) {
+		if v := info.Get(infoIdentity); !bytes.Equal(v, s.id.pub[:]) {
 			k, _ := addressing.PublicKeyFromSlice(v)
-			return fmt.Errorf("trustdb: %s belongs to identity %s, but %s holds %s", path, k, IdentityFile, s.id.pub)
+			return damaged(filepath.Join(s.dir, IdentityFile), fmt.Sprintf("holds identity %s, but %s belongs to identity %s", s.id.pub, path, k), nil)
 		}
 		if v := info.Get(infoLastSent); len(v) == 8 {
 			s.lastSent = timeFrom(binary.BigEndian.Uint64(v))
@@ -205,13 +444,25 @@ func (s *Store) load(path string) error {
 		err := tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
 			r, err := ParseRecord(v)
 			if err != nil {
-				return fmt.Errorf("trustdb: %s: record %x: %w", path, k, err)
+				return damaged(path, fmt.Sprintf("record %x: %v", k, err), err)
 			}
 			if !bytes.Equal(k, r.Key[:]) {
-				return fmt.Errorf("trustdb: %s: record %x is filed under the wrong key", path, k)
+				return damaged(path, fmt.Sprintf("record %x is filed under the wrong key", k), nil)
 			}
 			if r.State == StateTrusted {
 				trusted[r.Key] = struct{}{}
+			}
+			if isUntrusted(r) {
+				untrusted = append(untrusted, untrustedEntry{r.Key, r.State, r.Updated})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		err = tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
+			if _, err := ParseRecord(v); err != nil {
+				return damaged(path, fmt.Sprintf("pending request %x: %v", k, err), err)
 			}
 			return nil
 		})
@@ -219,15 +470,21 @@ func (s *Store) load(path string) error {
 			return err
 		}
 		if members, err = loadNetworks(tx, path); err != nil {
-			return err
+			return damaged(path, err.Error(), err)
 		}
 		s.outboxLen = tx.Bucket(bucketOutbox).Stats().KeyN
 		s.seenLen = tx.Bucket(bucketSeen).Stats().KeyN
 		return nil
 	})
 	if err != nil {
+		var de *DamagedError
+		if errors.As(err, &de) {
+			return de
+		}
 		return fmt.Errorf("trustdb: load %s: %w", path, err)
 	}
+	s.untrusted = len(untrusted)
+	s.nextExpiry = nextExpiry(untrusted)
 	s.trusted.Store(&trusted)
 	s.nets.Store(newNetIndex(members, s.id.pub))
 	return nil
@@ -261,12 +518,15 @@ func (s *Store) Close() error {
 		<-s.done
 
 		// Callbacks of the events Close delivered could still read; now
-		// nothing reads any more.
+		// nothing reads any more. The last good copy is refreshed first.
 		s.mu.Lock()
 		s.dbClosed = true
+		berr := s.backupLocked(false)
 		s.mu.Unlock()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("trustdb: close: %w", err)
+		} else if berr != nil {
+			s.closeErr = berr
 		}
 	})
 	return s.closeErr
@@ -391,6 +651,7 @@ func (s *Store) AckOutbox(id uint64) error {
 	}
 	if removed {
 		s.outboxLen--
+		s.commits++
 	}
 	return nil
 }
@@ -431,6 +692,7 @@ func (s *Store) SetMeta(key string, v []byte) error {
 	if err != nil {
 		return fmt.Errorf("trustdb: set meta %q: %w", key, err)
 	}
+	s.commits++
 	return nil
 }
 
@@ -532,6 +794,14 @@ type change struct {
 	seen     int       // net change of the seen set
 	lastSent time.Time // time of the message we made, if any
 	nets     []netUpdate
+	// untrusted is the net change of the untrusted records, expiry the
+	// earliest expiry among those written. A prune recounts instead:
+	// untrustedAbs and nextExpiry replace the Store's figures.
+	untrusted    int
+	expiry       time.Time
+	recount      bool
+	untrustedAbs int
+	nextExpiry   time.Time
 }
 
 // update runs fn in a write transaction under s.mu and, if it commits,
@@ -559,10 +829,19 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx, c *change) error) error {
 		s.nets.Store(beforeNets)
 		return err
 	}
+	s.commits++
 	s.outboxLen += c.outbox
 	s.seenLen += c.seen
 	if !c.lastSent.IsZero() {
 		s.lastSent = c.lastSent
+	}
+	if c.recount {
+		s.untrusted, s.nextExpiry = c.untrustedAbs+c.untrusted, c.nextExpiry
+	} else {
+		s.untrusted += c.untrusted
+	}
+	if !c.expiry.IsZero() && (s.nextExpiry.IsZero() || c.expiry.Before(s.nextExpiry)) {
+		s.nextExpiry = c.expiry
 	}
 	s.applyTrustedLocked(c.events)
 	s.applyNetworksLocked(c.nets)
@@ -692,20 +971,34 @@ func (s *Store) Request(to addressing.Target, hostname, note string) (*Message, 
 	}
 	var m *Message
 	err := s.update("request", func(tx *bolt.Tx, c *change) error {
-		var err error
+		// A repeated request replaces the earlier ones to the same target
+		// (and their messages, if still undelivered): one pending-out
+		// record per target.
+		prev, err := s.dropRequestsLocked(tx, c, to.String())
+		if err != nil {
+			return err
+		}
+		c.events = nil
 		m, err = s.queueMessage(tx, c, KindRequest, to, [NonceSize]byte{}, hostname, note)
 		if err != nil {
 			return err
 		}
 		now := s.now()
 		r := Record{Target: to.String(), State: StatePendingOut, Nonce: m.Nonce, Note: note, Created: now, Updated: now}
+		var old State
+		for _, p := range prev {
+			old = StatePendingOut
+			if p.Created.Before(r.Created) {
+				r.Created = p.Created
+			}
+		}
 		if h, ok := to.Hostname(); ok {
 			r.Hostname = h
 		}
 		if err := putRecord(tx, r); err != nil {
 			return err
 		}
-		c.events = append(c.events, Event{Record: r})
+		c.events = append(c.events, Event{Old: old, Record: r})
 		return nil
 	})
 	if err != nil {
@@ -754,13 +1047,16 @@ func (s *Store) answer(op string, kind Kind, next State, k addressing.PublicKey,
 		if err != nil {
 			return err
 		}
-		old := r.State
+		before := r
 		r.State = next
 		r.Updated = s.now()
-		if err := putRecord(tx, r); err != nil {
+		if next == StateTrusted {
+			r.EverTrusted = true
+		}
+		if err := s.putTracked(tx, c, before, true, r); err != nil {
 			return err
 		}
-		c.events = append(c.events, Event{Key: k, Old: old, Record: r})
+		c.events = append(c.events, Event{Key: k, Old: before.State, Record: r})
 		return nil
 	})
 	if err != nil {
@@ -822,6 +1118,7 @@ func (s *Store) HandleMessage(m *Message, ourHostname string) (Record, error) {
 			return fmt.Errorf("nonce seen before: %w", ErrReplay)
 		}
 		r, exists := getRecord(tx, m.From)
+		before := r
 		if exists && !m.Time.After(r.PeerTime) {
 			return fmt.Errorf("not newer than the last message from this peer (%s): %w", r.PeerTime.UTC().Format(time.RFC3339Nano), ErrReplay)
 		}
@@ -864,8 +1161,10 @@ func (s *Store) HandleMessage(m *Message, ourHostname string) (Record, error) {
 				r.Created = p.Created
 			}
 			r.State = StateTrusted
+			r.EverTrusted = true
 			if m.Kind == KindReject {
 				r.State = StateRejected
+				r.EverTrusted = before.EverTrusted
 			}
 			r.Target = p.Target
 			if r.Hostname == "" {
@@ -891,7 +1190,7 @@ func (s *Store) HandleMessage(m *Message, ourHostname string) (Record, error) {
 			r.Created = now
 		}
 		r.Updated = now
-		if err := putRecord(tx, r); err != nil {
+		if err := s.putTracked(tx, c, before, exists, r); err != nil {
 			return err
 		}
 		if err := s.markSeen(tx, c, seenKey, m.Time, now); err != nil {
@@ -899,7 +1198,8 @@ func (s *Store) HandleMessage(m *Message, ourHostname string) (Record, error) {
 		}
 		c.events = append(c.events, Event{Key: m.From, Old: old, Record: r})
 		out = r
-		return nil
+		// Strangers cannot pile records up: this bounds and expires them.
+		return s.pruneLocked(tx, c, now)
 	})
 	if err != nil {
 		return Record{}, wrap(err)

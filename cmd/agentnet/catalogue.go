@@ -118,6 +118,11 @@ func buildCatalogue() catalogue {
 		}
 		c.Commands = append(c.Commands, doc)
 	}
+	for _, rc := range commands {
+		if rc.raw != nil {
+			c.Commands = append(c.Commands, rawCommandDoc(rc))
+		}
+	}
 	sort.Slice(c.Commands, func(i, j int) bool { return c.Commands[i].Name < c.Commands[j].Name })
 	return c
 }

@@ -113,7 +113,7 @@ func registerCLI(c *cliCommand) {
 
 // nounDoc describes nouns whose commands have verbs.
 var nounDoc = map[string]string{
-	"trust":    "consent to talk: request, decide, list, revoke",
+	"trust":    "consent to talk: request, decide, list, revoke, forget",
 	"hostname": "claim or release this node's hostname",
 	"file":     "send a file to a peer's inbox",
 	"message":  "send a typed message to a peer's inbox",
@@ -131,10 +131,23 @@ type cliCtx struct {
 	json           bool
 	client         *ctl.Client
 	timeout        time.Duration
+	timeoutSet     bool // --timeout given
 	stdin          io.Reader
+	written        *int // bytes printed on stdout so far
 }
 
-// call runs one request within the --timeout.
+// timeoutMS is --timeout in milliseconds for a request's timeout_ms field,
+// or 0 (the daemon's default) if it was not given.
+func timeoutMS(x *cliCtx) int {
+	if !x.timeoutSet {
+		return 0
+	}
+	return int(min(max(x.timeout.Milliseconds(), 1), 3_600_000))
+}
+
+// call runs one request within the --timeout; the daemon is told the
+// deadline (ctl.TimeoutHeader), so a timeout is reported by the daemon for
+// what it waited on, not blamed on the daemon.
 func (x *cliCtx) call(method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(x.ctx, x.timeout)
 	defer cancel()
@@ -233,7 +246,8 @@ func runCLI(ctx context.Context, c *cliCommand, args []string, stdout, stderr io
 	}
 	addCommonFlags(fs, &cf, def)
 	body := c.setup(fs)
-	x := &cliCtx{ctx: ctx, cmd: c, stdout: stdout, stderr: stderr, stdin: stdinReader}
+	out := &countingWriter{w: stdout}
+	x := &cliCtx{ctx: ctx, cmd: c, stdout: out, stderr: stderr, stdin: stdinReader, written: &out.n}
 	fail := func(e *ctl.Error, code int) int {
 		printError(x, e)
 		return code
@@ -255,6 +269,7 @@ func runCLI(ctx context.Context, c *cliCommand, args []string, stdout, stderr io
 	}
 	x.args = pos
 	x.timeout = cf.timeout
+	x.timeoutSet = flagSet(fs, "timeout")
 	if x.timeout <= 0 {
 		x.timeout = 365 * 24 * time.Hour
 	}
@@ -304,13 +319,15 @@ func badUsage(format string, args ...any) error {
 }
 
 // printError reports an error: code, message and hint on stderr, and with
-// --json the error object on stdout.
+// --json the error object on stdout, unless stdout carries raw stream
+// data (connect) that was already printed.
 func printError(x *cliCtx, e *ctl.Error) {
 	fmt.Fprintf(x.stderr, "agentnet %s: %s: %s\n", x.cmd.name(), e.Code, e.Message)
 	if e.Hint != "" {
 		fmt.Fprintf(x.stderr, "hint: %s\n", e.Hint)
 	}
-	if x.json {
+	raw := x.cmd.output == nil && x.cmd.streaming
+	if x.json && (!raw || x.written == nil || *x.written == 0) {
 		b, _ := json.Marshal(ctl.ErrorBody{Error: e})
 		x.stdout.Write(append(b, '\n'))
 	}

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
+	"io"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -97,4 +99,73 @@ func TestErrorsAndExitCodes(t *testing.T) {
 	require.Equal(t, exitOK, run(context.Background(), []string{"ping", "-h"}, &out, &errb))
 	require.Contains(t, out.String(), "  -c ")
 	require.Equal(t, exitUsage, run(context.Background(), []string{"trust", "nope"}, &out, &errb))
+}
+
+// TestRawCommands: demo and rendezvous, like every command, are in the
+// catalogue with their flags and output schema, accept --json (one object
+// on stdout, the error object on failure) and exit 0 on -h. Before the fix
+// both were missing from "context", rejected --json and exited 2 on -h.
+func TestRawCommands(t *testing.T) {
+	var out, errb bytes.Buffer
+	require.Equal(t, exitOK, run(context.Background(), []string{"context", "--json"}, &out, &errb))
+	var cat catalogue
+	require.NoError(t, json.Unmarshal(out.Bytes(), &cat))
+	docs := map[string]commandDoc{}
+	for _, c := range cat.Commands {
+		docs[c.Name] = c
+	}
+	for name, flag := range map[string]string{"demo": "pings", "rendezvous": "listen"} {
+		d, ok := docs[name]
+		require.True(t, ok, "%s is in the catalogue", name)
+		require.NotNil(t, d.Output["properties"], name)
+		var names []string
+		for _, f := range d.Flags {
+			names = append(names, f.Name)
+		}
+		require.Contains(t, names, flag, name)
+
+		out.Reset()
+		errb.Reset()
+		require.Equal(t, exitOK, run(context.Background(), []string{name, "-h"}, &out, &errb), name)
+		require.Contains(t, out.String(), "-"+flag, name)
+	}
+
+	out.Reset()
+	errb.Reset()
+	code := run(context.Background(), []string{"rendezvous", "--json", "-listen", "nonsense:x", "-data", t.TempDir()}, &out, &errb)
+	require.NotEqual(t, exitOK, code)
+	var eb ctl.ErrorBody
+	require.NoError(t, json.Unmarshal(out.Bytes(), &eb), out.String())
+	require.NotEmpty(t, eb.Error.Message)
+
+	// The rendezvous serves and says so in one object.
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"rendezvous", "--json", "-listen", "127.0.0.1:0", "-data", t.TempDir()}, pw, io.Discard)
+		pw.Close()
+	}()
+	line, err := bufio.NewReader(pr).ReadBytes('\n')
+	require.NoError(t, err)
+	var srv rendezvousServing
+	require.NoError(t, json.Unmarshal(line, &srv))
+	require.NotEmpty(t, srv.Key)
+	require.Contains(t, srv.Addr, "127.0.0.1:")
+	cancel()
+	go io.Copy(io.Discard, pr)
+	require.Equal(t, exitOK, <-done)
+
+	// The demo's --json output is one object matching its schema.
+	out.Reset()
+	dctx, dcancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer dcancel()
+	require.Equal(t, exitOK, run(dctx, []string{"demo", "--json", "--pings", "3"}, &out, &errb), errb.String())
+	lines := bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n"))
+	require.Len(t, lines, 1)
+	requireSchema(t, docs["demo"].Output, lines[0])
+	var dr demoResult
+	require.NoError(t, json.Unmarshal(lines[0], &dr))
+	require.True(t, dr.Complete)
+	require.Greater(t, len(dr.Steps), 8)
 }

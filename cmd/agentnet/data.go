@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/agentnet/agentnet/ctl"
@@ -27,7 +30,12 @@ func init() {
 			interval := fs.Duration("i", 0, "pause between round trips (default 200ms)")
 			return func(x *cliCtx) (any, error) {
 				var res ctl.PingResult
-				req := ctl.PingRequest{Peer: x.args[0], Count: *count, IntervalMS: int(interval.Milliseconds())}
+				req := ctl.PingRequest{Peer: x.args[0], Count: *count, IntervalMS: int(interval.Milliseconds()), TimeoutMS: timeoutMS(x)}
+				if !x.timeoutSet {
+					// Room for every round trip and pause.
+					gap := max(*interval, 200*time.Millisecond)
+					x.timeout = max(x.timeout, time.Duration(*count)*gap+10*time.Second)
+				}
 				return res, x.call(http.MethodPost, ctl.PathPing, req, &res)
 			}
 		},
@@ -81,12 +89,12 @@ func init() {
 		},
 	})
 	registerCLI(&cliCommand{
-		noun: "recv", summary: "listen on a virtual port and print what each stream carries (streaming)",
+		noun: "recv", summary: "listen on a virtual port and print what each stream carries, until interrupted (streaming; -n to stop after some)",
 		args:      []cliArg{{Name: "port", Help: "virtual port, 1-65535"}},
 		streaming: true, output: ctl.Received{}, errors: []ctl.Code{ctl.CodePortInUse},
 		example: "agentnet recv 5000 -n 1 --json",
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
-			n := fs.Int("n", 1, "streams to receive before exiting; 0 = until interrupted")
+			n := fs.Int("n", 0, "streams to receive before exiting (default 0: until interrupted)")
 			maxBytes := fs.Int("max-bytes", 0, "bytes kept per stream (default: the daemon's message limit)")
 			return func(x *cliCtx) (any, error) {
 				port, err := portArg(x.args[0])
@@ -124,9 +132,9 @@ func init() {
 		},
 	})
 	registerCLI(&cliCommand{
-		noun: "connect", summary: "pipe standard input and output to a peer's virtual port, like nc (streaming, raw bytes)",
+		noun: "connect", summary: "pipe standard input and output to a peer's virtual port, like nc (streaming, raw bytes); exits 0 only if both directions ended cleanly",
 		args:      []cliArg{{Name: "peer", Help: "address or hostname"}, {Name: "port", Help: "virtual port, 1-65535"}},
-		streaming: true, errors: peerCodes,
+		streaming: true, errors: append([]ctl.Code{ctl.CodeStreamReset, ctl.CodeUnavailable}, peerCodes...),
 		example: "tar c dir | agentnet connect bob 5000",
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 			return func(x *cliCtx) (any, error) {
@@ -134,30 +142,7 @@ func init() {
 				if err != nil {
 					return nil, err
 				}
-				c, err := x.client.Connect(x.ctx, ctl.ConnectRequest{Peer: x.args[0], Port: port})
-				if err != nil {
-					return nil, err
-				}
-				defer c.Close()
-				// Interrupting closes the stream.
-				stop := afterDone(x.ctx, func() { c.Close() })
-				defer stop()
-				sent := make(chan error, 1)
-				go func() {
-					_, err := io.Copy(c, x.stdin)
-					if err == nil {
-						err = c.CloseWrite()
-					}
-					sent <- err
-				}()
-				_, rerr := io.Copy(x.stdout, c)
-				if rerr != nil && x.ctx.Err() == nil {
-					return nil, &ctl.Error{Code: ctl.CodeUnavailable, Message: "stream broken: " + rerr.Error(), Hint: "the peer reset the stream, trust was revoked, or the daemon stopped"}
-				}
-				// The peer closed its side: stop sending too (like nc -N).
-				// Standard input may still block; do not wait for it.
-				c.Close()
-				return nil, nil
+				return nil, connect(x, x.args[0], port)
 			}
 		},
 	})
@@ -182,6 +167,89 @@ func init() {
 			}
 		},
 	})
+}
+
+// connect pipes standard input to the stream and the stream to standard
+// output. It succeeds only if both directions ended cleanly: the peer's EOF
+// arrived, and all of standard input was handed to the peer's stream
+// (the daemon confirms it). A stream cut on the way (the peer reset it, its
+// node went away, trust was revoked, a daemon stopped) fails with the code
+// the daemon reported (stream_reset, not_trusted, unavailable), even if
+// some data arrived. Interrupting cuts the stream (the peer sees a reset).
+func connect(x *cliCtx, peer string, port int) error {
+	ctx, cancel := context.WithTimeout(x.ctx, x.timeout)
+	c, err := x.client.Connect(ctx, ctl.ConnectRequest{Peer: peer, Port: port, TimeoutMS: timeoutMS(x)})
+	cancel()
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Abort()
+		}
+	}()
+	stop := afterDone(x.ctx, func() { c.Abort() })
+	defer stop()
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, stdinOnly{x.stdin})
+		var se stdinError
+		switch {
+		case errors.As(err, &se):
+			c.Abort()
+		case err == nil:
+			err = c.CloseWrite()
+		}
+		sent <- err
+	}()
+	_, rerr := io.Copy(x.stdout, c)
+	if x.ctx.Err() != nil {
+		return nil
+	}
+	if rerr != nil {
+		return rerr
+	}
+	// The peer ended its side. Standard input goes on to its end (the
+	// peer may still read), unless it is a terminal, which may never end.
+	if f, isFile := x.stdin.(*os.File); isFile && isTerminal(f) {
+		c.CloseWrite()
+	} else if err := <-sent; err != nil {
+		var se stdinError
+		if errors.As(err, &se) {
+			return se.err
+		}
+		// The daemon refused our data: Wait says why.
+		if werr := c.Wait(); werr != nil {
+			return werr
+		}
+		return err
+	}
+	if err := c.Wait(); err != nil {
+		if x.ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	ok = true
+	c.Close()
+	return nil
+}
+
+// stdinOnly marks read errors of standard input, so they are not taken for
+// the stream's.
+type stdinOnly struct{ r io.Reader }
+
+type stdinError struct{ err error }
+
+func (e stdinError) Error() string { return "read standard input: " + e.err.Error() }
+
+func (s stdinOnly) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if err != nil && err != io.EOF {
+		err = stdinError{err}
+	}
+	return n, err
 }
 
 func portArg(s string) (int, error) {

@@ -7,16 +7,80 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/ctl"
 	"github.com/agentnet/agentnet/quicnode"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/agentnet/agentnet/trustdb"
 )
 
 func init() {
-	register(&command{name: "demo", summary: "run a rendezvous and two agents in one process and show trust, streams, datagrams, revocation", run: runDemo})
+	registerCLI(&cliCommand{
+		noun: "demo", summary: "run a rendezvous and two agents in one process and show trust, streams, datagrams, revocation",
+		output: demoResult{}, daemonless: true,
+		example: "agentnet demo --json",
+		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
+			pings := fs.Int("pings", 20, "echo round trips to time")
+			return func(x *cliCtx) (any, error) {
+				if *pings < 1 || *pings > 100000 {
+					return nil, badUsage("--pings %d: want 1-100000", *pings)
+				}
+				ctx := x.ctx
+				if x.timeoutSet {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, x.timeout)
+					defer cancel()
+				}
+				var res demoResult
+				out := x.stdout
+				if x.json {
+					out = &res // collected, printed as one object
+				}
+				if err := demo(ctx, out, *pings); err != nil {
+					return nil, &ctl.Error{Code: ctl.CodeInternal, Message: "demo failed: " + err.Error(), Hint: "every step above it worked; the message says which one did not"}
+				}
+				if x.json {
+					res.Complete = true
+					return res, nil
+				}
+				return nil, nil
+			}
+		},
+	})
+}
+
+// demoResult is the demo's --json output: each step with its notes.
+type demoResult struct {
+	Steps    []demoStep `json:"steps"`
+	Complete bool       `json:"complete"` // every step worked
+}
+
+type demoStep struct {
+	Step  int      `json:"step"`
+	Text  string   `json:"text"`
+	Notes []string `json:"notes"`
+}
+
+// Write collects the demo's text output: "NN. step" lines and indented
+// notes.
+func (r *demoResult) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		switch {
+		case strings.HasPrefix(line, "    ") && len(r.Steps) > 0:
+			st := &r.Steps[len(r.Steps)-1]
+			st.Notes = append(st.Notes, strings.TrimSpace(line))
+		case line == "demo complete":
+		default:
+			num, text, _ := strings.Cut(strings.TrimSpace(line), ". ")
+			n, _ := strconv.Atoi(num)
+			r.Steps = append(r.Steps, demoStep{Step: n, Text: text, Notes: []string{}})
+		}
+	}
+	return len(b), nil
 }
 
 // demoAgent is one agent of the demo with its own state directory.
@@ -24,20 +88,6 @@ type demoAgent struct {
 	name  string
 	store *trustdb.Store
 	node  *quicnode.Node
-}
-
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	pings := fs.Int("pings", 20, "echo round trips to time")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if err := demo(ctx, stdout, *pings); err != nil {
-		fmt.Fprintln(stderr, "agentnet demo: FAILED:", err)
-		return 1
-	}
-	return 0
 }
 
 func demo(ctx context.Context, out io.Writer, pings int) error {

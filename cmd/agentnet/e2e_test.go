@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -446,7 +447,7 @@ func TestEndToEnd(t *testing.T) {
 	e.json("a", "bench", nil, "bench", "bob", "--bytes", "1048576", "--pings", "3")
 
 	// send / recv.
-	rv := e.start("b", nil, "recv", "5000", "--json")
+	rv := e.start("b", nil, "recv", "5000", "-n", "1", "--json")
 	rv.waitStderr("listening")
 	var sent ctl.SendResult
 	e.json("a", "send", &sent, "send", "bob", "5000", "--data", "hello bob")
@@ -607,6 +608,18 @@ func TestEndToEnd(t *testing.T) {
 	e.json("a", "trust reject", &tr, "trust", "reject", "bob")
 	require.Equal(t, "rejected", tr.State)
 	e.fail("a", "trust approve", ctl.CodeConflict, nil, "trust", "approve", "bob")
+	// Forget: the rejected record goes; a trusted one cannot.
+	var fr ctl.ForgetResult
+	e.json("a", "trust forget", &fr, "trust", "forget", "bob")
+	require.Len(t, fr.Forgotten, 1)
+	require.Equal(t, "rejected", fr.Forgotten[0].State)
+	e.fail("a", "trust forget", ctl.CodeNotFound, nil, "trust", "forget", "bob")
+
+	// The daemonless commands: demo, and a rendezvous of its own.
+	e.json("", "demo", nil, "demo", "--pings", "2")
+	rs := e.start("", nil, "rendezvous", "--json", "-listen", "127.0.0.1:0", "-data", filepath.Join(e.home, "rdv2"))
+	e.validate("rendezvous", rs.line())
+	require.Equal(t, 0, rs.stop(os.Interrupt), rs.stderr())
 
 	// Lifecycle: a unit file, and down stops a daemon and waits for it.
 	e.json("", "service print-unit", nil, "service", "print-unit")
@@ -700,4 +713,138 @@ func TestUpDetachZeroConfig(t *testing.T) {
 			return os.IsNotExist(err) && syscall.Kill(st.PID, 0) != nil
 		}, 15*time.Second, 50*time.Millisecond, "daemon %d did not exit", st.PID)
 	}
+}
+
+// TestConnectBrokenStream runs "agentnet connect" between two daemons (all
+// separate processes) and cuts its stream every way issue 9 lists: the
+// TCP program behind bob's expose resets mid-transfer, alice's connect is
+// killed mid-upload, bob's daemon is killed (SIGKILL) mid-transfer. A cut
+// must exit non-zero with a stable code (before the fix connect exited 0
+// with the truncated data), and the TCP program must see a reset (before:
+// a clean FIN).
+func TestConnectBrokenStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs daemons")
+	}
+	e := newCLIEnv(t)
+	srv := rendezvoustest.New(t)
+	rdv := []string{"--rendezvous", srv.Addr().String(), "--rendezvous-key", srv.PublicKey().String()}
+	da, _ := e.up("a", append(rdv, "--hostname", "alice")...)
+	db, _ := e.up("b", append(rdv, "--hostname", "bob")...)
+	defer da.stop(syscall.SIGTERM)
+	for _, s := range []string{"a", "b"} {
+		require.Eventually(t, func() bool {
+			var st ctl.Status
+			e.json(s, "status", &st, "status")
+			return st.Rendezvous.Registered
+		}, 15*time.Second, 50*time.Millisecond)
+	}
+	e.json("a", "trust request", nil, "trust", "request", "bob")
+	require.Eventually(t, func() bool {
+		var l ctl.TrustList
+		e.json("b", "trust pending", &l, "trust", "pending")
+		return len(l.Records) == 1
+	}, 15*time.Second, 50*time.Millisecond)
+	e.json("b", "trust approve", nil, "trust", "approve", "alice")
+	require.Eventually(t, func() bool {
+		_, _, code := e.run("a", nil, "ping", "bob", "-c", "1")
+		return code == 0
+	}, 15*time.Second, 100*time.Millisecond)
+
+	// The program behind expose: "cut" sends 2 MiB and resets; "sink"
+	// reads to the end and reports how the end looked.
+	sinkEnded := make(chan error, 4)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func(c *net.TCPConn) {
+				var mode [4]byte
+				if _, err := io.ReadFull(c, mode[:]); err != nil {
+					c.Close()
+					return
+				}
+				switch string(mode[:]) {
+				case "cut!":
+					c.Write(make([]byte, 2<<20))
+					c.SetLinger(0)
+					c.Close()
+				case "sink":
+					_, err := io.Copy(io.Discard, c)
+					sinkEnded <- err
+					c.Close()
+				}
+			}(c.(*net.TCPConn))
+		}
+	}()
+	ex := e.start("b", nil, "expose", "5000", "--to", l.Addr().String(), "--json")
+	ex.line()
+
+	// The program resets: connect exits 1, stream_reset, after the data.
+	stdout, stderr, code := e.run("a", strings.NewReader("cut!"), "connect", "bob", "5000", "--json")
+	require.Equal(t, exitError, code, "stderr: %s", stderr)
+	require.Contains(t, string(stderr), "stream_reset")
+	require.Greater(t, len(stdout), 0, "the data before the cut arrived")
+	require.NotContains(t, string(stdout), "error", "stdout is the stream: no JSON after its data")
+
+	// A clean transfer still exits 0.
+	_, stderr, code = e.run("a", strings.NewReader("sink"+strings.Repeat("x", 1<<20)), "connect", "bob", "5000")
+	require.Equal(t, 0, code, "stderr: %s", stderr)
+	select {
+	case err := <-sinkEnded:
+		require.NoError(t, err, "a clean end is a clean FIN")
+	case <-time.After(20 * time.Second):
+		t.Fatal("the sink did not see the end")
+	}
+
+	// connect killed mid-upload: the program behind expose sees a reset.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	cn := e.start("a", pr, "connect", "bob", "5000")
+	go func() {
+		pw.Write([]byte("sink"))
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := pw.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, cn.cmd.Process.Kill())
+	cn.wait()
+	select {
+	case err := <-sinkEnded:
+		require.True(t, errors.Is(err, syscall.ECONNRESET), "the program must see a reset, got %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the sink did not see the end")
+	}
+
+	// Bob's daemon dies (SIGKILL) while alice streams through his echo
+	// service: her connect exits 1 once the path is found dead.
+	pr2, pw2 := io.Pipe()
+	defer pw2.Close()
+	go func() {
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := pw2.Write(buf); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	echo := e.start("a", pr2, "connect", "bob", "7", "--json")
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, db.cmd.Process.Kill())
+	db.wait()
+	require.Equal(t, exitError, echo.wait(), "stderr: %s", echo.stderr())
+	t.Logf("connect failed %v after bob's daemon was killed: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(echo.stderr()))
+	require.Contains(t, echo.stderr(), "stream_reset")
+	require.NotContains(t, echo.stderr(), "shutting down")
 }

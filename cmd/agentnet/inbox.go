@@ -21,6 +21,10 @@ import (
 	"github.com/agentnet/agentnet/ctl"
 )
 
+// maxMessageRead bounds what message send reads: more than any daemon's
+// message limit is sensible for, so it never reads a huge file into memory.
+const maxMessageRead = 64 << 20
+
 func init() {
 	deliveryCodes := append([]ctl.Code{ctl.CodeTooLarge, ctl.CodeInboxFull}, peerCodes...)
 	registerCLI(&cliCommand{
@@ -50,13 +54,21 @@ func init() {
 					n++
 					var b []byte
 					var err error
-					if *dataFile == "-" {
-						b, err = io.ReadAll(io.LimitReader(x.stdin, 64<<20))
-					} else {
-						b, err = os.ReadFile(*dataFile)
+					in := x.stdin
+					if *dataFile != "-" {
+						f, err := os.Open(*dataFile)
+						if err != nil {
+							return nil, badUsage("--data-file: %v", err)
+						}
+						defer f.Close()
+						in = f
 					}
+					b, err = io.ReadAll(io.LimitReader(in, maxMessageRead+1))
 					if err != nil {
 						return nil, badUsage("--data-file: %v", err)
+					}
+					if len(b) > maxMessageRead {
+						return nil, &ctl.Error{Code: ctl.CodeTooLarge, Message: fmt.Sprintf("--data-file: over %d bytes, more than a message may be", maxMessageRead), Hint: "send it as a file (agentnet file send)"}
 					}
 					req.DataBase64 = base64.StdEncoding.EncodeToString(b)
 				}

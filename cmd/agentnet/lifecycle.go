@@ -74,9 +74,12 @@ func startupCheck(ctx context.Context, d *daemon.Daemon, warn io.Writer) error {
 // upErrorCode maps an error of daemon.Run to a CLI error.
 func upError(err error) error {
 	var ce *ctl.Error
+	var h interface{ Hint() string }
 	switch {
 	case errors.As(err, &ce):
 		return ce
+	case errors.Is(err, daemon.ErrDamaged) && errors.As(err, &h):
+		return &ctl.Error{Code: ctl.CodeDamagedState, Message: err.Error(), Hint: h.Hint()}
 	case errors.Is(err, daemon.ErrInUse), errors.Is(err, daemon.ErrSocketInUse):
 		return &ctl.Error{Code: ctl.CodeConflict, Message: err.Error(), Hint: "a daemon already runs on this state directory or socket: use it (agentnet status), stop it (agentnet down), or give this one --state / --socket"}
 	case errors.Is(err, daemon.ErrRendezvous):

@@ -26,6 +26,9 @@ type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+	// raw describes a command that parses its own flags (not a cliCommand),
+	// for "agentnet context", -h and --json errors (see runRaw).
+	raw *rawDoc
 }
 
 var commands = map[string]*command{}
@@ -58,6 +61,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agentnet: unknown command %q\n\n", args[0])
 		usage(stderr)
 		return 2
+	}
+	if c.raw != nil {
+		return runRaw(ctx, c, args[1:], stdout, stderr)
 	}
 	return c.run(ctx, args[1:], stdout, stderr)
 }

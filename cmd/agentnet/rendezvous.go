@@ -33,6 +33,7 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 	relayRate := fs.Int("relay-rate", 0, fmt.Sprintf("relay budget per session, bytes/s, both directions (default %d)", relay.DefaultRate))
 	initStore := fs.Bool("init-store", false, "start with an empty store although the server identity exists (a deliberate fresh start)")
 	verbose := fs.Bool("v", false, "log debug messages")
+	jsonOut := fs.Bool("json", false, "print one JSON object once serving: {addr, key, state} (errors too)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -68,10 +69,11 @@ func runRendezvous(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "agentnet rendezvous:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "rendezvous listening on %s\nserver key %s\nstate in %s\n", srv.Addr(), srv.PublicKey(), *data)
+	var tcpAddr string
 	if a := srv.TCPAddr(); a != nil {
-		fmt.Fprintf(stdout, "TCP (TLS/WebSocket) on %s\n", a)
+		tcpAddr = a.String()
 	}
+	printServing(stdout, *jsonOut, rendezvousServing{Addr: srv.Addr().String(), Key: srv.PublicKey().String(), State: *data, TCP: tcpAddr})
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

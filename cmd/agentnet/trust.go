@@ -55,6 +55,28 @@ func init() {
 		})
 	}
 	registerCLI(&cliCommand{
+		noun: "trust", verb: "forget", summary: "delete the record of a peer that is not trusted (a request, a rejected or revoked peer), and our unanswered requests to it",
+		args:   []cliArg{{Name: "peer", Help: "address or hostname"}},
+		output: ctl.ForgetResult{}, errors: []ctl.Code{ctl.CodeNotFound, ctl.CodeConflict},
+		example: "agentnet trust forget 0:3f2a.91c0.0b17",
+		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
+			return func(x *cliCtx) (any, error) {
+				var res ctl.ForgetResult
+				return res, x.call(http.MethodPost, ctl.PathTrustForget, ctl.PeerRequest{Peer: x.args[0]}, &res)
+			}
+		},
+		human: func(w io.Writer, v any) {
+			r := v.(ctl.ForgetResult)
+			for _, t := range r.Forgotten {
+				who := t.Addr
+				if who == "" {
+					who = "request to " + t.Target
+				}
+				fmt.Fprintf(w, "forgot %s (%s)\n", who, t.State)
+			}
+		},
+	})
+	registerCLI(&cliCommand{
 		noun: "trust", verb: "list", summary: "list every trust record and its state",
 		output: ctl.TrustList{},
 		setup: func(fs *flag.FlagSet) func(x *cliCtx) (any, error) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,7 +25,7 @@ func init() {
 	registerCLI(&cliCommand{
 		noun: "up", summary: "run this node as a daemon with the local control API (foreground; --detach for background)",
 		output: ctl.Status{}, daemonless: true,
-		errors:  []ctl.Code{ctl.CodeConflict, ctl.CodeInvalidArgument},
+		errors:  []ctl.Code{ctl.CodeConflict, ctl.CodeInvalidArgument, ctl.CodeDamagedState},
 		example: "agentnet up --hostname alice",
 		setup:   setupUp,
 		human: func(w io.Writer, v any) {
@@ -56,6 +57,9 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 		state, _ = filepath.Abs(state)
 		cfg := daemon.Config{StateDir: state, Version: version}
 		if err := cfg.LoadFile(); err != nil {
+			if errors.Is(err, daemon.ErrDamaged) {
+				return nil, upError(err)
+			}
 			return nil, badUsage("%v", err)
 		}
 		if err := cfg.LoadEnv(os.Getenv); err != nil {

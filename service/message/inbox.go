@@ -55,6 +55,8 @@ type Inbox struct {
 
 // OpenInbox opens (creating it if needed) the inbox in dir, with a quota of
 // maxBytes (0: unlimited). It removes leftovers of interrupted transfers.
+// A damaged index entry is never skipped silently: OpenInbox fails with an
+// error wrapping ErrDamaged that names the entries, and changes nothing.
 func OpenInbox(dir string, maxBytes int64) (*Inbox, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "files"), filepath.Join(dir, "messages"), filepath.Join(dir, "index")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -70,26 +72,62 @@ func OpenInbox(dir string, maxBytes int64) (*Inbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("message: inbox: %w", err)
 	}
+	var bad []string
 	for _, e := range ents {
 		id, ok := strings.CutSuffix(e.Name(), ".json")
 		if !ok || !ValidID(id) {
-			continue
+			continue // not an entry (a temporary file of an interrupted write)
 		}
-		b, err := os.ReadFile(filepath.Join(dir, "index", e.Name()))
+		it, err := in.loadEntry(filepath.Join(dir, "index", e.Name()), id)
 		if err != nil {
-			continue
-		}
-		var it Item
-		if json.Unmarshal(b, &it) != nil || it.ID != id {
-			continue
-		}
-		if it.Kind, err = ParseKind(it.KindName); err != nil {
+			bad = append(bad, e.Name()+": "+err.Error())
 			continue
 		}
 		in.items[id] = it
 		in.used += it.Bytes
 	}
+	if len(bad) > 0 {
+		more := ""
+		if len(bad) > 3 {
+			more, bad = fmt.Sprintf("; and %d more", len(bad)-3), bad[:3]
+		}
+		return nil, fmt.Errorf("%w: %s: %s%s", ErrDamaged, filepath.Join(dir, "index"), strings.Join(bad, "; "), more)
+	}
 	return in, nil
+}
+
+// ErrDamaged is wrapped by OpenInbox's error when index entries are
+// damaged: unreadable, malformed, or naming content that is missing or of
+// another size. Nothing was changed.
+var ErrDamaged = errors.New("message: inbox index damaged")
+
+// loadEntry reads and checks one index entry.
+func (in *Inbox) loadEntry(p, id string) (Item, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return Item{}, err
+	}
+	var it Item
+	if err := json.Unmarshal(b, &it); err != nil {
+		return Item{}, fmt.Errorf("malformed: %v", err)
+	}
+	if it.ID != id {
+		return Item{}, fmt.Errorf("names item %q", it.ID)
+	}
+	if it.Kind, err = ParseKind(it.KindName); err != nil {
+		return Item{}, err
+	}
+	if !in.inside(it.Path) {
+		return Item{}, fmt.Errorf("content path %q is outside the inbox", it.Path)
+	}
+	fi, err := os.Stat(it.Path)
+	if err != nil {
+		return Item{}, fmt.Errorf("content: %v", err)
+	}
+	if fi.Size() != it.Bytes || it.Bytes < 0 {
+		return Item{}, fmt.Errorf("content is %d bytes, the entry says %d", fi.Size(), it.Bytes)
+	}
+	return it, nil
 }
 
 // Dir returns the inbox directory.
