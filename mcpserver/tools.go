@@ -162,6 +162,12 @@ var toolDocs = []toolDoc{
 			var res ctl.TrustResult
 			return res, s.c.Do(ctx, http.MethodPost, ctl.PathTrustRevoke, ctl.PeerRequest{Peer: in.Peer}, &res)
 		}),
+	def("trust_forget", "Forget a peer",
+		"Delete the record of a peer that is not trusted (revoked, rejected, or a request either way), and our unanswered requests to that name; a new trust_request then starts afresh. Errors: not_found (no record), conflict (the peer is trusted: trust_revoke first).",
+		false, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, in PeerInput) (ctl.ForgetResult, error) {
+			var res ctl.ForgetResult
+			return res, s.c.Do(ctx, http.MethodPost, ctl.PathTrustForget, ctl.PeerRequest{Peer: in.Peer}, &res)
+		}),
 	def("message_send", "Send a message",
 		"Send one message (text, json or data_base64) to a trusted peer's inbox; it answers once the peer stored it and verified its SHA-256. Errors: not_trusted, unreachable, too_large, inbox_full, timeout, unavailable (the peer switched messages off).",
 		false, func(s *Server, ctx context.Context, _ *mcp.CallToolRequest, in MessageInput) (Delivery, error) {

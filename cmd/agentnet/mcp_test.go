@@ -159,7 +159,7 @@ func TestMCP(t *testing.T) {
 		require.Contains(t, tool.Description, "Errors:", tool.Name)
 	}
 	require.ElementsMatch(t, mcpserver.ToolNames(), names)
-	for _, n := range []string{"status", "peers", "trust_list", "trust_pending", "trust_request", "trust_approve", "trust_reject", "trust_revoke",
+	for _, n := range []string{"status", "peers", "trust_list", "trust_pending", "trust_request", "trust_approve", "trust_reject", "trust_revoke", "trust_forget",
 		"message_send", "file_send", "inbox_list", "inbox_read", "inbox_delete", "events_publish", "wait", "ping", "http",
 		"network_list", "network_create", "network_invite", "network_join", "network_leave", "network_members", "network_remove"} {
 		require.Contains(t, names, n)
@@ -364,6 +364,7 @@ func TestMCP(t *testing.T) {
 	// A network: members of "team" may be approved. The operator joins bob
 	// to alice's network; bob revokes alice; alice asks again.
 	e.json("b", "network join", nil, "network", "join", inv.Token)
+	mb.fail("trust_forget", map[string]any{"peer": "alice"}, ctl.CodeConflict) // trusted: revoke first
 	mb.ok("trust_revoke", map[string]any{"peer": "alice"}, &tr)
 	require.Equal(t, "revoked", tr.State)
 	require.Eventually(t, func() bool {

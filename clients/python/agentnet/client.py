@@ -504,6 +504,12 @@ class Client:
         """POST /v1/trust/revoke: live connections to the peer close at once."""
         return cast(T.TrustResult, self._call("POST", "/v1/trust/revoke", {"peer": peer}))
 
+    def trust_forget(self, peer: str) -> T.ForgetResult:
+        """POST /v1/trust/forget: delete the record of a peer that is not
+        trusted, and our unanswered requests to that name (conflict if the
+        peer is trusted: revoke first)."""
+        return cast(T.ForgetResult, self._call("POST", "/v1/trust/forget", {"peer": peer}))
+
     # --- data ---
 
     def ping(self, peer: str, count: Optional[int] = None, interval_ms: Optional[int] = None,

@@ -105,6 +105,11 @@ class TrustResult(TypedDict):
     warning: str
 
 
+class ForgetResult(TypedDict):
+    peer: str
+    forgotten: List[TrustRecord]
+
+
 class PingResult(TypedDict):
     peer: str
     addr: str

@@ -272,9 +272,15 @@ class ClientTest(unittest.TestCase):
         self.b.trust_approve("carol")
         eventually(lambda: c.status()["trusted"] == 1, msg="carol trusted")
         c.ping("bob", count=1)
+        with self.assertRaises(agentnet.Conflict):
+            c.trust_forget("bob")  # trusted: revoke first
         self.assertEqual(c.trust_revoke("bob")["state"], "revoked")
         with self.assertRaises(agentnet.NotTrusted):
             c.ping("bob", count=1)
+        forgot = c.trust_forget("bob")
+        self.assertIn("revoked", [r["state"] for r in forgot["forgotten"]])
+        bob_addr = self.b.status()["addr"]
+        self.assertFalse([r for r in c.trust_list()["records"] if r["addr"] == bob_addr])
         res = c.shutdown()
         self.assertTrue(res["stopping"])
         self.assertEqual(res["state_dir"], sc["state_dir"])
