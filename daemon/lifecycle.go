@@ -59,3 +59,8 @@ func (d *Daemon) publishTrustEvents() (cancel func()) {
 // (rendezvous.ErrServerKey, ErrHostnameTaken, ErrNodeIDTaken), and returns
 // that error. Call it after Ready.
 func (d *Daemon) WaitRendezvous(ctx context.Context) error { return d.node.WaitRendezvous(ctx) }
+
+// RendezvousUnreachable returns why the node reached the rendezvous neither
+// over UDP nor over TCP on its last attempt (nil once either works, and
+// before the first attempt ended), with the addresses tried.
+func (d *Daemon) RendezvousUnreachable() error { return d.node.Reach().Err }

@@ -47,13 +47,33 @@ func checkRendezvousAddr(cfg daemon.Config) error {
 }
 
 // startupCheck waits up to startupWait for the first registration. A
-// refusal that only the operator can fix is an error; no answer in time is
-// only a warning (the rendezvous may be down for a moment; the node keeps
-// retrying and "status" shows it).
+// refusal that only the operator can fix is an error; no answer in time, or
+// a first attempt that reached the rendezvous neither over UDP nor over TCP,
+// is only a warning that says what was tried (the rendezvous may be down
+// for a moment; the node keeps retrying and "status" shows it). The
+// warning is also returned, for a detaching parent to print.
 func startupCheck(ctx context.Context, d *daemon.Daemon, warn io.Writer) error {
 	wctx, cancel := context.WithTimeout(ctx, startupWait)
 	defer cancel()
-	err := d.WaitRendezvous(wctx)
+	errc := make(chan error, 1)
+	go func() { errc <- d.WaitRendezvous(wctx) }()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		select {
+		case err = <-errc:
+			break wait
+		case <-tick.C:
+			if ue := d.RendezvousUnreachable(); ue != nil {
+				cancel() // ends WaitRendezvous
+				<-errc
+				fmt.Fprintf(warn, "agentnet up: warning: not registered: %v; retrying in the background (\"agentnet status\" shows it)\n", ue)
+				return nil
+			}
+		}
+	}
 	switch {
 	case err == nil, ctx.Err() != nil:
 		return nil
@@ -64,8 +84,12 @@ func startupCheck(ctx context.Context, d *daemon.Daemon, warn io.Writer) error {
 		return &ctl.Error{Code: ctl.CodeConflict, Message: err.Error(),
 			Hint: "another agent holds that hostname (or node ID): choose another --hostname"}
 	case wctx.Err() != nil:
-		fmt.Fprintf(warn, "agentnet up: warning: not registered at the rendezvous %s after %v; retrying in the background (\"agentnet status\" shows it)\n",
+		w := fmt.Sprintf("agentnet up: warning: not registered at the rendezvous %s after %v; retrying in the background (\"agentnet status\" shows it)",
 			d.Status().Rendezvous.Addr, startupWait)
+		if e := d.Status().Rendezvous.Error; e != "" {
+			w += ": " + e
+		}
+		fmt.Fprintln(warn, w)
 		return nil
 	}
 	return &ctl.Error{Code: ctl.CodeUnavailable, Message: err.Error(), Hint: "check the rendezvous settings"}

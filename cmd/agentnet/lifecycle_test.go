@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -178,4 +179,50 @@ func TestServicePrintUnit(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte(strings.Replace(u.Unit, "Type=notify", "Type=notfy", 1)), 0o644))
 	vout, _ = exec.Command(sa, "verify", p).CombinedOutput()
 	require.Contains(t, string(vout), "notfy")
+}
+
+// TestUpNothingReachable (issue 8, "what the user sees"): when the
+// rendezvous answers neither over UDP nor over TCP, "up --detach" says so
+// after the first attempt (UDP probe, then one TCP connect), with the
+// addresses tried and what to check, and "status" says the same; the daemon
+// keeps running and retrying (exit 0), since the rendezvous may come back.
+func TestUpNothingReachable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs daemons")
+	}
+	e := newCLIEnv(t)
+	// A UDP port and a TCP port nothing listens on.
+	uc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	require.NoError(t, err)
+	udpAddr := uc.LocalAddr().String()
+	uc.Close()
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	tcpAddr := tl.Addr().String()
+	tl.Close()
+
+	start := time.Now()
+	stdout, stderr, code := e.run("a", nil, "up", "--detach", "--json", "--listen", "127.0.0.1:0",
+		"--rendezvous", udpAddr, "--rendezvous-tcp", tcpAddr)
+	took := time.Since(start)
+	require.Equal(t, 0, code, "stderr: %s stdout: %s", stderr, stdout)
+	var st ctl.Status
+	require.NoError(t, json.Unmarshal(stdout, &st), "%s", stdout)
+	t.Cleanup(func() { syscall.Kill(st.PID, syscall.SIGKILL) })
+	t.Logf("up --detach returned after %v:\n%s", took, stderr)
+	for _, want := range []string{"not registered", "rendezvous unreachable", "UDP " + udpAddr, "TCP " + tcpAddr, "check the firewall", "--proxy"} {
+		require.Contains(t, string(stderr), want)
+	}
+	require.False(t, st.Rendezvous.Registered)
+	require.Contains(t, st.Rendezvous.Error, "rendezvous unreachable")
+
+	var now ctl.Status
+	e.json("a", "status", &now, "status")
+	require.False(t, now.Rendezvous.Registered)
+	require.Contains(t, now.Rendezvous.Error, "UDP "+udpAddr)
+	require.Contains(t, now.Rendezvous.Error, "TCP "+tcpAddr)
+	require.Equal(t, "blocked", now.NAT.Kind)
+	var res DownResult
+	e.json("a", "down", &res, "down")
+	require.Equal(t, st.PID, res.PID)
 }

@@ -214,6 +214,14 @@ func upDetached(x *cliCtx, state, sock string) error {
 		return &ctl.Error{Code: ctl.CodeInternal, Message: fmt.Sprintf("the daemon exited (%v): %s", err, strings.Join(lines, " | ")), Hint: "see " + logPath}
 	}
 	cmd.Process.Release()
+	if !st.Rendezvous.Registered && st.Rendezvous.Addr != "" {
+		// What the daemon warned about in its log, where the user sees it.
+		why := st.Rendezvous.Error
+		if why == "" {
+			why = "no answer yet"
+		}
+		fmt.Fprintf(x.stderr, "agentnet up: warning: not registered at the rendezvous %s: %s; retrying in the background (\"agentnet status\" shows it)\n", st.Rendezvous.Addr, why)
+	}
 	x.emit(st)
 	return nil
 }
