@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { ElicitRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { fx, skip, mcpClient, ok, fail, rpcMessages } from './env.mjs';
 
-const TOOLS = ['status', 'peers', 'trust_list', 'trust_pending', 'trust_request', 'trust_approve', 'trust_reject', 'trust_revoke',
+const TOOLS = ['status', 'peers', 'trust_list', 'trust_pending', 'trust_request', 'trust_approve', 'trust_reject', 'trust_revoke', 'trust_forget',
   'message_send', 'file_send', 'inbox_list', 'inbox_read', 'inbox_delete', 'events_publish', 'wait', 'ping', 'http',
   'network_list', 'network_create', 'network_invite', 'network_join', 'network_leave', 'network_members', 'network_remove'];
 
