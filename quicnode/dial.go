@@ -31,7 +31,7 @@ func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, 
 
 // DialTarget is Dial with a parsed target.
 func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
-	key, err := n.resolve(ctx, t)
+	key, err := n.resolveFresh(ctx, t)
 	if err != nil {
 		return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 	}

@@ -4,9 +4,11 @@
 // over it.
 //
 // Reaching an agent takes, in order: the local trust store must mark the peer
-// trusted (otherwise ErrNotTrusted, before any packet is sent); the
-// rendezvous must answer the lookup (it answers only for mutually trusted
-// pairs); the QUIC handshake must pass both trust gates (the listener's
+// trusted or a fellow member (otherwise ErrNotTrusted, before any packet is
+// sent to it; a node in networks first fetches their member lists from the
+// rendezvous, at most once a second, in case the target joined a moment
+// ago); the rendezvous must answer the lookup (it answers only for mutually
+// trusted pairs); the QUIC handshake must pass both trust gates (the listener's
 // VerifyConnection admits only trusted keys, the dialer pins the expected
 // key); and the accepting side must send its welcome. Only then does Dial
 // return a connection. Session tickets are disabled so no handshake skips the
@@ -22,7 +24,11 @@
 // Leaving a network, or being removed, closes the links to every member that
 // is no longer trusted or a fellow in another network. Memberships travel
 // through the rendezvous, so a dial to a fellow member that the peer refuses
-// is retried for up to three seconds while the peer learns of it.
+// is retried for up to three seconds while the peer learns of it; a node
+// whose gate refuses a handshake fetches its member lists (at most once a
+// second), so a member whose Join has not been pushed to it yet gets in on
+// the retry. Documents pushed or fetched reach the gate before the call that
+// applies them returns.
 //
 // Streams begin with a virtual-port header (see internal/vport); the acceptor
 // answers with one status byte, or resets the stream with StreamPortClosed.

@@ -199,6 +199,7 @@ func (n *Node) serverTLS() *tls.Config {
 	c.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 		if _, ok := n.knock.lookup(h.ServerName); !ok {
 			n.stats.knocksRefused.Add(1)
+			n.kickNetRefresh() // a member whose Join we have not heard of yet?
 			return nil, errKnock
 		}
 		return nil, nil // go on with c

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,20 @@ const DefaultInviteTTL = 24 * time.Hour
 // handshake: the peer may not have heard of our Join yet (memberships
 // travel through the rendezvous).
 const fellowRetry = 3 * time.Second
+
+// netRefreshEvery bounds how often the node fetches a network's member
+// list on its own (besides the pushes): when a dial names a fellow we do not
+// know, or when the knock refuses a handshake (it may come from a member
+// whose Join has not reached us yet).
+const netRefreshEvery = time.Second
+
+// netRefresher is the single-flight, rate-limited fetch of member lists.
+type netRefresher struct {
+	mu   sync.Mutex
+	last map[addressing.NetworkID]time.Time
+	busy map[addressing.NetworkID]chan struct{}
+	kick chan struct{} // one slot: the gate asks for a refresh of every network
+}
 
 // NetworkInfo describes a network the node is in.
 type NetworkInfo struct {
@@ -371,6 +386,9 @@ func (n *Node) applyNetwork(st rendezvous.NetworkState) {
 		n.log.Warn("network update failed", "network", st.ID, "err", err)
 		return
 	}
+	// The gate's knock table follows at once (the store's subscribers run
+	// asynchronously): a new member's first handshake is not refused.
+	n.rebuildIndex()
 	if gone {
 		n.log.Info("network membership ended", "network", st.ID)
 	}
@@ -435,6 +453,154 @@ func (n *Node) closeInadmissible(keys []addressing.PublicKey, reason string) {
 		if k != n.id.PublicKey() && !n.admissible(k) {
 			n.paths.ClosePeer(k, CodeRevoked, reason)
 		}
+	}
+}
+
+// resolveFresh is resolve that, when the target is not admissible as far
+// as we know but could be a fellow member of a network we are in, fetches
+// those networks' member lists once (rate-limited) and tries again: a member
+// that joined a moment ago is reachable before its Join's push arrives.
+func (n *Node) resolveFresh(ctx context.Context, t addressing.Target) (addressing.PublicKey, error) {
+	k, err := n.resolve(ctx, t)
+	if !errors.Is(err, ErrNotTrusted) || n.rdv == nil {
+		return k, err
+	}
+	ids := n.networksFor(t)
+	if len(ids) == 0 || !n.refreshNetworks(ctx, ids, netRefreshEvery) {
+		return k, err
+	}
+	return n.resolve(ctx, t)
+}
+
+// networksFor lists the networks of ours whose members t may name: N for
+// N:x (if we are in N), every network for 0:x and hostnames.
+func (n *Node) networksFor(t addressing.Target) []addressing.NetworkID {
+	var ids []addressing.NetworkID
+	a, isAddr := t.Addr()
+	for _, r := range n.store.Networks() {
+		if !isAddr || a.Network() == 0 || a.Network() == r.ID {
+			ids = append(ids, r.ID)
+		}
+	}
+	return ids
+}
+
+// refreshNetworks fetches the member lists of ids from the rendezvous and
+// applies what verifies (additions only: pushes carry the removals). A
+// network fetched less than minAge ago is skipped; a fetch already running
+// is waited for. It reports whether any list was fetched or waited for.
+func (n *Node) refreshNetworks(ctx context.Context, ids []addressing.NetworkID, minAge time.Duration) bool {
+	if n.rdv == nil {
+		return false
+	}
+	r := &n.netRefresh
+	fetched := false
+	for _, id := range ids {
+		r.mu.Lock()
+		if ch := r.busy[id]; ch != nil {
+			r.mu.Unlock()
+			select {
+			case <-ch:
+				fetched = true
+			case <-ctx.Done():
+				return fetched
+			}
+			continue
+		}
+		if last, ok := r.last[id]; ok && time.Since(last) < minAge {
+			r.mu.Unlock()
+			continue
+		}
+		if r.busy == nil {
+			r.busy, r.last = map[addressing.NetworkID]chan struct{}{}, map[addressing.NetworkID]time.Time{}
+		}
+		ch := make(chan struct{})
+		r.busy[id], r.last[id] = ch, time.Now()
+		r.mu.Unlock()
+		st, err := n.rdv.Members(ctx, id)
+		if err == nil {
+			st.Full = false // pushes may have brought newer changes meanwhile
+			n.applyNetwork(st)
+			fetched = true
+		} else {
+			n.log.Debug("network members not fetched", "network", id, "err", err)
+		}
+		r.mu.Lock()
+		delete(r.busy, id)
+		r.mu.Unlock()
+		close(ch)
+	}
+	return fetched
+}
+
+// introduced passes an introduction the rendezvous pushed to the path
+// manager. The rendezvous introduces only trusted pairs and fellow members,
+// so one from a key we do not admit (yet) may come from a member whose Join
+// has not reached us: the member lists are fetched first (once, waiting for
+// a fetch in flight), and the introduction goes on if the key is admissible
+// then.
+func (n *Node) introduced(intro rendezvous.Introduce) {
+	if n.admissible(intro.Peer) || n.rdv == nil {
+		n.paths.Introduced(intro)
+		return
+	}
+	var ids []addressing.NetworkID
+	for _, r := range n.store.Networks() {
+		ids = append(ids, r.ID)
+	}
+	if len(ids) == 0 {
+		return
+	}
+	n.goFunc(func() {
+		ctx, cancel := context.WithTimeout(n.ctx, 3*time.Second)
+		defer cancel()
+		n.refreshNetworks(ctx, ids, 0)
+		if n.admissible(intro.Peer) {
+			n.paths.Introduced(intro)
+		}
+	})
+}
+
+// kickNetRefresh asks netRefreshLoop to fetch every member list. It never
+// blocks (the gate calls it for a refused knock).
+func (n *Node) kickNetRefresh() {
+	select {
+	case n.netRefresh.kick <- struct{}{}:
+	default:
+	}
+}
+
+// netRefreshLoop fetches every network's member list when kicked, at most
+// once per netRefreshEvery: a refused knock may come from a member whose
+// Join we have not heard of, and its dialer retries for fellowRetry.
+func (n *Node) netRefreshLoop() {
+	var last time.Time
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.netRefresh.kick:
+		}
+		if wait := netRefreshEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-n.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		var ids []addressing.NetworkID
+		for _, r := range n.store.Networks() {
+			ids = append(ids, r.ID)
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		last = time.Now()
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		n.refreshNetworks(ctx, ids, 0)
+		cancel()
 	}
 }
 

@@ -284,3 +284,65 @@ func TestNetworkRemovalCutsFellows(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotTrusted)
 	require.Len(t, dave.Members(id), 2)
 }
+
+// forget makes n unaware of member k of network id, as if k's Join had not
+// reached it yet.
+func forget(t *testing.T, n *testNode, id addressing.NetworkID, k addressing.PublicKey) {
+	t.Helper()
+	require.NoError(t, n.store.UpdateNetwork(id, func(r *trustdb.Network, exists bool) (bool, error) {
+		r.DropMember(k)
+		return exists, nil
+	}))
+	require.False(t, n.store.IsMember(id, k))
+	n.rebuildIndex() // the knock table too, now rather than when the subscriber runs
+}
+
+// TestNetworkFellowReachableBeforePush: a member that has not yet heard of
+// a fellow's Join (its push is late or lost) still reaches it and admits
+// it: the dialling side fetches the member list when a dial names an
+// unknown fellow, and the gate fetches it when the knock refuses a
+// handshake, while the dialler retries.
+func TestNetworkFellowReachableBeforePush(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	alice := startNode(t, srv, "")
+	bob := startNode(t, srv, "")
+	dave := startNode(t, srv, "")
+	ctx := ctxT(t, 20*time.Second)
+	id, err := alice.CreateNetwork(ctx, "crew")
+	require.NoError(t, err)
+	tok, err := alice.Invite(id, addressing.PublicKey{}, time.Hour)
+	require.NoError(t, err)
+	for _, n := range []*testNode{bob, dave} {
+		_, err = n.JoinNetwork(ctx, tok)
+		require.NoError(t, err)
+	}
+	daveIn := addressing.AddrFrom(id, dave.Addr().Node()).String()
+	bobIn := addressing.AddrFrom(id, bob.Addr().Node()).String()
+	require.Eventually(t, func() bool { return bob.store.IsMember(id, dave.PublicKey()) }, 5*time.Second, 10*time.Millisecond)
+
+	// The gate side: dave does not know bob; bob knows dave.
+	forget(t, dave, id, bob.PublicKey())
+	require.NoError(t, echoOnce(ctx, bob.Node, daveIn), "dave's gate refused a member it had not heard of")
+	require.True(t, dave.store.IsMember(id, bob.PublicKey()))
+
+	// The dialling side: bob does not know dave (by N:x, then by 0:x).
+	for _, to := range []string{daveIn, dave.Addr().String()} {
+		require.NoError(t, bob.Disconnect(daveIn))
+		forget(t, bob, id, dave.PublicKey())
+		time.Sleep(netRefreshEvery) // past the rate limit of the last fetch
+		require.NoError(t, echoOnce(ctx, bob.Node, to), "bob did not look for a fellow he had not heard of (%s)", to)
+	}
+	// Both at once, the other way round.
+	require.NoError(t, dave.Disconnect(bobIn))
+	forget(t, dave, id, bob.PublicKey())
+	forget(t, bob, id, dave.PublicKey())
+	time.Sleep(netRefreshEvery)
+	require.NoError(t, echoOnce(ctx, dave.Node, bobIn))
+
+	// A stranger still gets nothing: refused locally, however often.
+	carol := startNode(t, srv, "")
+	for range 3 {
+		require.ErrorIs(t, echoOnce(ctx, carol.Node, daveIn), ErrNotTrusted)
+	}
+}

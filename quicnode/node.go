@@ -63,8 +63,9 @@ type Node struct {
 	byNode      map[addressing.NodeID]addressing.PublicKey // trusted peers
 	byHostname  map[string]addressing.PublicKey            // trusted peers with a known hostname
 
-	stats    nodeStats
-	netStats netCounters // network.go
+	stats      nodeStats
+	netStats   netCounters  // network.go
+	netRefresh netRefresher // network.go
 }
 
 type nodeStats struct {
@@ -104,6 +105,7 @@ func New(cfg Config) (*Node, error) {
 		ctx:         ctx,
 		cancel:      cancel,
 		outboxKick:  make(chan struct{}, 1),
+		netRefresh:  netRefresher{kick: make(chan struct{}, 1)},
 		flushing:    make(chan struct{}, 1),
 		hostname:    cfg.Hostname,
 		listeners:   make(map[uint16]*listener),
@@ -206,7 +208,7 @@ func (n *Node) Start(ctx context.Context) error {
 			Hostname:   n.cfg.Hostname,
 			LocalAddrs: paths.LocalCandidates(conn),
 			Deliver:    n.deliver,
-			Introduced: pm.Introduced,
+			Introduced: n.introduced,
 			Network:    n.networkPushed,
 			Logger:     n.log.With("component", "rendezvous-client"),
 		})
@@ -218,6 +220,7 @@ func (n *Node) Start(ctx context.Context) error {
 		pm.SetRendezvous(rdv)
 		rdv.Start()
 		n.goFunc(n.outboxLoop)
+		n.goFunc(n.netRefreshLoop)
 		n.goFunc(func() {
 			if rdv.WaitReady(n.ctx) == nil {
 				ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
@@ -328,6 +331,7 @@ func (n *Node) knockLoop() {
 // incoming handshake.
 func (n *Node) gate(k addressing.PublicKey) error {
 	if !n.admissible(k) {
+		n.kickNetRefresh() // a member whose Join we have not heard of yet?
 		return fmt.Errorf("quicnode: %s is not trusted", k.NodeID())
 	}
 	return nil

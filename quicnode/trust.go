@@ -63,6 +63,7 @@ func (n *Node) deliver(ctx context.Context, b []byte) error {
 		return nil
 	}
 	n.log.Info("trust message", "peer", rec.Addr(), "kind", m.Kind, "state", rec.State)
+	n.rebuildIndex() // the knock table follows at once, not after the subscriber
 	return nil
 }
 
