@@ -355,7 +355,11 @@ func agentnetRefuser() (childServer, error) {
 		os.RemoveAll(dir)
 		return childServer{}, err
 	}
-	n, err := quicnode.New(quicnode.Config{Store: st, ListenAddr: "127.0.0.1:0"})
+	err = admitRefuserPeers(st)
+	var n *quicnode.Node
+	if err == nil {
+		n, err = quicnode.New(quicnode.Config{Store: st, ListenAddr: "127.0.0.1:0"})
+	}
 	if err == nil {
 		err = n.Start(context.Background())
 	}

@@ -1,11 +1,18 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +21,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/trustdb"
 )
 
 // Refusals is the outcome of the refusal scenario.
@@ -117,6 +125,7 @@ func attackQUIC(ctx context.Context, addr, alpn string, until time.Time) (refuse
 				return 0, 0, err
 			}
 			conf := clientTLS(id.cert, alpn, addressing.PublicKey{})
+			conf.ServerName = knockShapedName()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -228,4 +237,49 @@ func refusedTLS(ctx context.Context, addr string, conf *tls.Config) (bool, error
 		return false, nil
 	}
 	return false, fmt.Errorf("bench: untrusted TLS handshake: %w", err)
+}
+
+// knockShapedName returns a random server name of the knock's shape
+// (quicnode/knock.go: "k" + hex(epoch byte | nonce | hint) + "." + hex(tag)
+// + ".agentnet", in the current 5-minute epoch), so that agentnet's gate
+// does all its work on it (parse, the hint's AES block, the table lookup)
+// before refusing: the most a stranger can make it do. Other systems ignore
+// the name.
+func knockShapedName() string {
+	var b [33]byte
+	rand.Read(b[:])
+	b[0] = byte(time.Now().Unix() / 300)
+	return "k" + hex.EncodeToString(b[:21]) + "." + hex.EncodeToString(b[21:]) + ".agentnet"
+}
+
+// RefuserPeersEnv, set to a number, makes the agentnet refuser admit that
+// many fellow members (made-up keys in a network of its own): its knock
+// table then holds that many keys, each of which a refused knock is tried
+// against. Unset, it admits nobody.
+const RefuserPeersEnv = "AGENTNET_BENCH_REFUSER_PEERS"
+
+// admitRefuserPeers adds RefuserPeersEnv fellow members to st.
+func admitRefuserPeers(st *trustdb.Store) error {
+	v := os.Getenv(RefuserPeersEnv)
+	if v == "" {
+		return nil
+	}
+	count, err := strconv.Atoi(v)
+	if err != nil || count < 0 {
+		return fmt.Errorf("bench: %s=%q: want a count", RefuserPeersEnv, v)
+	}
+	self := st.Identity().PublicKey()
+	return st.UpdateNetwork(1, func(n *trustdb.Network, _ bool) (bool, error) {
+		n.Name, n.Owner = "bench", self
+		for range count {
+			p, _, err := ed25519.GenerateKey(nil)
+			if err != nil {
+				return false, err
+			}
+			k, _ := addressing.PublicKeyFrom(p)
+			n.Members = append(n.Members, trustdb.NetworkDoc{Key: k, Doc: []byte{0}}) // never verified: nobody pushes it
+		}
+		slices.SortFunc(n.Members, func(a, b trustdb.NetworkDoc) int { return bytes.Compare(a.Key[:], b.Key[:]) })
+		return true, nil
+	})
 }

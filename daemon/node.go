@@ -55,6 +55,9 @@ func (d *Daemon) status() ctl.Status {
 	if err == nil && !ok {
 		err = reach.Err // what was tried, and what to check
 	}
+	if rs, has := d.node.RendezvousState(); err == nil && !ok && has && rs.LastError != nil {
+		err = rs.LastError // why the session was lost (issue 9 item 8)
+	}
 	if err != nil {
 		st.Rendezvous.Error = err.Error()
 	}

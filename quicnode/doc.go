@@ -37,9 +37,14 @@
 // When both sides dial each other at once, the connection dialled by the
 // lower NodeID is kept and the other is closed with CodeDuplicate.
 //
-// Before the handshake, the knock (knock.go) filters strangers: the dialer
-// puts an HMAC under the pair's X25519 secret in the ClientHello's server
-// name, and the listener refuses unknown names before any key exchange.
+// Before the handshake, the knock (knock.go) filters strangers: for every
+// connection the dialer puts a fresh nonce and a MAC bound to it, under a
+// key derived from the pair's X25519 secret, the direction and the epoch,
+// in the ClientHello's server name; the listener refuses a name that no
+// admissible peer's key produced, or one it has accepted before (a replay),
+// before any key exchange and before it shows its certificate. Knocks look
+// random to anyone who does not know the listener's key, so they do not
+// link a pair's connections.
 //
 // Paths belong to the path manager (package internal/paths): the
 // sockets and transports, the links (at most one direct and one relayed

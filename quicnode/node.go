@@ -268,6 +268,10 @@ func (n *Node) RendezvousState() (st rendezvous.SessionState, ok bool) {
 
 // Close closes every peer connection, listener and packet conn, stops every
 // goroutine and waits for them. It is idempotent. The Store stays open.
+// Like http.Server.Shutdown, it first stops new dials and streams, closes
+// the listeners, and gives data already written to streams (and their
+// FINs) up to CloseDrain to reach the peers: it waits until every peer
+// connection has sent nothing for twice its probe timeout.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
@@ -285,6 +289,10 @@ func (n *Node) Close() error {
 	}
 	n.mu.Unlock()
 
+	for _, l := range lns {
+		l.Close()
+	}
+	n.drain(time.Now().Add(CloseDrain))
 	n.cancel()
 	if n.unsubscribe != nil {
 		n.unsubscribe()
@@ -294,9 +302,6 @@ func (n *Node) Close() error {
 	}
 	if n.paths != nil {
 		n.paths.Close(CodeClosing, "node closing")
-	}
-	for _, l := range lns {
-		l.Close()
 	}
 	for _, pc := range pcs {
 		pc.Close()

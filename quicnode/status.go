@@ -59,6 +59,9 @@ type Stats struct {
 	BadStreams       uint64 // streams reset for a malformed or late header
 	NonQUICPackets   uint64 // packets read beside QUIC (STUN, probes)
 	KnocksRefused    uint64 // handshakes refused before key exchange (no valid knock)
+	// KnocksReplayed counts the refused knocks that were valid but seen
+	// before (a replay), or over their peer's quota (maxKnocksPerEpoch).
+	KnocksReplayed uint64
 	// NetworkDocsRefused counts network documents from the rendezvous that
 	// did not verify against the owner key we know (or did not fit).
 	NetworkDocsRefused uint64
@@ -82,6 +85,7 @@ func (n *Node) Stats() Stats {
 		BadStreams:         n.stats.badStreams.Load(),
 		NonQUICPackets:     ps.NonQUICPackets,
 		KnocksRefused:      n.stats.knocksRefused.Load(),
+		KnocksReplayed:     n.knock.replays.Load(),
 		NetworkDocsRefused: n.netStats.docsRefused.Load(),
 	}
 }
