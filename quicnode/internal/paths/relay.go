@@ -47,6 +47,12 @@ type relayConn struct {
 	tunIn       chan []byte // frames from the tunnel, bounded
 	interrupted atomic.Bool // a read deadline was set to wake ReadFrom for tunIn
 
+	// dlMu orders changes of pc's read deadline; readDL is the one the
+	// conn's user (quic-go) set, which an interrupt must not lose: quic-go's
+	// Transport.Close wakes its read loop with a deadline.
+	dlMu   sync.Mutex
+	readDL time.Time
+
 	mu       sync.Mutex
 	sessions map[relayframe.Session]*relaySession
 
@@ -207,9 +213,11 @@ func (rc *relayConn) tunnelFrame(frame []byte) {
 		rc.dropped.Add(1)
 		return
 	}
+	rc.dlMu.Lock()
 	if rc.interrupted.CompareAndSwap(false, true) {
 		rc.pc.SetReadDeadline(time.Unix(1, 0))
 	}
+	rc.dlMu.Unlock()
 }
 
 // read reads the next UDP datagram into rc.rbuf.
@@ -303,12 +311,18 @@ func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		n, from, err := rc.read()
 		if err != nil {
 			if rc.interrupted.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-				// Woken for tunnel frames: clear the deadline, then the
-				// flag (a frame queued after this wakes us again), then
-				// drain at the top of the loop.
-				rc.pc.SetReadDeadline(time.Time{})
+				// Woken for tunnel frames: put back the user's deadline,
+				// then clear the flag (a frame queued after this wakes us
+				// again), then drain at the top of the loop — unless the
+				// user's own deadline has passed meanwhile.
+				rc.dlMu.Lock()
+				dl := rc.readDL
+				rc.pc.SetReadDeadline(dl)
 				rc.interrupted.Store(false)
-				continue
+				rc.dlMu.Unlock()
+				if dl.IsZero() || time.Now().Before(dl) {
+					continue
+				}
 			}
 			return 0, nil, err
 		}
@@ -392,9 +406,24 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 
 func (rc *relayConn) Close() error                       { return rc.pc.Close() }
 func (rc *relayConn) LocalAddr() net.Addr                { return rc.pc.LocalAddr() }
-func (rc *relayConn) SetDeadline(t time.Time) error      { return rc.pc.SetDeadline(t) }
-func (rc *relayConn) SetReadDeadline(t time.Time) error  { return rc.pc.SetReadDeadline(t) }
 func (rc *relayConn) SetWriteDeadline(t time.Time) error { return rc.pc.SetWriteDeadline(t) }
+
+func (rc *relayConn) SetDeadline(t time.Time) error {
+	rc.SetReadDeadline(t)
+	return rc.pc.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the read deadline; while a tunnel interrupt is
+// pending it is applied when ReadFrom takes the interrupt.
+func (rc *relayConn) SetReadDeadline(t time.Time) error {
+	rc.dlMu.Lock()
+	defer rc.dlMu.Unlock()
+	rc.readDL = t
+	if rc.interrupted.Load() {
+		return nil
+	}
+	return rc.pc.SetReadDeadline(t)
+}
 
 // SetReadBuffer and SetWriteBuffer let quic-go size the relay socket's
 // buffers as it does the main socket's.
