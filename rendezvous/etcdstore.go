@@ -1,0 +1,1116 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/btree"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/trustdb"
+)
+
+// ErrStoreUnavailable: the store cannot answer now (an EtcdStore that has
+// not heard from etcd within its lease TTL, or whose writes keep failing).
+// Retry later, or on another server.
+var ErrStoreUnavailable = errors.New("rendezvous: store unavailable")
+
+// Defaults of EtcdConfig.
+const (
+	DefaultEtcdPrefix   = "/agentnet/rendezvous/"
+	DefaultEtcdLeaseTTL = 5 * time.Second
+	DefaultEtcdTimeout  = 5 * time.Second
+)
+
+// Bounds of what an EtcdStore writes.
+const (
+	etcdMaxKey    = 256
+	etcdMaxValue  = 64 << 10
+	etcdMaxTxnOps = 128 // etcd's default --max-txn-ops
+	etcdPage      = 1000
+)
+
+// EtcdConfig configures an EtcdStore. Endpoints is required; the zero value
+// of every other field takes its default.
+type EtcdConfig struct {
+	// Endpoints are the etcd members' client URLs or host:port pairs.
+	Endpoints []string
+	// TLS, if set, is used for every connection to etcd (client
+	// certificates, a private CA).
+	TLS *tls.Config
+	// Username and Password authenticate to etcd (etcd's auth), if set.
+	Username, Password string
+	// Prefix is the key prefix of every record (default
+	// DefaultEtcdPrefix). Servers sharing a service use the same prefix.
+	Prefix string
+	// LeaseTTL is the lease of this server's soft state (its agents'
+	// sessions) and the time the store keeps answering without hearing from
+	// etcd (default 5 s; at least 2 s).
+	LeaseTTL time.Duration
+	// Timeout bounds each Update, retries included, and the initial
+	// connection (default 5 s).
+	Timeout time.Duration
+	// Advertise is the IP address agents connected to other servers use to
+	// reach this server's relay (a relay session opened here for an agent
+	// there). Default: the IP the server listens on, if it listens on one
+	// address; with a wildcard listen address set it.
+	Advertise netip.Addr
+	// Logger receives diagnostics; nil discards them.
+	Logger *slog.Logger
+}
+
+// ParseEtcdURL parses a store URL of the form
+// "etcd://host1:2379,host2:2379[/prefix]" into endpoints and a key prefix
+// ("" if none given).
+func ParseEtcdURL(s string) (endpoints []string, prefix string, err error) {
+	rest, ok := strings.CutPrefix(s, "etcd://")
+	if !ok {
+		return nil, "", fmt.Errorf("rendezvous: store %q: want etcd://host:port[,host:port...][/prefix]", s)
+	}
+	hosts, path, _ := strings.Cut(rest, "/")
+	for _, h := range strings.Split(hosts, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		u, err := url.Parse("http://" + h)
+		if err != nil || u.Host != h || u.Port() == "" {
+			return nil, "", fmt.Errorf("rendezvous: store %q: endpoint %q: want host:port", s, h)
+		}
+		endpoints = append(endpoints, h)
+	}
+	if len(endpoints) == 0 {
+		return nil, "", fmt.Errorf("rendezvous: store %q: no etcd endpoint", s)
+	}
+	if path != "" {
+		prefix = "/" + strings.TrimSuffix(path, "/") + "/"
+	}
+	return endpoints, prefix, nil
+}
+
+// EtcdStore is a Store in etcd, shared by any number of rendezvous servers
+// (see the package doc, "Several servers"). Each store holds a replica of
+// the whole keyspace under its prefix in memory, fed by an etcd watch:
+// reads cost no etcd round trip, and each Update is one etcd transaction
+// whose compares check that nothing it read has changed since.
+//
+// Layout (hex is lower case; every value is the writer's 8-byte server ID
+// followed by the record, encoded as in BoltStore):
+//
+//	a/<key hex>               agent record
+//	n/<NodeID hex>            public key (NodeID index)
+//	h/<hostname>              public key (hostname index)
+//	o/<key hex><nonce hex>    message time (replay cache)
+//	p/<target hex><req hex>   pending request
+//	r/<lower hex><higher hex> trust pair
+//	m/<to hex>/<id, 16 hex>   time ‖ mailbox message
+//	M/<to hex>                uint64: the last mailbox id (ids never repeat)
+//	N/<id, 4 hex>             network
+//	T/<name>                  network ID (name index)
+//	b/<id hex>/<key hex>      member record
+//	i/<key hex>/<id hex>      1 (owner or member) or 0 (former member)
+//
+// and the soft state, attached to leases (etcdcluster.go):
+//
+//	s/<key hex>               the agent's session: server, locators, NAT kind
+//	S/<server ID hex>         a live server
+//	q/<server ID hex>/<rand>  an introduction for a session on that server
+type EtcdStore struct {
+	cfg    EtcdConfig
+	cli    *clientv3.Client
+	prefix string
+	log    *slog.Logger
+	id     uint64 // this store's (server's) ID, random per run
+	origin [8]byte
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	master *btree.BTreeG[kv] // the replica; written by the watch loop only
+	rev    int64             // revision applied
+	revCh  chan struct{}     // closed and replaced whenever rev grows
+	counts replicaCounts
+	snap   atomic.Pointer[replicaSnap]
+
+	// freshness (etcdcluster.go)
+	freshUntil   atomic.Int64 // unix ns: answers until then
+	lastContact  atomic.Int64 // unix ns
+	progressMu   sync.Mutex
+	progressAt   time.Time     // when the watch last reported progress
+	progressWake chan struct{} // closed and replaced at every progress notify
+
+	cluster etcdCluster // soft state (etcdcluster.go)
+
+	stats etcdCounters
+
+	closeOnce sync.Once
+}
+
+type etcdCounters struct {
+	txns, conflicts, errors, unavailable, reads, watchEvents, reloads atomic.Uint64
+	sessionDeletes                                                    atomic.Uint64
+	pushesSent, pushesReceived, pushesDropped                         atomic.Uint64
+	latency                                                           histogram
+}
+
+// kv is one key of the replica. val is the value as stored in etcd (with
+// the origin prefix); nil marks a key deleted in a transaction's overlay.
+type kv struct {
+	key string
+	val []byte
+	mod int64
+}
+
+func kvLess(a, b kv) bool { return a.key < b.key }
+
+// replicaCounts are maintained by the watch loop.
+type replicaCounts struct {
+	agents, mail, sessions, servers, keys int
+	bytes                                 int64
+}
+
+// replicaSnap is a read-only clone of the replica at rev.
+type replicaSnap struct {
+	mu     sync.Mutex // Clone is not safe for concurrent use
+	tree   *btree.BTreeG[kv]
+	rev    int64
+	counts replicaCounts
+}
+
+func (sn *replicaSnap) clone() *btree.BTreeG[kv] {
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	return sn.tree.Clone()
+}
+
+// OpenEtcdStore connects to etcd, loads the replica and starts its watch
+// and lease. Close releases it.
+func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("rendezvous: EtcdConfig.Endpoints is required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultEtcdPrefix
+	}
+	if !strings.HasSuffix(cfg.Prefix, "/") || len(cfg.Prefix) > 64 {
+		return nil, fmt.Errorf("rendezvous: EtcdConfig.Prefix %q: want at most 64 bytes ending in /", cfg.Prefix)
+	}
+	switch {
+	case cfg.LeaseTTL == 0:
+		cfg.LeaseTTL = DefaultEtcdLeaseTTL
+	case cfg.LeaseTTL < 2*time.Second || cfg.LeaseTTL > time.Hour:
+		return nil, fmt.Errorf("rendezvous: EtcdConfig.LeaseTTL %v: want 2s-1h", cfg.LeaseTTL)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultEtcdTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		TLS:                  cfg.TLS,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		DialTimeout:          cfg.Timeout,
+		DialKeepAliveTime:    cfg.LeaseTTL / 2,
+		DialKeepAliveTimeout: cfg.LeaseTTL / 2,
+		AutoSyncInterval:     time.Minute,
+		Logger:               zap.NewNop(),
+		Context:              ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	s := &EtcdStore{
+		cfg:          cfg,
+		cli:          cli,
+		prefix:       cfg.Prefix,
+		log:          log,
+		revCh:        make(chan struct{}),
+		progressWake: make(chan struct{}),
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	s.id = binary.BigEndian.Uint64(b[:]) | 1 // never 0
+	binary.BigEndian.PutUint64(s.origin[:], s.id)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.cluster.init(s)
+
+	lctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	if err := s.load(lctx); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("rendezvous: etcd %s: load: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	if err := s.cluster.start(lctx); err != nil {
+		s.cancel()
+		cli.Close()
+		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	s.wg.Add(1)
+	go s.watchLoop()
+	return s, nil
+}
+
+// ID returns the store's server ID: the one other servers see in this
+// server's session records.
+func (s *EtcdStore) ID() uint64 { return s.id }
+
+// Client returns the etcd client (for tests and tools). The store owns it.
+func (s *EtcdStore) Client() *clientv3.Client { return s.cli }
+
+// Close stops the watch, revokes the lease (this server's sessions vanish
+// from the cluster at once) and closes the etcd client. It is idempotent.
+func (s *EtcdStore) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		s.cluster.stop()
+		s.cli.Close()
+	})
+	return nil
+}
+
+// --- replica ---
+
+// load reads the whole prefix at one revision, in pages, and replaces the
+// replica with it.
+func (s *EtcdStore) load(ctx context.Context) error {
+	tree := btree.NewG(32, kvLess)
+	var counts replicaCounts
+	end := clientv3.GetPrefixRangeEnd(s.prefix)
+	from := s.prefix
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(etcdPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		s.stats.reads.Add(1)
+		resp, err := s.cli.Get(ctx, from, opts...)
+		if err != nil {
+			s.stats.errors.Add(1)
+			return err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, ev := range resp.Kvs {
+			k := kv{key: string(ev.Key), val: ev.Value, mod: ev.ModRevision}
+			tree.ReplaceOrInsert(k)
+			s.count(&counts, k.key, k.val, +1)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	s.stats.reloads.Add(1)
+	s.mu.Lock()
+	s.master = tree
+	if rev > s.rev {
+		s.rev = rev
+	}
+	s.counts = counts
+	s.publishLocked()
+	s.mu.Unlock()
+	s.touch()
+	return nil
+}
+
+// count adjusts counts for key k with value v appearing (+1) or going (-1).
+func (s *EtcdStore) count(c *replicaCounts, k string, v []byte, sign int) {
+	c.keys += sign
+	c.bytes += int64(sign * (len(k) + len(v)))
+	if len(k) < len(s.prefix)+2 {
+		return
+	}
+	switch k[len(s.prefix)] {
+	case tagAgent:
+		c.agents += sign
+	case tagMail:
+		c.mail += sign
+	case tagSession:
+		c.sessions += sign
+	case tagServer:
+		c.servers += sign
+	}
+}
+
+// publishLocked publishes a snapshot of the master and wakes waiters.
+func (s *EtcdStore) publishLocked() {
+	s.snap.Store(&replicaSnap{tree: s.master.Clone(), rev: s.rev, counts: s.counts})
+	close(s.revCh)
+	s.revCh = make(chan struct{})
+}
+
+// watchLoop applies the watch to the replica until Close, reloading the
+// replica when the watch cannot resume (compacted).
+func (s *EtcdStore) watchLoop() {
+	defer s.wg.Done()
+	backoff := 50 * time.Millisecond
+	for s.ctx.Err() == nil {
+		err := s.watch()
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("rendezvous: etcd watch ended; resuming", "err", err)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+			err = s.load(ctx)
+			cancel()
+			if err == nil {
+				s.cluster.resynced()
+				backoff = 50 * time.Millisecond
+				continue
+			}
+			s.log.Warn("rendezvous: etcd reload failed", "err", err)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-s.ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// watchCtx is the context of the watch stream and of progress requests
+// (clientv3 keys streams by the context's metadata).
+func (s *EtcdStore) watchCtx() context.Context {
+	return clientv3.WithRequireLeader(s.ctx)
+}
+
+// watch follows the prefix from the replica's revision until an error.
+func (s *EtcdStore) watch() error {
+	s.mu.Lock()
+	from := s.rev + 1
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(s.watchCtx())
+	defer cancel()
+	wch := s.cli.Watch(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from))
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if resp.IsProgressNotify() {
+			s.progress(resp.Header.Revision)
+			continue
+		}
+		if len(resp.Events) == 0 {
+			continue
+		}
+		s.apply(resp.Events)
+	}
+	if s.ctx.Err() != nil {
+		return s.ctx.Err()
+	}
+	return errors.New("watch channel closed")
+}
+
+// progress records a progress notification: every change up to rev has
+// been applied.
+func (s *EtcdStore) progress(rev int64) {
+	s.mu.Lock()
+	if rev > s.rev {
+		s.rev = rev
+		s.publishLocked()
+	}
+	s.mu.Unlock()
+	s.progressMu.Lock()
+	s.progressAt = time.Now()
+	close(s.progressWake)
+	s.progressWake = make(chan struct{})
+	s.progressMu.Unlock()
+}
+
+// apply applies one watch response's events to the replica, then runs the
+// cluster's reactions to them.
+func (s *EtcdStore) apply(events []*clientv3.Event) {
+	var acts []clusterEvent
+	s.mu.Lock()
+	for _, ev := range events {
+		k := string(ev.Kv.Key)
+		old, had := s.master.Get(kv{key: k})
+		if had {
+			s.count(&s.counts, k, old.val, -1)
+		}
+		var val []byte
+		if ev.Type == clientv3.EventTypeDelete {
+			s.master.Delete(kv{key: k})
+		} else {
+			val = ev.Kv.Value
+			s.master.ReplaceOrInsert(kv{key: k, val: val, mod: ev.Kv.ModRevision})
+			s.count(&s.counts, k, val, +1)
+		}
+		if ev.Kv.ModRevision > s.rev {
+			s.rev = ev.Kv.ModRevision
+		}
+		if a, ok := s.cluster.react(k, old.val, had, val); ok {
+			acts = append(acts, a)
+		}
+	}
+	s.stats.watchEvents.Add(uint64(len(events)))
+	s.publishLocked()
+	s.mu.Unlock()
+	s.touch()
+	for _, a := range acts {
+		s.cluster.run(a)
+	}
+}
+
+// waitRev waits until the replica has applied rev.
+func (s *EtcdStore) waitRev(ctx context.Context, rev int64) error {
+	for {
+		s.mu.Lock()
+		cur, ch := s.rev, s.revCh
+		s.mu.Unlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// touch records contact with etcd.
+func (s *EtcdStore) touch() { s.lastContact.Store(time.Now().UnixNano()) }
+
+// --- Store ---
+
+// View implements Store: fn reads the replica as of the last revision
+// applied. It fails with ErrStoreUnavailable when etcd has not answered
+// within the lease TTL.
+func (s *EtcdStore) View(fn func(Tx) error) error {
+	if err := s.ready(); err != nil {
+		s.stats.unavailable.Add(1)
+		return err
+	}
+	sn := s.snap.Load()
+	return fn(&etcdTx{s: s, base: sn.tree, rev: sn.rev, counts: sn.counts})
+}
+
+// Update implements Store: fn runs on the replica, its writes go to etcd
+// in one transaction that commits only if nothing fn read has changed
+// since; otherwise fn runs again on the newer replica. Update returns once
+// the replica includes its writes, so the next View on this server sees
+// them. It fails with ErrStoreUnavailable when etcd cannot be reached
+// within EtcdConfig.Timeout, and never reports success for a write etcd did
+// not commit.
+func (s *EtcdStore) Update(fn func(Tx) error) error {
+	if err := s.ready(); err != nil {
+		s.stats.unavailable.Add(1)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		sn := s.snap.Load()
+		tx := &etcdTx{s: s, base: sn.tree, rev: sn.rev, counts: sn.counts, tree: sn.clone(), write: true}
+		if err := fn(tx); err != nil {
+			return err
+		}
+		if tx.err != nil {
+			return tx.err
+		}
+		rev, ok, err := tx.commit(ctx)
+		switch {
+		case err == nil && ok:
+			for _, f := range tx.onCommit {
+				f()
+			}
+			if rev > 0 {
+				// Read your writes; the commit is durable whatever happens here.
+				wctx, wcancel := context.WithTimeout(ctx, time.Second)
+				s.waitRev(wctx, rev)
+				wcancel()
+			}
+			return nil
+		case err == nil: // a compare failed: another writer was first
+			s.stats.conflicts.Add(1)
+			s.catchUp(ctx, rev)
+			lastErr = errors.New("conflicting writes")
+			// Writers that collided retry spread out, not in lockstep.
+			if attempt > 0 {
+				d := time.Duration(mrand.Int64N(int64(min(time.Millisecond<<min(attempt, 6), 50*time.Millisecond))))
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				}
+			}
+		default:
+			s.stats.errors.Add(1)
+			lastErr = err
+			if errors.Is(err, errTxnTooBig) {
+				return err
+			}
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				s.cluster.leaseLost()
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: etcd write not committed within %v: %v", ErrStoreUnavailable, s.cfg.Timeout, lastErr)
+		}
+		if err != nil {
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return fmt.Errorf("%w: etcd write not committed within %v: %v", ErrStoreUnavailable, s.cfg.Timeout, lastErr)
+			}
+			backoff = min(2*backoff, 500*time.Millisecond)
+		}
+	}
+}
+
+// catchUp waits until the replica has applied rev (a revision etcd
+// answered): it asks for a progress notification, since rev may belong to
+// a key outside the prefix.
+func (s *EtcdStore) catchUp(ctx context.Context, rev int64) {
+	s.mu.Lock()
+	cur := s.rev
+	s.mu.Unlock()
+	if cur >= rev {
+		return
+	}
+	// The change that made the compare fail is in the prefix, so its watch
+	// event is on its way; a progress request covers a rev that belongs to
+	// a key outside the prefix.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	err := s.waitRev(wctx, rev)
+	cancel()
+	if err == nil {
+		return
+	}
+	ctx, cancel = context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	s.cli.RequestProgress(s.watchCtx())
+	s.waitRev(ctx, rev)
+}
+
+// --- transactions ---
+
+var errTxnTooBig = errors.New("rendezvous: etcd store: transaction over etcd's operation limit")
+
+// etcdTx is a Tx on the replica. A write Tx writes into its own clone
+// (tree) and records what it read (reads: the key's mod revision at rev, 0
+// if absent; ranges) and what it writes (ops), for commit.
+type etcdTx struct {
+	s      *EtcdStore
+	base   *btree.BTreeG[kv] // the snapshot, read-only
+	rev    int64
+	counts replicaCounts
+	tree   *btree.BTreeG[kv] // base with this Tx's writes (write Tx only)
+	write  bool
+	err    error
+
+	reads      map[string]int64
+	ranges     [][2]string
+	ops        map[string]txOp
+	order      []string
+	agentDelta int
+	onCommit   []func()
+}
+
+type txOp struct {
+	val    []byte // nil: delete
+	leased bool   // attach to the server's lease (soft state)
+	lease  clientv3.LeaseID
+}
+
+func (t *etcdTx) view() *btree.BTreeG[kv] {
+	if t.tree != nil {
+		return t.tree
+	}
+	return t.base
+}
+
+// get returns the record of key k (without its origin prefix).
+func (t *etcdTx) get(k string) ([]byte, bool) {
+	t.track(k)
+	it, ok := t.view().Get(kv{key: k})
+	if !ok || it.val == nil {
+		return nil, false
+	}
+	return record(it.val), true
+}
+
+// record strips a stored value's origin prefix (empty for a malformed
+// value, which its decoder then reports as corrupt).
+func record(v []byte) []byte {
+	if len(v) < 8 {
+		return []byte{}
+	}
+	return v[8:]
+}
+
+// track records that a write Tx read k, unless it wrote k first.
+func (t *etcdTx) track(k string) {
+	if !t.write {
+		return
+	}
+	if _, wrote := t.ops[k]; wrote {
+		return
+	}
+	if _, ok := t.reads[k]; ok {
+		return
+	}
+	if t.reads == nil {
+		t.reads = make(map[string]int64)
+	}
+	var mod int64
+	if it, ok := t.base.Get(kv{key: k}); ok {
+		mod = it.mod
+	}
+	t.reads[k] = mod
+}
+
+// scan calls f for each key in [from, end) in order until f returns false,
+// and records the range read: from up to the last key visited if f stopped
+// early, else up to end.
+func (t *etcdTx) scan(from, end string, f func(k string, rec []byte) bool) {
+	last := ""
+	stopped := false
+	t.view().AscendRange(kv{key: from}, kv{key: end}, func(it kv) bool {
+		last = it.key
+		if !f(it.key, record(it.val)) {
+			stopped = true
+			return false
+		}
+		return true
+	})
+	if t.write {
+		if stopped {
+			end = last + "\x00"
+		}
+		t.ranges = append(t.ranges, [2]string{from, end})
+	}
+}
+
+func (t *etcdTx) put(k string, rec []byte) error {
+	_, err := t.putOp(k, rec, txOp{})
+	return err
+}
+
+// putOp writes rec under k with op's lease and returns the value as
+// stored (origin ‖ rec).
+func (t *etcdTx) putOp(k string, rec []byte, op txOp) ([]byte, error) {
+	if !t.write {
+		return nil, errors.New("rendezvous: etcd store: write in a read-only transaction")
+	}
+	if len(k) > etcdMaxKey || len(rec)+8 > etcdMaxValue {
+		return nil, fmt.Errorf("rendezvous: etcd store: record %q over the size bound (%d bytes)", k, len(rec))
+	}
+	v := make([]byte, 0, 8+len(rec))
+	v = append(append(v, t.s.origin[:]...), rec...)
+	op.val = v
+	t.tree.ReplaceOrInsert(kv{key: k, val: v})
+	t.setOp(k, op)
+	return v, nil
+}
+
+func (t *etcdTx) del(k string) error {
+	if !t.write {
+		return errors.New("rendezvous: etcd store: write in a read-only transaction")
+	}
+	t.track(k) // a delete of what we did not read could undo another's put
+	t.tree.Delete(kv{key: k})
+	t.setOp(k, txOp{})
+	return nil
+}
+
+func (t *etcdTx) setOp(k string, op txOp) {
+	if t.ops == nil {
+		t.ops = make(map[string]txOp)
+	}
+	if _, ok := t.ops[k]; !ok {
+		t.order = append(t.order, k)
+	}
+	t.ops[k] = op
+}
+
+// commit sends the transaction. ok is false if a compare failed (rev is
+// then etcd's revision at that time); rev is the commit revision on
+// success (0 if there was nothing to write).
+func (t *etcdTx) commit(ctx context.Context) (rev int64, ok bool, err error) {
+	if len(t.ops) == 0 {
+		return 0, true, nil
+	}
+	cmps := make([]clientv3.Cmp, 0, len(t.reads)+len(t.ranges))
+	for k, mod := range t.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+	}
+	for _, r := range t.ranges {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r[0]).WithRange(r[1]), "<", t.rev+1))
+	}
+	lease := t.s.cluster.lease()
+	ops := make([]clientv3.Op, 0, len(t.ops))
+	for _, k := range t.order {
+		op := t.ops[k]
+		switch {
+		case op.val == nil:
+			ops = append(ops, clientv3.OpDelete(k))
+		case op.leased:
+			if lease == 0 {
+				return 0, false, fmt.Errorf("%w: no etcd lease", ErrStoreUnavailable)
+			}
+			ops = append(ops, clientv3.OpPut(k, string(op.val), clientv3.WithLease(lease)))
+		case op.lease != 0:
+			ops = append(ops, clientv3.OpPut(k, string(op.val), clientv3.WithLease(op.lease)))
+		default:
+			ops = append(ops, clientv3.OpPut(k, string(op.val)))
+		}
+	}
+	if len(cmps) > etcdMaxTxnOps || len(ops) > etcdMaxTxnOps {
+		return 0, false, fmt.Errorf("%w: %d compares, %d writes", errTxnTooBig, len(cmps), len(ops))
+	}
+	start := time.Now()
+	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	t.s.stats.latency.observe(time.Since(start))
+	if err != nil {
+		return 0, false, err
+	}
+	t.s.touch()
+	if !resp.Succeeded {
+		return resp.Header.Revision, false, nil
+	}
+	t.s.stats.txns.Add(1)
+	return resp.Header.Revision, true, nil
+}
+
+// --- keys ---
+
+// Record tags: the first byte after the prefix.
+const (
+	tagAgent    = 'a'
+	tagNode     = 'n'
+	tagHost     = 'h'
+	tagNonce    = 'o'
+	tagPending  = 'p'
+	tagPair     = 'r'
+	tagMail     = 'm'
+	tagMailSeq  = 'M'
+	tagNet      = 'N'
+	tagNetName  = 'T'
+	tagMember   = 'b'
+	tagAgentNet = 'i'
+	tagSession  = 's'
+	tagServer   = 'S'
+	tagPush     = 'q'
+)
+
+func (s *EtcdStore) key(tag byte, parts ...string) string {
+	var b strings.Builder
+	b.WriteString(s.prefix)
+	b.WriteByte(tag)
+	b.WriteByte('/')
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+func hexKey(k addressing.PublicKey) string { return hex.EncodeToString(k[:]) }
+func hexNet(id addressing.NetworkID) string {
+	return hex.EncodeToString(binary.BigEndian.AppendUint16(nil, uint16(id)))
+}
+func hexID(id uint64) string { return hex.EncodeToString(binary.BigEndian.AppendUint64(nil, id)) }
+
+// prefixEnd is the end of the range of keys starting with p.
+func prefixEnd(p string) string { return clientv3.GetPrefixRangeEnd(p) }
+
+func parseHexKey(s string) (addressing.PublicKey, bool) {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		return addressing.PublicKey{}, false
+	}
+	return addressing.PublicKeyFromSlice(b)
+}
+
+// --- Tx ---
+
+func (t *etcdTx) Agent(k addressing.PublicKey) (AgentRecord, bool, error) {
+	v, ok := t.get(t.s.key(tagAgent, hexKey(k)))
+	if !ok {
+		return AgentRecord{}, false, nil
+	}
+	r, err := decodeAgent(k, v)
+	return r, err == nil, err
+}
+
+func (t *etcdTx) AgentByNode(n addressing.NodeID) (addressing.PublicKey, bool, error) {
+	v, ok := t.get(t.s.key(tagNode, hex.EncodeToString(n[:])))
+	if !ok {
+		return addressing.PublicKey{}, false, nil
+	}
+	return keyValue(v)
+}
+
+func (t *etcdTx) AgentByHostname(h string) (addressing.PublicKey, bool, error) {
+	if h == "" || len(h) > addressing.MaxHostnameLen {
+		return addressing.PublicKey{}, false, nil
+	}
+	v, ok := t.get(t.s.key(tagHost, h))
+	if !ok {
+		return addressing.PublicKey{}, false, nil
+	}
+	return keyValue(v)
+}
+
+// AgentCount counts the agents in the replica. It is not part of the
+// transaction's compares: MaxAgents may be overshot by the registrations
+// that several servers commit at the same moment.
+func (t *etcdTx) AgentCount() (int, error) { return t.counts.agents + t.agentDelta, nil }
+
+func (t *etcdTx) PutAgent(r AgentRecord) error {
+	node := r.Key.NodeID()
+	if k, ok, err := t.AgentByNode(node); err != nil {
+		return err
+	} else if ok && k != r.Key {
+		return ErrNodeIDTaken
+	}
+	if r.Hostname != "" {
+		if k, ok, err := t.AgentByHostname(r.Hostname); err != nil {
+			return err
+		} else if ok && k != r.Key {
+			return ErrHostnameTaken
+		}
+	}
+	old, had, err := t.Agent(r.Key)
+	if err != nil {
+		return err
+	}
+	if had && old.Hostname != "" && old.Hostname != r.Hostname {
+		if err := t.del(t.s.key(tagHost, old.Hostname)); err != nil {
+			return err
+		}
+	}
+	if r.Hostname != "" && (!had || old.Hostname != r.Hostname) {
+		if err := t.put(t.s.key(tagHost, r.Hostname), r.Key[:]); err != nil {
+			return err
+		}
+	}
+	if !had {
+		if err := t.put(t.s.key(tagNode, hex.EncodeToString(node[:])), r.Key[:]); err != nil {
+			return err
+		}
+		t.agentDelta++
+	}
+	return t.put(t.s.key(tagAgent, hexKey(r.Key)), encodeAgent(r))
+}
+
+func (t *etcdTx) SeeNonce(from addressing.PublicKey, nonce [trustdb.NonceSize]byte, tm time.Time) (bool, error) {
+	k := t.s.key(tagNonce, hexKey(from)+hex.EncodeToString(nonce[:]))
+	if _, ok := t.get(k); ok {
+		return true, nil
+	}
+	return false, t.put(k, appendTime(nil, tm))
+}
+
+func (t *etcdTx) pendingKey(target, requester addressing.PublicKey) string {
+	return t.s.key(tagPending, hexKey(target)+hexKey(requester))
+}
+
+func (t *etcdTx) Pending(target, requester addressing.PublicKey) (PendingRequest, bool, error) {
+	v, ok := t.get(t.pendingKey(target, requester))
+	if !ok {
+		return PendingRequest{}, false, nil
+	}
+	p, err := decodePending(target, requester, v)
+	return p, err == nil, err
+}
+
+func (t *etcdTx) PendingCount(target addressing.PublicKey) (int, error) {
+	p := t.s.key(tagPending, hexKey(target))
+	n := 0
+	t.scan(p, prefixEnd(p), func(string, []byte) bool { n++; return true })
+	return n, nil
+}
+
+func (t *etcdTx) PutPending(p PendingRequest) error {
+	return t.put(t.pendingKey(p.Target, p.Requester), encodePending(p))
+}
+
+func (t *etcdTx) DeletePending(target, requester addressing.PublicKey) error {
+	k := t.pendingKey(target, requester)
+	if _, ok := t.get(k); !ok {
+		return nil
+	}
+	return t.del(k)
+}
+
+func (t *etcdTx) pairKey(a, b addressing.PublicKey) string {
+	return t.s.key(tagPair, hex.EncodeToString(pairKey(a, b)))
+}
+
+func (t *etcdTx) Pair(a, b addressing.PublicKey) (TrustPair, bool, error) {
+	v, ok := t.get(t.pairKey(a, b))
+	if !ok {
+		return TrustPair{}, false, nil
+	}
+	p, err := decodePair(v)
+	return p, err == nil, err
+}
+
+func (t *etcdTx) PutPair(p TrustPair) error { return t.put(t.pairKey(p.A, p.B), encodePair(p)) }
+
+func (t *etcdTx) DeletePair(a, b addressing.PublicKey) error {
+	k := t.pairKey(a, b)
+	if _, ok := t.get(k); !ok {
+		return nil
+	}
+	return t.del(k)
+}
+
+func (t *etcdTx) mailPrefix(to addressing.PublicKey) string {
+	return t.s.key(tagMail, hexKey(to)) + "/"
+}
+
+func (t *etcdTx) Enqueue(to addressing.PublicKey, msg []byte, tm time.Time) (uint64, error) {
+	seqKey := t.s.key(tagMailSeq, hexKey(to))
+	var id uint64
+	if v, ok := t.get(seqKey); ok {
+		if len(v) != 8 {
+			return 0, errors.New("rendezvous: store: corrupt mailbox sequence")
+		}
+		id = binary.BigEndian.Uint64(v)
+	}
+	if id == math.MaxUint64 {
+		return 0, errors.New("rendezvous: store: mailbox sequence exhausted")
+	}
+	id++
+	if err := t.put(seqKey, binary.BigEndian.AppendUint64(nil, id)); err != nil {
+		return 0, err
+	}
+	return id, t.put(t.mailPrefix(to)+hexID(id), append(appendTime(nil, tm), msg...))
+}
+
+func (t *etcdTx) MailCount(to addressing.PublicKey) (int, error) {
+	p := t.mailPrefix(to)
+	n := 0
+	t.scan(p, prefixEnd(p), func(string, []byte) bool { n++; return true })
+	return n, nil
+}
+
+func (t *etcdTx) Mail(to addressing.PublicKey, after uint64, max int) ([]MailItem, error) {
+	if max <= 0 || after == math.MaxUint64 {
+		return nil, nil
+	}
+	p := t.mailPrefix(to)
+	var items []MailItem
+	var bad bool
+	t.scan(p+hexID(after+1), prefixEnd(p), func(k string, v []byte) bool {
+		id, err := hex.DecodeString(k[len(p):])
+		if err != nil || len(id) != 8 || len(v) < 8 {
+			bad = true
+			return false
+		}
+		items = append(items, MailItem{ID: binary.BigEndian.Uint64(id), Time: readTime(v), Msg: append([]byte(nil), v[8:]...)})
+		return len(items) < max
+	})
+	if bad {
+		return nil, errors.New("rendezvous: store: corrupt mailbox")
+	}
+	return items, nil
+}
+
+func (t *etcdTx) Ack(to addressing.PublicKey, id uint64) (bool, error) {
+	k := t.mailPrefix(to) + hexID(id)
+	if _, ok := t.get(k); !ok {
+		return false, nil
+	}
+	return true, t.del(k)
+}
+
+// Prune deletes what is older than cutoff. Unlike every other write it
+// does not wait for the enclosing Update: it commits as it goes, in
+// transactions of at most 100 deletions, each deleting only keys unchanged
+// since they were read (so a message queued again meanwhile stays).
+func (t *etcdTx) Prune(cutoff time.Time) (int, error) {
+	if !t.write {
+		return 0, errors.New("rendezvous: etcd store: write in a read-only transaction")
+	}
+	var dead []kv
+	check := func(tag byte, old func(v []byte) bool) {
+		p := t.s.key(tag)
+		t.base.AscendRange(kv{key: p}, kv{key: prefixEnd(p)}, func(it kv) bool {
+			if old(record(it.val)) {
+				dead = append(dead, it)
+			}
+			return true
+		})
+	}
+	check(tagNonce, func(v []byte) bool { return len(v) >= 8 && readTime(v).Before(cutoff) })
+	check(tagPending, func(v []byte) bool {
+		return len(v) >= 1+trustdb.NonceSize+8 && readTime(v[1+trustdb.NonceSize:]).Before(cutoff)
+	})
+	check(tagMail, func(v []byte) bool { return len(v) >= 8 && readTime(v).Before(cutoff) })
+	n := 0
+	var last int64
+	ctx, cancel := context.WithTimeout(t.s.ctx, 10*t.s.cfg.Timeout)
+	defer cancel()
+	for len(dead) > 0 {
+		batch := dead[:min(len(dead), 100)]
+		dead = dead[len(batch):]
+		cmps := make([]clientv3.Cmp, len(batch))
+		ops := make([]clientv3.Op, len(batch))
+		for i, it := range batch {
+			cmps[i] = clientv3.Compare(clientv3.ModRevision(it.key), "=", it.mod)
+			ops[i] = clientv3.OpDelete(it.key)
+		}
+		resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			t.s.stats.errors.Add(1)
+			return n, fmt.Errorf("rendezvous: etcd prune: %w", err)
+		}
+		t.s.stats.txns.Add(1)
+		last = max(last, resp.Header.Revision)
+		if resp.Succeeded {
+			n += len(batch)
+			continue
+		}
+		// Something in the batch changed: one key at a time.
+		for i := range batch {
+			resp, err := t.s.cli.Txn(ctx).If(cmps[i]).Then(ops[i]).Commit()
+			if err != nil {
+				t.s.stats.errors.Add(1)
+				return n, fmt.Errorf("rendezvous: etcd prune: %w", err)
+			}
+			last = max(last, resp.Header.Revision)
+			if resp.Succeeded {
+				n++
+			}
+		}
+	}
+	// Read your writes, as after any Update.
+	t.s.waitRev(ctx, last)
+	return n, nil
+}

@@ -1,0 +1,346 @@
+package rendezvous
+
+import (
+	"context"
+	"encoding/hex"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/etcdtest"
+)
+
+// storeCase is one row of the store tests: how to open (and reopen) a
+// store, and how to forge a NodeID index entry (a 48-bit collision).
+type storeCase struct {
+	name      string
+	open      func(t *testing.T) Store
+	forgeNode func(t *testing.T, tx Tx, node addressing.NodeID, k *addressing.PublicKey)
+}
+
+func storeCases(t *testing.T) []storeCase {
+	dir := t.TempDir()
+	etcd := etcdtest.Start(t, 3)
+	return []storeCase{
+		{
+			name: "bbolt",
+			open: func(t *testing.T) Store {
+				s, err := OpenBoltStore(filepath.Join(dir, "rendezvous.db"))
+				require.NoError(t, err)
+				return s
+			},
+			forgeNode: func(t *testing.T, tx Tx, node addressing.NodeID, k *addressing.PublicKey) {
+				b := tx.(boltTx).b(bucketNodes)
+				if k == nil {
+					require.NoError(t, b.Delete(node[:]))
+				} else {
+					require.NoError(t, b.Put(node[:], k[:]))
+				}
+			},
+		},
+		{
+			name: "etcd",
+			open: func(t *testing.T) Store { return openTestEtcd(t, etcd, "/store/") },
+			forgeNode: func(t *testing.T, tx Tx, node addressing.NodeID, k *addressing.PublicKey) {
+				et := tx.(*etcdTx)
+				key := et.s.key(tagNode, hex.EncodeToString(node[:]))
+				if k == nil {
+					require.NoError(t, et.del(key))
+				} else {
+					require.NoError(t, et.put(key, k[:]))
+				}
+			},
+		},
+	}
+}
+
+func openTestEtcd(t *testing.T, c *etcdtest.Cluster, prefix string) *EtcdStore {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := OpenEtcdStore(ctx, EtcdConfig{Endpoints: c.Endpoints(), Prefix: prefix, LeaseTTL: 2 * time.Second})
+	require.NoError(t, err)
+	return s
+}
+
+// TestStores runs the same records and indexes through each store, closes
+// it, reopens it and finds everything again.
+func TestStores(t *testing.T) {
+	for _, sc := range storeCases(t) {
+		t.Run(sc.name, func(t *testing.T) {
+			s := sc.open(t)
+			a, b, c := key(t), key(t), key(t)
+			now := time.Unix(1_800_000_000, 0)
+			loc := []netip.AddrPort{netip.MustParseAddrPort("198.18.0.1:1"), netip.MustParseAddrPort("[2001:db8::1]:2")}
+
+			require.NoError(t, s.Update(func(tx Tx) error {
+				require.NoError(t, tx.PutAgent(AgentRecord{Key: a, Hostname: "alice", Locators: loc, Created: now, LastSeen: now}))
+				require.NoError(t, tx.PutAgent(AgentRecord{Key: b}))
+				require.ErrorIs(t, tx.PutAgent(AgentRecord{Key: b, Hostname: "alice"}), ErrHostnameTaken)
+				sc.forgeNode(t, tx, c.NodeID(), &a)
+				require.ErrorIs(t, tx.PutAgent(AgentRecord{Key: c}), ErrNodeIDTaken)
+				sc.forgeNode(t, tx, c.NodeID(), nil)
+				n, err := tx.AgentCount()
+				require.NoError(t, err)
+				require.Equal(t, 2, n)
+
+				seen, err := tx.SeeNonce(a, [16]byte{1}, now)
+				require.NoError(t, err)
+				require.False(t, seen)
+				seen, err = tx.SeeNonce(a, [16]byte{1}, now)
+				require.NoError(t, err)
+				require.True(t, seen)
+				seen, err = tx.SeeNonce(b, [16]byte{1}, now)
+				require.NoError(t, err)
+				require.False(t, seen)
+
+				require.NoError(t, tx.PutPending(PendingRequest{Target: b, Requester: a, Nonce: [16]byte{2}, Time: now, Msg: []byte("req")}))
+				require.NoError(t, tx.PutPair(TrustPair{A: b, B: a, Request: []byte("r"), Approve: []byte("ap"), Created: now}))
+				for i := range 3 {
+					id, err := tx.Enqueue(b, []byte{byte(i)}, now)
+					require.NoError(t, err)
+					require.Equal(t, uint64(i+1), id)
+				}
+				return nil
+			}))
+
+			// Reopen: everything is still there.
+			require.NoError(t, s.Close())
+			s = sc.open(t)
+			defer s.Close()
+
+			require.NoError(t, s.Update(func(tx Tx) error {
+				r, ok, err := tx.Agent(a)
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, "alice", r.Hostname)
+				require.Equal(t, loc, r.Locators)
+				require.True(t, now.Equal(r.Created))
+				k, ok, err := tx.AgentByHostname("alice")
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, a, k)
+				k, ok, err = tx.AgentByNode(b.NodeID())
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, b, k)
+				n, err := tx.AgentCount()
+				require.NoError(t, err)
+				require.Equal(t, 2, n)
+
+				// Renaming releases the old hostname.
+				r.Hostname = "alice2"
+				require.NoError(t, tx.PutAgent(r))
+				_, ok, _ = tx.AgentByHostname("alice")
+				require.False(t, ok)
+				require.NoError(t, tx.PutAgent(AgentRecord{Key: b, Hostname: "alice"}))
+
+				p, ok, err := tx.Pending(b, a)
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, []byte("req"), p.Msg)
+				n, err = tx.PendingCount(b)
+				require.NoError(t, err)
+				require.Equal(t, 1, n)
+				n, err = tx.PendingCount(a)
+				require.NoError(t, err)
+				require.Equal(t, 0, n)
+
+				pair, ok, err := tx.Pair(a, b) // either order
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, b, pair.A)
+				require.Equal(t, []byte("ap"), pair.Approve)
+
+				items, err := tx.Mail(b, 1, 10)
+				require.NoError(t, err)
+				require.Len(t, items, 2)
+				require.Equal(t, uint64(2), items[0].ID)
+				deleted, err := tx.Ack(b, 2)
+				require.NoError(t, err)
+				require.True(t, deleted)
+				deleted, err = tx.Ack(b, 2)
+				require.NoError(t, err)
+				require.False(t, deleted)
+				n, err = tx.MailCount(b)
+				require.NoError(t, err)
+				require.Equal(t, 2, n)
+				// Ids never repeat, even after deletions.
+				id, err := tx.Enqueue(b, []byte("x"), now.Add(time.Hour))
+				require.NoError(t, err)
+				require.Equal(t, uint64(4), id)
+				return nil
+			}))
+			// Prune drops what is older than the cutoff: 1 nonce pair (2
+			// entries), the pending request, mail items 1 and 3.
+			var pruned int
+			require.NoError(t, s.Update(func(tx Tx) (err error) {
+				pruned, err = tx.Prune(now.Add(time.Minute))
+				return err
+			}))
+			require.Equal(t, 5, pruned)
+			require.NoError(t, s.View(func(tx Tx) error {
+				items, err := tx.Mail(b, 0, 10)
+				require.NoError(t, err)
+				require.Len(t, items, 1)
+				require.Equal(t, uint64(4), items[0].ID)
+				_, ok, _ := tx.Pending(b, a)
+				require.False(t, ok)
+				// A read-only transaction refuses writes.
+				require.Error(t, tx.PutPair(TrustPair{A: a, B: c}))
+				return nil
+			}))
+
+			// Networks: the lowest free ID, unique names, the agent index.
+			require.NoError(t, s.Update(func(tx Tx) error {
+				n1, err := tx.CreateNetwork("one", a, now)
+				require.NoError(t, err)
+				require.Equal(t, addressing.NetworkID(1), n1.ID)
+				_, err = tx.CreateNetwork("one", b, now)
+				require.ErrorIs(t, err, ErrNetworkTaken)
+				n2, err := tx.CreateNetwork("two", b, now)
+				require.NoError(t, err)
+				require.Equal(t, addressing.NetworkID(2), n2.ID)
+				require.NoError(t, tx.PutNetworkMember(MemberRecord{Network: 1, Key: b, Join: []byte("join"), Time: now}))
+				ok, err := tx.IsNetworkMember(1, b)
+				require.NoError(t, err)
+				require.True(t, ok)
+				nets, err := tx.AgentNetworks(b)
+				require.NoError(t, err)
+				require.Equal(t, []AgentNetwork{{ID: 1, Member: true}, {ID: 2, Member: true}}, nets)
+				ms, err := tx.NetworkMembers(1)
+				require.NoError(t, err)
+				require.Len(t, ms, 1)
+				require.NoError(t, tx.DeleteNetworkMember(1, b))
+				ok, err = tx.IsNetworkMember(1, b)
+				require.NoError(t, err)
+				require.False(t, ok)
+				r, ok, err := tx.NetworkByName("two")
+				require.NoError(t, err)
+				require.True(t, ok)
+				require.Equal(t, b, r.Owner)
+				return nil
+			}))
+		})
+	}
+}
+
+// TestEtcdConcurrentWriters: stores of several servers write the same
+// records at once; the compares keep every index consistent: mailbox ids
+// stay unique, counts exact, one owner per hostname.
+func TestEtcdConcurrentWriters(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	stores := []*EtcdStore{openTestEtcd(t, c, "/w/"), openTestEtcd(t, c, "/w/"), openTestEtcd(t, c, "/w/")}
+	defer func() {
+		for _, s := range stores {
+			s.Close()
+		}
+	}()
+	to := key(t)
+	const per = 10
+	var wg sync.WaitGroup
+	ids := make(chan uint64, len(stores)*per)
+	winners := make(chan addressing.PublicKey, len(stores)*per)
+	for i, s := range stores {
+		for j := range per {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var id uint64
+				require.NoError(t, s.Update(func(tx Tx) (err error) {
+					id, err = tx.Enqueue(to, []byte{byte(i), byte(j)}, time.Now())
+					return err
+				}))
+				ids <- id
+				k := key(t)
+				err := s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k, Hostname: "contested"}) })
+				if err == nil {
+					winners <- k
+				} else {
+					require.ErrorIs(t, err, ErrHostnameTaken)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(ids)
+	close(winners)
+	seen := map[uint64]bool{}
+	for id := range ids {
+		require.False(t, seen[id], "mailbox id %d given twice", id)
+		seen[id] = true
+	}
+	require.Len(t, seen, len(stores)*per)
+	require.Len(t, winners, 1, "exactly one key holds the hostname")
+	w := <-winners
+	// Every replica converges on the same state (another server's commit
+	// reaches a replica a watch event later).
+	for _, s := range stores {
+		require.Eventually(t, func() bool {
+			var n int
+			var k addressing.PublicKey
+			err := s.View(func(tx Tx) (err error) {
+				if n, err = tx.MailCount(to); err != nil {
+					return err
+				}
+				k, _, err = tx.AgentByHostname("contested")
+				return err
+			})
+			return err == nil && n == len(stores)*per && k == w
+		}, 5*time.Second, 5*time.Millisecond)
+	}
+	var conflicts uint64
+	for _, s := range stores {
+		st, err := s.storeStats()
+		require.NoError(t, err)
+		conflicts += st.Etcd.Conflicts
+	}
+	t.Logf("%d conflicting commits retried", conflicts)
+}
+
+// TestEtcdReplicaCatchesUp: a watch that cannot resume
+// (history compacted away while it was broken) reloads the whole replica.
+func TestEtcdReplicaCatchesUp(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	proxy := c.Proxy(t)
+	cut := func() *EtcdStore {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := OpenEtcdStore(ctx, EtcdConfig{Endpoints: proxy.Endpoints(), Prefix: "/r/", LeaseTTL: 2 * time.Second})
+		require.NoError(t, err)
+		return s
+	}()
+	defer cut.Close()
+	other := openTestEtcd(t, c, "/r/")
+	defer other.Close()
+
+	proxy.Cut()
+	for _, h := range []string{"while-cut-1", "while-cut"} { // two revisions: the first is compacted away
+		k := key(t)
+		require.NoError(t, other.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k, Hostname: h}) }))
+	}
+	// Compact away the history the cut store's watch would resume from.
+	cli := c.Client(t)
+	resp, err := cli.Get(context.Background(), "/r/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	require.NoError(t, err)
+	_, err = cli.Compact(context.Background(), resp.Header.Revision)
+	require.NoError(t, err)
+	proxy.Heal()
+	require.Eventually(t, func() bool {
+		var found bool
+		err := cut.View(func(tx Tx) (err error) {
+			_, found, err = tx.AgentByHostname("while-cut")
+			return err
+		})
+		return err == nil && found
+	}, 15*time.Second, 20*time.Millisecond)
+	st, err := cut.storeStats()
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, st.Etcd.Reloads, uint64(2), "the initial load and the reload")
+}
