@@ -515,6 +515,7 @@ func (c *Client) runSession() (registered bool, err error) {
 			c.setStateLocked(nil, fmt.Errorf("rendezvous: register: %w", err))
 		}
 		c.mu.Unlock()
+		c.servers.fail(remoteAddrPort(qc)) // e.g. a server cut off from its store: try another first
 		return false, err
 	default:
 		return false, fmt.Errorf("rendezvous: register: unexpected %s", f.Type)
