@@ -111,23 +111,35 @@ func ParseEtcdURL(s string) (endpoints []string, prefix string, err error) {
 // reads cost no etcd round trip, and each Update is one etcd transaction
 // whose compares check that nothing it read has changed since.
 //
-// Layout (hex is lower case; every value is the writer's 8-byte server ID
+// Layout (hex is lower case; times are 16 hex digits of appendTime, so
+// they sort in time order; every value is the writer's 8-byte server ID
 // followed by the record, encoded as in BoltStore):
 //
-//	a/<key hex>               agent record
-//	n/<NodeID hex>            public key (NodeID index)
-//	h/<hostname>              public key (hostname index)
-//	o/<key hex><nonce hex>    message time (replay cache)
-//	p/<target hex><req hex>   pending request
-//	r/<lower hex><higher hex> trust pair
-//	m/<to hex>/<id, 16 hex>   time ‖ mailbox message
-//	M/<to hex>                uint64: the last mailbox id (ids never repeat)
-//	N/<id, 4 hex>             network
-//	T/<name>                  network ID (name index)
-//	b/<id hex>/<key hex>      member record
-//	i/<key hex>/<id hex>      1 (owner or member) or 0 (former member)
+//	a/<key hex>                    agent record
+//	e/<last seen><key hex>         empty (expiry index, IdleAgents)
+//	n/<NodeID hex>                 public key (NodeID index)
+//	h/<hostname>                   public key (hostname index)
+//	o/<time><key hex><nonce hex>   1 (replay cache, pruned by time)
+//	p/<target hex><req hex>        pending request
+//	r/<lower hex><higher hex>      trust pair
+//	m/<to hex>/<id, 16 hex>        time ‖ mailbox message
+//	M/<to hex>                     uint64: the last mailbox id (ids never repeat)
+//	c/agents, c/pending            uint64: agents, pending requests
+//	c/A/<prefix hex>               uint64: agents whose Source is the prefix
+//	c/P/<key hex>                  uint64: pending requests the key made
+//	c/R/<prefix hex>               uint64: pending requests made from the prefix
+//	c/m/<to hex>                   uint64: messages in the mailbox
+//	k/server_key                   the server key (ServerKey)
+//	k/layout                       uint8: the layout (1)
+//	N/<id, 4 hex>                  network
+//	T/<name>                       network ID (name index)
+//	b/<id hex>/<key hex>           member record
+//	i/<key hex>/<id hex>           1 (owner or member) or 0 (former member)
 //
-// and the soft state, attached to leases (etcdcluster.go):
+// A prefix is netip.Prefix's binary form. Every count is read and written
+// in the transaction that changes what it counts, so the commit's compares
+// keep it exact across servers. The soft state is attached to leases
+// (etcdcluster.go):
 //
 //	s/<key hex>               the agent's session: server, locators, NAT kind
 //	S/<server ID hex>         a live server
@@ -263,6 +275,11 @@ func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
 		cli.Close()
 		return nil, fmt.Errorf("rendezvous: etcd %s: load: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
+	if err := s.checkLayout(lctx); err != nil {
+		s.cancel()
+		cli.Close()
+		return nil, err
+	}
 	if err := s.cluster.start(lctx); err != nil {
 		s.cancel()
 		cli.Close()
@@ -336,6 +353,54 @@ func (s *EtcdStore) load(ctx context.Context) error {
 	s.publishLocked()
 	s.mu.Unlock()
 	s.touch()
+	return nil
+}
+
+// checkLayout refuses a prefix that holds records of another layout, or
+// records without a layout record (written by something else, or damaged:
+// its counts could not be trusted), and records the layout in an empty
+// one. The soft state (sessions, servers, introductions) does not count:
+// it lives on leases and says nothing about the records.
+func (s *EtcdStore) checkLayout(ctx context.Context) error {
+	sn := s.snap.Load()
+	lk := s.key(tagMeta, metaKeyLayout)
+	if it, ok := sn.tree.Get(kv{key: lk}); ok {
+		if v := record(it.val); len(v) != 1 || v[0] != etcdLayout {
+			return fmt.Errorf("%w: etcd prefix %s holds records of layout %x; this server reads layout %d "+
+				"(a newer server wrote them, or they are damaged)", ErrStoreDamaged, s.prefix, v, etcdLayout)
+		}
+		return nil
+	}
+	records := 0
+	var first string
+	sn.tree.AscendGreaterOrEqual(kv{key: s.prefix}, func(it kv) bool {
+		if !strings.HasPrefix(it.key, s.prefix) {
+			return false
+		}
+		if len(it.key) > len(s.prefix) {
+			switch it.key[len(s.prefix)] {
+			case tagSession, tagServer, tagPush:
+				return true
+			}
+		}
+		if records == 0 {
+			first = it.key
+		}
+		records++
+		return true
+	})
+	if records > 0 {
+		return fmt.Errorf("%w: etcd prefix %s holds %d records (the first %q) but no layout record %s: "+
+			"not a store a rendezvous server wrote, or damaged; refusing to serve from it "+
+			"(use another prefix, or restore the prefix from a backup)", ErrStoreDamaged, s.prefix, records, first, lk)
+	}
+	// Empty: ours now. Another server may record it at the same moment.
+	val := append(s.origin[:len(s.origin):len(s.origin)], etcdLayout)
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)).
+		Then(clientv3.OpPut(lk, string(val))).Commit()
+	if err != nil {
+		return fmt.Errorf("rendezvous: etcd %s: record layout: %w", strings.Join(s.cfg.Endpoints, ","), err)
+	}
 	return nil
 }
 
@@ -629,12 +694,11 @@ type etcdTx struct {
 	write  bool
 	err    error
 
-	reads      map[string]int64
-	ranges     [][2]string
-	ops        map[string]txOp
-	order      []string
-	agentDelta int
-	onCommit   []func()
+	reads    map[string]int64
+	ranges   [][2]string
+	ops      map[string]txOp
+	order    []string
+	onCommit []func()
 }
 
 type txOp struct {
@@ -822,7 +886,21 @@ const (
 	tagSession  = 's'
 	tagServer   = 'S'
 	tagPush     = 'q'
+
+	tagAgentSeen = 'e'
+	tagCount     = 'c'
+	tagMeta      = 'k'
 )
+
+// Meta keys (under tagMeta).
+const (
+	metaKeyServer = "server_key" // the server key (PutServerKey)
+	metaKeyLayout = "layout"     // uint8: etcdLayout
+)
+
+// etcdLayout is the layout of the records under a prefix this version
+// reads and writes (OpenEtcdStore refuses any other).
+const etcdLayout = 1
 
 func (s *EtcdStore) key(tag byte, parts ...string) string {
 	var b strings.Builder
@@ -855,6 +933,72 @@ func parseHexKey(s string) (addressing.PublicKey, bool) {
 	return addressing.PublicKeyFromSlice(b)
 }
 
+// --- counts ---
+
+// Count keys (under tagCount). Every count is a key read and written in
+// the transaction that changes what it counts, so the commit's compare on
+// its mod revision keeps it exact when several servers write at once (the
+// loser runs again on the newer replica, as for any other conflict).
+const (
+	countAgents     = "agents"  // registered agents
+	countPending    = "pending" // all pending requests
+	countAgentSrc   = "A"       // /<prefix hex>: agents whose Source is the prefix
+	countPendingBy  = "P"       // /<key hex>: pending requests the key made
+	countPendingSrc = "R"       // /<prefix hex>: pending requests made from the prefix
+	countMail       = "m"       // /<key hex>: messages in the key's mailbox
+)
+
+// countKey is the key of a count ("" for a prefix count of an invalid
+// prefix: none).
+func (s *EtcdStore) countKey(name string, part ...string) string {
+	return s.key(tagCount, append([]string{name}, part...)...)
+}
+
+func (s *EtcdStore) prefixCountKey(name string, p netip.Prefix) string {
+	b := prefixKey(p)
+	if b == nil {
+		return ""
+	}
+	return s.countKey(name, hex.EncodeToString(b))
+}
+
+// getCount reads the count under k (tracked: a write Tx that read it
+// commits only if it did not change).
+func (t *etcdTx) getCount(k string) (int, error) {
+	if k == "" {
+		return 0, nil
+	}
+	v, ok := t.get(k)
+	if !ok {
+		return 0, nil
+	}
+	if len(v) != 8 || v[0]&0x80 != 0 {
+		return 0, fmt.Errorf("rendezvous: store: corrupt count %s", k)
+	}
+	return int(binary.BigEndian.Uint64(v)), nil
+}
+
+// addCount adds d to the count under k ("": none), deleting it at zero.
+func (t *etcdTx) addCount(k string, d int) error {
+	if k == "" {
+		return nil
+	}
+	n, err := t.getCount(k)
+	if err != nil {
+		return err
+	}
+	if n += d; n <= 0 {
+		if _, ok := t.get(k); !ok {
+			return nil
+		}
+		return t.del(k)
+	}
+	return t.put(k, binary.BigEndian.AppendUint64(nil, uint64(n)))
+}
+
+// hexTime is t as 16 hex digits that sort in time order (appendTime).
+func hexTime(tm time.Time) string { return hex.EncodeToString(appendTime(nil, tm)) }
+
 // --- Tx ---
 
 func (t *etcdTx) Agent(k addressing.PublicKey) (AgentRecord, bool, error) {
@@ -885,10 +1029,18 @@ func (t *etcdTx) AgentByHostname(h string) (addressing.PublicKey, bool, error) {
 	return keyValue(v)
 }
 
-// AgentCount counts the agents in the replica. It is not part of the
-// transaction's compares: MaxAgents may be overshot by the registrations
-// that several servers commit at the same moment.
-func (t *etcdTx) AgentCount() (int, error) { return t.counts.agents + t.agentDelta, nil }
+// AgentCount returns the kept count. A registration that reads it and adds
+// an agent commits only if no other did meanwhile, so MaxAgents holds
+// across servers.
+func (t *etcdTx) AgentCount() (int, error) { return t.getCount(t.s.countKey(countAgents)) }
+
+func (t *etcdTx) AgentsFrom(src netip.Prefix) (int, error) {
+	return t.getCount(t.s.prefixCountKey(countAgentSrc, src))
+}
+
+func (t *etcdTx) seenKey(tm time.Time, k addressing.PublicKey) string {
+	return t.s.key(tagAgentSeen, hexTime(tm)+hexKey(k))
+}
 
 func (t *etcdTx) PutAgent(r AgentRecord) error {
 	node := r.Key.NodeID()
@@ -918,22 +1070,120 @@ func (t *etcdTx) PutAgent(r AgentRecord) error {
 			return err
 		}
 	}
-	if !had {
+	if k, ok, _ := t.AgentByNode(node); !ok || k != r.Key {
 		if err := t.put(t.s.key(tagNode, hex.EncodeToString(node[:])), r.Key[:]); err != nil {
 			return err
 		}
-		t.agentDelta++
+	}
+	if had {
+		if old.LastSeen != r.LastSeen {
+			if err := t.del(t.seenKey(old.LastSeen, r.Key)); err != nil {
+				return err
+			}
+		}
+		if old.Source != r.Source {
+			if err := t.addCount(t.s.prefixCountKey(countAgentSrc, old.Source), -1); err != nil {
+				return err
+			}
+		}
+	}
+	if !had || old.Source != r.Source {
+		if err := t.addCount(t.s.prefixCountKey(countAgentSrc, r.Source), 1); err != nil {
+			return err
+		}
+	}
+	if !had {
+		if err := t.addCount(t.s.countKey(countAgents), 1); err != nil {
+			return err
+		}
+	}
+	if !had || old.LastSeen != r.LastSeen {
+		if err := t.put(t.seenKey(r.LastSeen, r.Key), nil); err != nil {
+			return err
+		}
 	}
 	return t.put(t.s.key(tagAgent, hexKey(r.Key)), encodeAgent(r))
 }
 
+func (t *etcdTx) DeleteAgent(k addressing.PublicKey) error {
+	r, had, err := t.Agent(k)
+	if err != nil || !had {
+		return err
+	}
+	if r.Hostname != "" {
+		if owner, ok, _ := t.AgentByHostname(r.Hostname); ok && owner == k {
+			if err := t.del(t.s.key(tagHost, r.Hostname)); err != nil {
+				return err
+			}
+		}
+	}
+	node := k.NodeID()
+	if owner, ok, _ := t.AgentByNode(node); ok && owner == k {
+		if err := t.del(t.s.key(tagNode, hex.EncodeToString(node[:]))); err != nil {
+			return err
+		}
+	}
+	if err := errors.Join(
+		t.del(t.seenKey(r.LastSeen, k)),
+		t.addCount(t.s.prefixCountKey(countAgentSrc, r.Source), -1),
+		t.addCount(t.s.countKey(countAgents), -1),
+	); err != nil {
+		return err
+	}
+	return t.del(t.s.key(tagAgent, hexKey(k)))
+}
+
+func (t *etcdTx) IdleAgents(before time.Time, max int) ([]addressing.PublicKey, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	p := t.s.key(tagAgentSeen)
+	var out []addressing.PublicKey
+	bad := false
+	t.scan(p, p+hexTime(before), func(k string, _ []byte) bool {
+		key, ok := parseHexKey(k[min(len(k), len(p)+16):])
+		if len(k) != len(p)+16+2*addressing.PublicKeySize || !ok {
+			bad = true
+			return false
+		}
+		out = append(out, key)
+		return len(out) < max
+	})
+	if bad {
+		return nil, errors.New("rendezvous: store: corrupt agent expiry index")
+	}
+	return out, nil
+}
+
+// --- server key ---
+
+func (t *etcdTx) ServerKey() (addressing.PublicKey, bool, error) {
+	v, ok := t.get(t.s.key(tagMeta, metaKeyServer))
+	if !ok {
+		return addressing.PublicKey{}, false, nil
+	}
+	k, ok := addressing.PublicKeyFromSlice(v)
+	if !ok {
+		return k, false, errors.New("rendezvous: store: corrupt server key")
+	}
+	return k, true, nil
+}
+
+func (t *etcdTx) PutServerKey(k addressing.PublicKey) error {
+	return t.put(t.s.key(tagMeta, metaKeyServer), k[:])
+}
+
+// --- replay cache ---
+
 func (t *etcdTx) SeeNonce(from addressing.PublicKey, nonce [trustdb.NonceSize]byte, tm time.Time) (bool, error) {
-	k := t.s.key(tagNonce, hexKey(from)+hex.EncodeToString(nonce[:]))
+	k := t.s.key(tagNonce, hexTime(tm)+hexKey(from)+hex.EncodeToString(nonce[:]))
 	if _, ok := t.get(k); ok {
 		return true, nil
 	}
-	return false, t.put(k, appendTime(nil, tm))
+	return false, t.put(k, []byte{1})
 }
+
+// --- pending requests ---
 
 func (t *etcdTx) pendingKey(target, requester addressing.PublicKey) string {
 	return t.s.key(tagPending, hexKey(target)+hexKey(requester))
@@ -948,24 +1198,88 @@ func (t *etcdTx) Pending(target, requester addressing.PublicKey) (PendingRequest
 	return p, err == nil, err
 }
 
-func (t *etcdTx) PendingCount(target addressing.PublicKey) (int, error) {
+// pendingFromKey decodes the pending request under etcd key k.
+func (t *etcdTx) pendingFromKey(k string, v []byte) (PendingRequest, error) {
+	p := len(t.s.key(tagPending))
+	const n = 2 * addressing.PublicKeySize
+	if len(k) != p+2*n {
+		return PendingRequest{}, errors.New("rendezvous: store: corrupt pending key")
+	}
+	target, ok1 := parseHexKey(k[p : p+n])
+	requester, ok2 := parseHexKey(k[p+n:])
+	if !ok1 || !ok2 {
+		return PendingRequest{}, errors.New("rendezvous: store: corrupt pending key")
+	}
+	return decodePending(target, requester, v)
+}
+
+func (t *etcdTx) Pendings(target addressing.PublicKey, max int) ([]PendingRequest, error) {
+	if max <= 0 {
+		return nil, nil
+	}
 	p := t.s.key(tagPending, hexKey(target))
-	n := 0
-	t.scan(p, prefixEnd(p), func(string, []byte) bool { n++; return true })
-	return n, nil
+	var out []PendingRequest
+	var err error
+	t.scan(p, prefixEnd(p), func(k string, v []byte) bool {
+		var r PendingRequest
+		if r, err = t.pendingFromKey(k, v); err != nil {
+			return false
+		}
+		out = append(out, r)
+		return len(out) < max
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (t *etcdTx) PendingQuota(requester addressing.PublicKey, src netip.Prefix) (PendingQuota, error) {
+	var q PendingQuota
+	var e1, e2, e3 error
+	q.ByRequester, e1 = t.getCount(t.s.countKey(countPendingBy, hexKey(requester)))
+	q.BySource, e2 = t.getCount(t.s.prefixCountKey(countPendingSrc, src))
+	q.Total, e3 = t.getCount(t.s.countKey(countPending))
+	return q, errors.Join(e1, e2, e3)
+}
+
+// countPending adds d to the counts p takes part in.
+func (t *etcdTx) countPending(p PendingRequest, d int) error {
+	return errors.Join(
+		t.addCount(t.s.countKey(countPendingBy, hexKey(p.Requester)), d),
+		t.addCount(t.s.prefixCountKey(countPendingSrc, p.Source), d),
+		t.addCount(t.s.countKey(countPending), d),
+	)
 }
 
 func (t *etcdTx) PutPending(p PendingRequest) error {
+	old, had, err := t.Pending(p.Target, p.Requester)
+	if err != nil {
+		return err
+	}
+	if had {
+		if err := t.countPending(old, -1); err != nil {
+			return err
+		}
+	}
+	if err := t.countPending(p, 1); err != nil {
+		return err
+	}
 	return t.put(t.pendingKey(p.Target, p.Requester), encodePending(p))
 }
 
 func (t *etcdTx) DeletePending(target, requester addressing.PublicKey) error {
-	k := t.pendingKey(target, requester)
-	if _, ok := t.get(k); !ok {
-		return nil
+	old, had, err := t.Pending(target, requester)
+	if err != nil || !had {
+		return err
 	}
-	return t.del(k)
+	if err := t.countPending(old, -1); err != nil {
+		return err
+	}
+	return t.del(t.pendingKey(target, requester))
 }
+
+// --- pairs ---
 
 func (t *etcdTx) pairKey(a, b addressing.PublicKey) string {
 	return t.s.key(tagPair, hex.EncodeToString(pairKey(a, b)))
@@ -990,6 +1304,8 @@ func (t *etcdTx) DeletePair(a, b addressing.PublicKey) error {
 	return t.del(k)
 }
 
+// --- mailboxes ---
+
 func (t *etcdTx) mailPrefix(to addressing.PublicKey) string {
 	return t.s.key(tagMail, hexKey(to)) + "/"
 }
@@ -1010,14 +1326,14 @@ func (t *etcdTx) Enqueue(to addressing.PublicKey, msg []byte, tm time.Time) (uin
 	if err := t.put(seqKey, binary.BigEndian.AppendUint64(nil, id)); err != nil {
 		return 0, err
 	}
+	if err := t.addCount(t.s.countKey(countMail, hexKey(to)), 1); err != nil {
+		return 0, err
+	}
 	return id, t.put(t.mailPrefix(to)+hexID(id), append(appendTime(nil, tm), msg...))
 }
 
 func (t *etcdTx) MailCount(to addressing.PublicKey) (int, error) {
-	p := t.mailPrefix(to)
-	n := 0
-	t.scan(p, prefixEnd(p), func(string, []byte) bool { n++; return true })
-	return n, nil
+	return t.getCount(t.s.countKey(countMail, hexKey(to)))
 }
 
 func (t *etcdTx) Mail(to addressing.PublicKey, after uint64, max int) ([]MailItem, error) {
@@ -1047,70 +1363,112 @@ func (t *etcdTx) Ack(to addressing.PublicKey, id uint64) (bool, error) {
 	if _, ok := t.get(k); !ok {
 		return false, nil
 	}
+	if err := t.addCount(t.s.countKey(countMail, hexKey(to)), -1); err != nil {
+		return false, err
+	}
 	return true, t.del(k)
 }
 
-// Prune deletes what is older than cutoff. Unlike every other write it
-// does not wait for the enclosing Update: it commits as it goes, in
-// transactions of at most 100 deletions, each deleting only keys unchanged
-// since they were read (so a message queued again meanwhile stays).
-func (t *etcdTx) Prune(cutoff time.Time) (int, error) {
+// --- pruning ---
+
+// Batches of Prune: deletions per transaction (each also writes the counts
+// it changes, within etcdMaxTxnOps), and keys looked at per transaction.
+const (
+	pruneBatch = 32
+	pruneWalk  = etcdPage
+)
+
+// Prune deletes what is older than its cutoffs. Unlike every other write
+// it does not wait for the enclosing Update: it walks each range in key
+// order and commits as it goes, in transactions of at most pruneBatch
+// deletions that look at most pruneWalk keys, each its own Update
+// (compares, retries, the counts kept), so a record changed meanwhile is
+// judged again on the newer replica. The replay cache is keyed by time, so
+// its walk ends at the cutoff: it costs what it deletes.
+func (t *etcdTx) Prune(nonces, records time.Time) (int, error) {
 	if !t.write {
 		return 0, errors.New("rendezvous: etcd store: write in a read-only transaction")
 	}
-	var dead []kv
-	check := func(tag byte, old func(v []byte) bool) {
-		p := t.s.key(tag)
-		t.base.AscendRange(kv{key: p}, kv{key: prefixEnd(p)}, func(it kv) bool {
-			if old(record(it.val)) {
-				dead = append(dead, it)
-			}
-			return true
-		})
-	}
-	check(tagNonce, func(v []byte) bool { return len(v) >= 8 && readTime(v).Before(cutoff) })
-	check(tagPending, func(v []byte) bool {
-		return len(v) >= 1+trustdb.NonceSize+8 && readTime(v[1+trustdb.NonceSize:]).Before(cutoff)
-	})
-	check(tagMail, func(v []byte) bool { return len(v) >= 8 && readTime(v).Before(cutoff) })
+	s := t.s
 	n := 0
-	var last int64
-	ctx, cancel := context.WithTimeout(t.s.ctx, 10*t.s.cfg.Timeout)
-	defer cancel()
-	for len(dead) > 0 {
-		batch := dead[:min(len(dead), 100)]
-		dead = dead[len(batch):]
-		cmps := make([]clientv3.Cmp, len(batch))
-		ops := make([]clientv3.Op, len(batch))
-		for i, it := range batch {
-			cmps[i] = clientv3.Compare(clientv3.ModRevision(it.key), "=", it.mod)
-			ops[i] = clientv3.OpDelete(it.key)
+	if !nonces.IsZero() {
+		p := s.key(tagNonce)
+		k, err := s.pruneRange(p, p+hexTime(nonces), func(string, []byte) bool { return true },
+			func(t *etcdTx, k string) error { return t.del(k) })
+		if n += k; err != nil {
+			return n, err
 		}
-		resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	}
+	if records.IsZero() {
+		return n, nil
+	}
+	p := s.key(tagPending)
+	k, err := s.pruneRange(p, prefixEnd(p), func(_ string, v []byte) bool {
+		return len(v) >= 1+trustdb.NonceSize+8 && readTime(v[1+trustdb.NonceSize:]).Before(records)
+	}, func(t *etcdTx, k string) error {
+		it, ok := t.view().Get(kv{key: k})
+		if !ok {
+			return nil
+		}
+		r, err := t.pendingFromKey(k, record(it.val))
 		if err != nil {
-			t.s.stats.errors.Add(1)
+			return err
+		}
+		return t.DeletePending(r.Target, r.Requester)
+	})
+	if n += k; err != nil {
+		return n, err
+	}
+	p = s.key(tagMail)
+	k, err = s.pruneRange(p, prefixEnd(p), func(_ string, v []byte) bool {
+		return len(v) >= 8 && readTime(v).Before(records)
+	}, func(t *etcdTx, k string) error {
+		to, ok := parseHexKey(k[len(p):min(len(k), len(p)+2*addressing.PublicKeySize)])
+		if !ok {
+			return errors.New("rendezvous: store: corrupt mailbox key")
+		}
+		return errors.Join(t.addCount(s.countKey(countMail, hexKey(to)), -1), t.del(k))
+	})
+	return n + k, err
+}
+
+// pruneRange deletes (with del) the keys in [from, end) whose records old
+// reports, a batch per Update, and returns how many.
+func (s *EtcdStore) pruneRange(from, end string, old func(k string, rec []byte) bool, del func(t *etcdTx, k string) error) (int, error) {
+	n := 0
+	for from < end {
+		var deleted int
+		next := end
+		err := s.Update(func(tx Tx) error {
+			t := tx.(*etcdTx)
+			deleted, next = 0, end
+			var dead []string
+			walked := 0
+			t.view().AscendRange(kv{key: from}, kv{key: end}, func(it kv) bool {
+				if walked == pruneWalk || len(dead) == pruneBatch {
+					next = it.key
+					return false
+				}
+				walked++
+				if old(it.key, record(it.val)) {
+					t.track(it.key) // deleted only if unchanged since judged
+					dead = append(dead, it.key)
+				}
+				return true
+			})
+			for _, k := range dead {
+				if err := del(t, k); err != nil {
+					return err
+				}
+			}
+			deleted = len(dead)
+			return nil
+		})
+		if err != nil {
 			return n, fmt.Errorf("rendezvous: etcd prune: %w", err)
 		}
-		t.s.stats.txns.Add(1)
-		last = max(last, resp.Header.Revision)
-		if resp.Succeeded {
-			n += len(batch)
-			continue
-		}
-		// Something in the batch changed: one key at a time.
-		for i := range batch {
-			resp, err := t.s.cli.Txn(ctx).If(cmps[i]).Then(ops[i]).Commit()
-			if err != nil {
-				t.s.stats.errors.Add(1)
-				return n, fmt.Errorf("rendezvous: etcd prune: %w", err)
-			}
-			last = max(last, resp.Header.Revision)
-			if resp.Succeeded {
-				n++
-			}
-		}
+		n += deleted
+		from = next
 	}
-	// Read your writes, as after any Update.
-	t.s.waitRev(ctx, last)
 	return n, nil
 }

@@ -145,12 +145,12 @@ func TestStores(t *testing.T) {
 				require.NoError(t, err)
 				require.True(t, ok)
 				require.Equal(t, []byte("req"), p.Msg)
-				n, err = tx.PendingCount(b)
+				list, err := tx.Pendings(b, 10)
 				require.NoError(t, err)
-				require.Equal(t, 1, n)
-				n, err = tx.PendingCount(a)
+				require.Len(t, list, 1)
+				list, err = tx.Pendings(a, 10)
 				require.NoError(t, err)
-				require.Equal(t, 0, n)
+				require.Empty(t, list)
 
 				pair, ok, err := tx.Pair(a, b) // either order
 				require.NoError(t, err)
@@ -181,7 +181,7 @@ func TestStores(t *testing.T) {
 			// entries), the pending request, mail items 1 and 3.
 			var pruned int
 			require.NoError(t, s.Update(func(tx Tx) (err error) {
-				pruned, err = tx.Prune(now.Add(time.Minute))
+				pruned, err = tx.Prune(now.Add(time.Minute), now.Add(time.Minute))
 				return err
 			}))
 			require.Equal(t, 5, pruned)
@@ -233,7 +233,8 @@ func TestStores(t *testing.T) {
 
 // TestEtcdConcurrentWriters: stores of several servers write the same
 // records at once; the compares keep every index consistent: mailbox ids
-// stay unique, counts exact, one owner per hostname.
+// stay unique, the kept counts (mail, agents, agents per prefix, pending
+// per prefix and in all) exact, one owner per hostname.
 func TestEtcdConcurrentWriters(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	stores := []*EtcdStore{openTestEtcd(t, c, "/w/"), openTestEtcd(t, c, "/w/"), openTestEtcd(t, c, "/w/")}
@@ -243,6 +244,7 @@ func TestEtcdConcurrentWriters(t *testing.T) {
 		}
 	}()
 	to := key(t)
+	src := netip.MustParsePrefix("198.18.7.0/24")
 	const per = 10
 	var wg sync.WaitGroup
 	ids := make(chan uint64, len(stores)*per)
@@ -258,6 +260,15 @@ func TestEtcdConcurrentWriters(t *testing.T) {
 					return err
 				}))
 				ids <- id
+				// Counts: a new agent and a pending request, at once on
+				// every server.
+				fresh := key(t)
+				require.NoError(t, s.Update(func(tx Tx) error {
+					if err := tx.PutAgent(AgentRecord{Key: fresh, Source: src, LastSeen: time.Now()}); err != nil {
+						return err
+					}
+					return tx.PutPending(PendingRequest{Target: to, Requester: fresh, Source: src, Time: time.Now()})
+				}))
 				k := key(t)
 				err := s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k, Hostname: "contested"}) })
 				if err == nil {
@@ -283,16 +294,28 @@ func TestEtcdConcurrentWriters(t *testing.T) {
 	// reaches a replica a watch event later).
 	for _, s := range stores {
 		require.Eventually(t, func() bool {
-			var n int
+			var n, agents, from int
+			var q PendingQuota
 			var k addressing.PublicKey
 			err := s.View(func(tx Tx) (err error) {
 				if n, err = tx.MailCount(to); err != nil {
 					return err
 				}
+				if agents, err = tx.AgentCount(); err != nil {
+					return err
+				}
+				if from, err = tx.AgentsFrom(src); err != nil {
+					return err
+				}
+				if q, err = tx.PendingQuota(key(t), src); err != nil {
+					return err
+				}
 				k, _, err = tx.AgentByHostname("contested")
 				return err
 			})
-			return err == nil && n == len(stores)*per && k == w
+			all := len(stores) * per
+			return err == nil && n == all && k == w && agents == all+1 && from == all &&
+				q == PendingQuota{BySource: all, Total: all}
 		}, 5*time.Second, 5*time.Millisecond)
 	}
 	var conflicts uint64

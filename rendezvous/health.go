@@ -83,11 +83,8 @@ func (s *BoltStore) storeStats() (StoreStats, error) {
 		if out.Agents, err = (boltTx{tx}).AgentCount(); err != nil {
 			return err
 		}
-		mail := tx.Bucket(bucketMail)
-		return mail.ForEachBucket(func(k []byte) error {
-			out.Mail += mail.Bucket(k).Stats().KeyN
-			return nil
-		})
+		out.Mail = tx.Bucket(bucketMailbox).Stats().KeyN
+		return nil
 	})
 	if err != nil {
 		return out, fmt.Errorf("rendezvous: store stats: %w", err)
