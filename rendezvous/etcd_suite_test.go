@@ -58,19 +58,35 @@ var suite = []struct {
 	{"NetworkForgedRefused", TestNetworkForgedRefused},
 	{"NetworkRestartKeepsMembers", TestNetworkRestartKeepsMembers},
 	{"NetworkListPages", TestNetworkListPages},
+	{"NetworkJoinNoOracle", TestNetworkJoinNoOracle},
+	{"PinIsPerNode", TestPinIsPerNode},
+	{"SessionLossDetected", TestSessionLossDetected},
+	{"SessionRestartDetectedAtOnce", TestSessionRestartDetectedAtOnce},
+	{"RequestBeforeTargetRegisters", TestRequestBeforeTargetRegisters},
+	{"RequestHeldForHostnameClaimedLater", TestRequestHeldForHostnameClaimedLater},
+	{"RequestWhileTargetStarts", TestRequestWhileTargetStarts},
+	{"HeldRequestWithdrawn", TestHeldRequestWithdrawn},
+	{"CoLocatedAgentNotStarved", TestCoLocatedAgentNotStarved},
+	{"MaxConnsFair", TestMaxConnsFair},
+	{"MaxConnsPerKey", TestMaxConnsPerKey},
+	{"RelayPerKeyLimit", TestRelayPerKeyLimit},
+	{"MaxAgentsPerPrefix", TestMaxAgentsPerPrefix},
+	{"TrustRequestFloodFairSockets", TestTrustRequestFloodFairSockets},
 }
 
 // notOnStore lists the tests that do not touch a store (STUN, sockets,
 // server lifecycle without rendezvoustest) or are about the etcd store
 // itself, with the reason.
 var notOnStore = map[string]string{
-	"TestSTUNBothPorts":        "STUN only",
-	"TestSTUNBesideQUIC":       "STUN only",
-	"TestSTUNRateLimit":        "STUN only",
-	"TestSideSockets":          "sockets only",
-	"TestCloseAndShutdown":     "servers with their own temporary bbolt store",
-	"TestSuiteOnEtcd":          "this table",
-	"TestSuiteCoversEveryTest": "this check",
+	"TestSTUNBothPorts":             "STUN only",
+	"TestSTUNBesideQUIC":            "STUN only",
+	"TestSTUNRateLimit":             "STUN only",
+	"TestSideSockets":               "sockets only",
+	"TestCloseAndShutdown":          "servers with their own temporary bbolt store",
+	"TestDamagedStoreRefused":       "damages a bbolt file; TestEtcdPrefixRefused is the etcd store's",
+	"TestStoreAndIdentityMustMatch": "runs its Store cases on both stores itself",
+	"TestSuiteOnEtcd":               "this table",
+	"TestSuiteCoversEveryTest":      "this check",
 }
 
 // sharedEtcd is the three-member embedded etcd cluster the tests of this

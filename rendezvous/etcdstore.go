@@ -174,6 +174,11 @@ type EtcdStore struct {
 
 	stats etcdCounters
 
+	// retry is held by the Update that retries after a conflict: this
+	// server's writers that collided on a key (a count, a mailbox) retry
+	// one at a time instead of colliding again on every round.
+	retry chan struct{}
+
 	closeOnce sync.Once
 }
 
@@ -260,6 +265,7 @@ func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
 		prefix:       cfg.Prefix,
 		log:          log,
 		revCh:        make(chan struct{}),
+		retry:        make(chan struct{}, 1),
 		progressWake: make(chan struct{}),
 	}
 	var b [8]byte
@@ -581,7 +587,9 @@ func (s *EtcdStore) View(fn func(Tx) error) error {
 
 // Update implements Store: fn runs on the replica, its writes go to etcd
 // in one transaction that commits only if nothing fn read has changed
-// since; otherwise fn runs again on the newer replica. Update returns once
+// since; otherwise fn runs again on the newer replica (this server's
+// retries one at a time, so writers that collide on a key, such as a kept
+// count, do not keep colliding). Update returns once
 // the replica includes its writes, so the next View on this server sees
 // them. It fails with ErrStoreUnavailable when etcd cannot be reached
 // within EtcdConfig.Timeout, and never reports success for a write etcd did
@@ -595,7 +603,21 @@ func (s *EtcdStore) Update(fn func(Tx) error) error {
 	defer cancel()
 	backoff := 10 * time.Millisecond
 	var lastErr error
+	holding := false
+	defer func() {
+		if holding {
+			<-s.retry
+		}
+	}()
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 && !holding {
+			select {
+			case s.retry <- struct{}{}:
+				holding = true
+			case <-ctx.Done():
+				return fmt.Errorf("%w: etcd write not committed within %v: %v", ErrStoreUnavailable, s.cfg.Timeout, lastErr)
+			}
+		}
 		sn := s.snap.Load()
 		tx := &etcdTx{s: s, base: sn.tree, rev: sn.rev, counts: sn.counts, tree: sn.clone(), write: true}
 		if err := fn(tx); err != nil {

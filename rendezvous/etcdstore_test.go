@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -366,4 +367,80 @@ func TestEtcdReplicaCatchesUp(t *testing.T) {
 	st, err := cut.storeStats()
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, st.Etcd.Reloads, uint64(2), "the initial load and the reload")
+}
+
+// TestEtcdPrefixRefused: an EtcdStore never serves from a prefix it cannot
+// trust: records without a layout record (written by something else, or a
+// store whose layout record was lost: its counts could be anything), a
+// layout of another version, and a damaged count is reported, not read as
+// zero. Nothing it refuses is written to.
+func TestEtcdPrefixRefused(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	ctx := context.Background()
+	open := func(prefix string) (*EtcdStore, error) {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return OpenEtcdStore(octx, EtcdConfig{Endpoints: c.Endpoints(), Prefix: prefix, LeaseTTL: 2 * time.Second})
+	}
+	count := func(prefix string) int64 {
+		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		require.NoError(t, err)
+		return resp.Count
+	}
+
+	t.Run("foreign records", func(t *testing.T) {
+		_, err := cli.Put(ctx, "/foreign/config", "something else's")
+		require.NoError(t, err)
+		_, err = open("/foreign/")
+		require.ErrorIs(t, err, ErrStoreDamaged)
+		require.ErrorContains(t, err, "no layout record")
+		t.Log(err)
+		require.Equal(t, int64(1), count("/foreign/"), "nothing written")
+	})
+
+	t.Run("another layout", func(t *testing.T) {
+		s, err := open("/newer/")
+		require.NoError(t, err)
+		k := key(t)
+		require.NoError(t, s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k}) }))
+		require.NoError(t, s.Close())
+		_, err = cli.Put(ctx, "/newer/k/layout", string(append(make([]byte, 8), 2)))
+		require.NoError(t, err)
+		before := count("/newer/")
+		_, err = open("/newer/")
+		require.ErrorIs(t, err, ErrStoreDamaged)
+		require.ErrorContains(t, err, "layout 02")
+		require.Equal(t, before, count("/newer/"))
+	})
+
+	t.Run("layout record lost", func(t *testing.T) {
+		s, err := open("/lost/")
+		require.NoError(t, err)
+		k := key(t)
+		require.NoError(t, s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k}) }))
+		require.NoError(t, s.Close())
+		_, err = cli.Delete(ctx, "/lost/k/layout")
+		require.NoError(t, err)
+		_, err = open("/lost/")
+		require.ErrorIs(t, err, ErrStoreDamaged)
+	})
+
+	t.Run("damaged count", func(t *testing.T) {
+		s, err := open("/count/")
+		require.NoError(t, err)
+		defer s.Close()
+		k := key(t)
+		require.NoError(t, s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k}) }))
+		_, err = cli.Put(ctx, "/count/c/agents", string(append(make([]byte, 8), "xyz"...)))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			err := s.View(func(tx Tx) error { _, err := tx.AgentCount(); return err })
+			return err != nil && strings.Contains(err.Error(), "corrupt count")
+		}, 5*time.Second, 10*time.Millisecond)
+		// A registration that would add to it fails instead of starting
+		// from zero.
+		err = s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: key(t)}) })
+		require.ErrorContains(t, err, "corrupt count")
+	})
 }
