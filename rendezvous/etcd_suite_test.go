@@ -135,7 +135,7 @@ func openEtcd(tb testing.TB, c *etcdtest.Cluster, name string) *rendezvous.EtcdS
 	s, err := rendezvous.OpenEtcdStore(ctx, rendezvous.EtcdConfig{
 		Endpoints: c.Endpoints(),
 		Prefix:    "/t/" + hex.EncodeToString(sum[:6]) + "/",
-		LeaseTTL:  2 * time.Second,
+		LeaseTTL:  rendezvous.DefaultEtcdLeaseTTL, // the cut-off behaviour is the cluster tests' (clusterTTL)
 	})
 	require.NoError(tb, err)
 	return s
