@@ -23,9 +23,10 @@ import (
 // last first and the ones whose session just failed last; the next one
 // starts when the previous has not answered within staggerDelay (or has
 // failed), and the first that answers wins. A client knows one server key
-// for all of them: the configured ServerKey, or the key pinned for any of
-// the names (a server presenting another key is refused: there is no
-// silent trust of a new key; servers of one service share their key).
+// for all of them: the configured ServerKey, or the node's pin (one per
+// node, whichever name it was first seen under; a server presenting
+// another key is refused: there is no silent trust of a new key; servers
+// of one service share their key).
 
 // staggerDelay is how long a connection attempt waits for one server
 // before it tries the next as well.
@@ -39,7 +40,8 @@ const maxServerAddrs = 16
 // several servers to go to: a server that died is noticed within it, and
 // the client registers with another at once (QUIC keepalives every
 // failoverIdle/4 keep a live server's session from timing out). With one
-// server there is nowhere to go, and the session keeps QUIC's 30 s.
+// server there is nowhere else to go, and the session's idle timeout is
+// SessionIdle.
 const failoverIdle = 1500 * time.Millisecond
 
 // serverList is a client's view of its servers.
@@ -52,7 +54,7 @@ type serverList struct {
 
 // candidate is one address to dial, with the configured name it came from.
 type candidate struct {
-	name string // as configured: pins and logs use it
+	name string // as configured: logs and errors use it
 	addr netip.AddrPort
 }
 
