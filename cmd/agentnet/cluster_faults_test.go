@@ -6,12 +6,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,6 +21,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/etcdtest"
@@ -237,6 +241,8 @@ func TestClusterFaults(t *testing.T) {
 				moved.Store(int64(time.Since(killed)))
 			}()
 		case 120: // and the etcd leader
+			// Mid-burst (one read at one revision): the counts match.
+			checkEtcdCounts(t, etcd.Endpoints(), "/agentnet/rendezvous/")
 			leader := etcd.Leader()
 			require.GreaterOrEqual(t, leader, 0)
 			etcd.Kill(leader)
@@ -271,6 +277,45 @@ func TestClusterFaults(t *testing.T) {
 	require.NotEmpty(t, peers)
 	require.Equal(t, "direct", peers[0].Path)
 	require.Equal(t, linkSince, peers[0].Since, "the direct connection was not replaced")
+
+	// The counts the servers keep in etcd match the records, after a
+	// server and the etcd leader died in the middle of the burst.
+	checkEtcdCounts(t, etcd.Endpoints(), "/agentnet/rendezvous/")
+}
+
+// checkEtcdCounts reads every record under prefix and checks the kept
+// counts (rendezvous/etcdstore.go, "Layout") against them: agents,
+// pending requests in all and per requester, messages per mailbox.
+func checkEtcdCounts(t *testing.T, endpoints []string, prefix string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	require.NoError(t, err)
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
+	require.NoError(t, err)
+	have := map[string]int{} // count key → records counted
+	kept := map[string]int{} // count key → its value
+	for _, kv := range resp.Kvs {
+		k, v := strings.TrimPrefix(string(kv.Key), prefix), kv.Value
+		switch {
+		case strings.HasPrefix(k, "a/"):
+			have["c/agents"]++
+		case strings.HasPrefix(k, "p/"):
+			have["c/pending"]++
+			have["c/P/"+k[2+64:]]++
+		case strings.HasPrefix(k, "m/"):
+			to, _, _ := strings.Cut(k[2:], "/")
+			have["c/m/"+to]++
+		case k == "c/agents" || k == "c/pending" || strings.HasPrefix(k, "c/P/") || strings.HasPrefix(k, "c/m/"):
+			require.Len(t, v, 16, "count %s", k)
+			kept[k] = int(binary.BigEndian.Uint64(v[8:]))
+		}
+	}
+	require.NotZero(t, have["c/agents"], "the servers' records are under %s", prefix)
+	require.Equal(t, have, kept)
+	t.Logf("etcd counts match the records: %d agents, %d pending requests, %d count keys", have["c/agents"], have["c/pending"], len(kept))
 }
 
 func joinComma(s []string) string {
