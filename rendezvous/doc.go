@@ -117,11 +117,18 @@
 // mailbox read, a visibility check) is served from memory with no etcd
 // round trip. Every Update is one etcd transaction: its compares require
 // that each key the server read still has the revision it read (and that
-// nothing appeared in the ranges it counted), so two servers that write at
+// nothing appeared in the ranges it read), so two servers that write at
 // once cannot both win — one hostname per key, one network per name and
 // ID, one mailbox id per message — and the loser runs again on the newer
-// replica. An Update returns once the replica has its own writes, so a
-// server reads what it wrote.
+// replica (a server's losers one at a time). The counts a Store keeps
+// (agents, per source prefix, pending requests, mailbox sizes) are keys
+// read and written in the transactions that change them, so they stay
+// exact and the limits that read them hold across servers; writes that
+// change one count (new agents, trust requests) commit one after
+// another. An Update returns once the replica has its own writes, so a
+// server reads what it wrote. A prefix of records no server wrote (no
+// layout record) or of another layout is refused (ErrStoreDamaged), and
+// a prefix of another server key like any store (Server.Start).
 //
 // Soft state sits on etcd leases. Each server holds a lease (TTL 5 s by
 // default) with its server record (S/) and its agents' session records
