@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	mrand "math/rand/v2"
 	"net/netip"
@@ -178,6 +179,11 @@ type EtcdStore struct {
 	// server's writers that collided on a key (a count, a mailbox) retry
 	// one at a time instead of colliding again on every round.
 	retry chan struct{}
+
+	// group commit (Update)
+	groupMu    sync.Mutex
+	groupBusy  bool         // a group is running
+	groupQueue []*groupCall // waiting for the next group
 
 	closeOnce sync.Once
 }
@@ -587,14 +593,127 @@ func (s *EtcdStore) View(fn func(Tx) error) error {
 
 // Update implements Store: fn runs on the replica, its writes go to etcd
 // in one transaction that commits only if nothing fn read has changed
-// since; otherwise fn runs again on the newer replica (this server's
-// retries one at a time, so writers that collide on a key, such as a kept
-// count, do not keep colliding). Update returns once
+// since; otherwise fn runs again on the newer replica. While a commit of
+// this server is in flight, the Updates that arrive wait and then share
+// one transaction, run one after the other on it (group commit: writers
+// of one count or mailbox do not collide, and a burst costs a few etcd
+// round trips, not one each); a function that fails there, or would make
+// the transaction too big, runs again alone, so fn may run more than once
+// and must not have effects outside the transaction. Update returns once
 // the replica includes its writes, so the next View on this server sees
 // them. It fails with ErrStoreUnavailable when etcd cannot be reached
-// within EtcdConfig.Timeout, and never reports success for a write etcd did
-// not commit.
+// within EtcdConfig.Timeout, and never reports success for a write etcd
+// did not commit.
 func (s *EtcdStore) Update(fn func(Tx) error) error {
+	if err := s.ready(); err != nil {
+		s.stats.unavailable.Add(1)
+		return err
+	}
+	c := &groupCall{fn: fn, done: make(chan error, 1), lead: make(chan []*groupCall, 1)}
+	s.groupMu.Lock()
+	if s.groupBusy {
+		s.groupQueue = append(s.groupQueue, c)
+		s.groupMu.Unlock()
+		select {
+		case err := <-c.done:
+			return s.groupResult(c, err)
+		case calls := <-c.lead:
+			s.runGroup(calls)
+		}
+	} else {
+		s.groupBusy = true
+		s.groupMu.Unlock()
+		s.runGroup([]*groupCall{c})
+	}
+	return s.groupResult(c, <-c.done)
+}
+
+// Group commit (Update).
+const (
+	groupMax    = 32                 // calls per transaction
+	groupBudget = etcdMaxTxnOps - 28 // writes, and compares, a group may reach before the last call
+)
+
+// errAlone: the call runs again in a transaction of its own.
+var errAlone = errors.New("rendezvous: etcd store: run alone")
+
+type groupCall struct {
+	fn   func(Tx) error
+	done chan error        // the result (buffered)
+	lead chan []*groupCall // or: run these calls, then hand over (buffered)
+}
+
+func (s *EtcdStore) groupResult(c *groupCall, err error) error {
+	if errors.Is(err, errAlone) {
+		return s.updateAlone(c.fn)
+	}
+	return err
+}
+
+// runGroup commits calls in one transaction, delivers each call's result
+// and hands the next group to the first waiting call.
+func (s *EtcdStore) runGroup(calls []*groupCall) {
+	results := make([]error, len(calls))
+	err := s.updateAlone(func(tx Tx) error {
+		t := tx.(*etcdTx)
+		clear(results)
+		for i, c := range calls {
+			if len(calls) == 1 {
+				return c.fn(tx)
+			}
+			sv := t.save()
+			err := c.fn(tx)
+			if err == nil && i > 0 && (len(t.ops) > groupBudget || len(t.reads)+len(t.ranges) > groupBudget) {
+				err = errAlone
+			}
+			if err != nil {
+				t.restore(sv)
+				results[i] = errAlone
+			}
+		}
+		return nil
+	})
+	for i, c := range calls {
+		if results[i] == nil {
+			results[i] = err
+		}
+		c.done <- results[i]
+	}
+	s.groupMu.Lock()
+	if len(s.groupQueue) == 0 {
+		s.groupBusy = false
+		s.groupMu.Unlock()
+		return
+	}
+	n := min(len(s.groupQueue), groupMax)
+	next := append([]*groupCall(nil), s.groupQueue[:n]...)
+	s.groupQueue = append(s.groupQueue[:0], s.groupQueue[n:]...)
+	s.groupMu.Unlock()
+	next[0].lead <- next
+}
+
+// txState is what a call of a group may change in its transaction.
+type txState struct {
+	tree                  *btree.BTreeG[kv]
+	reads                 map[string]int64
+	ops                   map[string]txOp
+	ranges, order, commit int
+	err                   error
+}
+
+func (t *etcdTx) save() txState {
+	return txState{tree: t.tree.Clone(), reads: maps.Clone(t.reads), ops: maps.Clone(t.ops),
+		ranges: len(t.ranges), order: len(t.order), commit: len(t.onCommit), err: t.err}
+}
+
+func (t *etcdTx) restore(sv txState) {
+	t.tree, t.reads, t.ops, t.err = sv.tree, sv.reads, sv.ops, sv.err
+	t.ranges, t.order, t.onCommit = t.ranges[:sv.ranges], t.order[:sv.order], t.onCommit[:sv.commit]
+}
+
+// updateAlone is Update for fn alone: its own transaction, retried until
+// it commits, fails, or EtcdConfig.Timeout passes.
+func (s *EtcdStore) updateAlone(fn func(Tx) error) error {
 	if err := s.ready(); err != nil {
 		s.stats.unavailable.Add(1)
 		return err
@@ -1461,7 +1580,7 @@ func (s *EtcdStore) pruneRange(from, end string, old func(k string, rec []byte) 
 	for from < end {
 		var deleted int
 		next := end
-		err := s.Update(func(tx Tx) error {
+		err := s.updateAlone(func(tx Tx) error { // inside an Update: not in a group
 			t := tx.(*etcdTx)
 			deleted, next = 0, end
 			var dead []string

@@ -3,6 +3,8 @@ package rendezvous
 import (
 	"context"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -443,4 +445,71 @@ func TestEtcdPrefixRefused(t *testing.T) {
 		err = s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: key(t)}) })
 		require.ErrorContains(t, err, "corrupt count")
 	})
+}
+
+// TestEtcdGroupCommit: Updates that arrive while a commit is in flight
+// share a transaction; one that fails (here every fourth, after writing)
+// returns its own error and leaves nothing behind, and the others commit
+// with the counts exact. The burst costs fewer etcd transactions than
+// Updates.
+func TestEtcdGroupCommit(t *testing.T) {
+	s := openTestEtcd(t, etcdtest.Start(t, 3), "/group/")
+	defer s.Close()
+	to := key(t)
+	const n = 64
+	errRefused := errors.New("refused")
+	before, err := s.storeStats()
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	keys := make([]addressing.PublicKey, n)
+	for i := range n {
+		keys[i] = key(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Update(func(tx Tx) error {
+				if err := tx.PutAgent(AgentRecord{Key: keys[i], Hostname: fmt.Sprintf("g%d", i)}); err != nil {
+					return err
+				}
+				if _, err := tx.Enqueue(to, []byte{byte(i)}, time.Now()); err != nil {
+					return err
+				}
+				if i%4 == 0 {
+					return errRefused
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%4 == 0 {
+			require.ErrorIs(t, err, errRefused, "call %d", i)
+		} else {
+			require.NoError(t, err, "call %d", i)
+		}
+	}
+	require.NoError(t, s.View(func(tx Tx) error {
+		for i, k := range keys {
+			_, ok, err := tx.Agent(k)
+			require.NoError(t, err)
+			require.Equal(t, i%4 != 0, ok, "agent %d", i)
+			_, ok, _ = tx.AgentByHostname(fmt.Sprintf("g%d", i))
+			require.Equal(t, i%4 != 0, ok, "hostname %d", i)
+		}
+		agents, _ := tx.AgentCount()
+		require.Equal(t, n*3/4, agents)
+		mail, _ := tx.MailCount(to)
+		require.Equal(t, n*3/4, mail)
+		items, err := tx.Mail(to, 0, 2*n)
+		require.NoError(t, err)
+		require.Len(t, items, n*3/4)
+		return nil
+	}))
+	after, err := s.storeStats()
+	require.NoError(t, err)
+	txns := after.Etcd.Txns - before.Etcd.Txns
+	t.Logf("%d Updates (%d committed) in %d etcd transactions, %d conflicts", n, n*3/4, txns, after.Etcd.Conflicts-before.Etcd.Conflicts)
+	require.Less(t, txns, uint64(n*3/4), "the Updates shared transactions")
 }
