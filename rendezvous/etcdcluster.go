@@ -18,6 +18,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/rendezvous/proto"
+	"github.com/agentnet/agentnet/trustdb"
 )
 
 // Several servers, one service: the soft state an EtcdStore shares with
@@ -55,6 +56,7 @@ type localSession struct {
 // run on the watch goroutine and must not block.
 type clusterHooks struct {
 	wake          func(k addressing.PublicKey)
+	wakeSoon      func(k addressing.PublicKey) // for a trust request
 	sessionMoved  func(k addressing.PublicKey)
 	push          func(k addressing.PublicKey, frame []byte) bool
 	pairDeleted   func(a, b addressing.PublicKey)
@@ -464,6 +466,8 @@ type clusterEvent struct {
 	id    addressing.NetworkID
 	doc   []byte
 	exit  bool
+	// request: evMail of a trust request
+	request bool
 }
 
 // react maps a change of key k (old value if had, new value; nil: deleted)
@@ -479,7 +483,10 @@ func (c *etcdCluster) react(k string, old []byte, had bool, val []byte) (cluster
 	case tagMail:
 		to, _, _ := cutSlash(rest)
 		if key, ok := parseHexKey(to); ok && val != nil && !had {
-			return clusterEvent{kind: evMail, k: key}, true
+			// A trust request wakes its target after requestDeliveryDelay,
+			// as on one server (wakeSoon): the delivery's work must not
+			// overlap the requester's answer.
+			return clusterEvent{kind: evMail, k: key, request: isRequest(record(val))}, true
 		}
 	case tagSession:
 		if val == nil || mine {
@@ -557,7 +564,11 @@ func (c *etcdCluster) run(ev clusterEvent) {
 	}
 	switch ev.kind {
 	case evMail:
-		h.wake(ev.k)
+		if ev.request && h.wakeSoon != nil {
+			h.wakeSoon(ev.k)
+		} else {
+			h.wake(ev.k)
+		}
 	case evSessionMoved:
 		h.sessionMoved(ev.k)
 	case evPairDeleted:
@@ -616,4 +627,14 @@ func (s *EtcdStore) storeStats() (StoreStats, error) {
 		e.LastContact = time.Unix(0, last)
 	}
 	return StoreStats{Kind: "etcd", Agents: sn.counts.agents, Mail: sn.counts.mail, Bytes: sn.counts.bytes, Etcd: e}, nil
+}
+
+// isRequest reports whether a mailbox record (time ‖ message) holds a
+// trust request.
+func isRequest(rec []byte) bool {
+	if len(rec) < 8 {
+		return false
+	}
+	m, err := trustdb.ParseMessage(rec[8:])
+	return err == nil && m.Kind == trustdb.KindRequest
 }

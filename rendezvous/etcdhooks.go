@@ -22,6 +22,7 @@ func (s *Server) attachCluster() error {
 	}
 	err := es.cluster.attach(&clusterHooks{
 		wake:          s.wake,
+		wakeSoon:      s.wakeSoon,
 		sessionMoved:  s.sessionMoved,
 		push:          s.pushFromCluster,
 		pairDeleted:   s.pairDeleted,

@@ -17,6 +17,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/etcdtest"
+	"github.com/agentnet/agentnet/trustdb"
 )
 
 // storeCase is one row of the store tests: how to open (and reopen) a
@@ -512,4 +513,35 @@ func TestEtcdGroupCommit(t *testing.T) {
 	txns := after.Etcd.Txns - before.Etcd.Txns
 	t.Logf("%d Updates (%d committed) in %d etcd transactions, %d conflicts", n, n*3/4, txns, after.Etcd.Conflicts-before.Etcd.Conflicts)
 	require.Less(t, txns, uint64(n*3/4), "the Updates shared transactions")
+}
+
+// TestEtcdMailWakeOfRequest: a mailbox message that is a trust request
+// wakes its target's session after the delivery delay (wakeSoon), as on one
+// server, also when it arrives through the watch; other messages wake it
+// at once.
+func TestEtcdMailWakeOfRequest(t *testing.T) {
+	s := &EtcdStore{prefix: "/x/"}
+	s.cluster.s = s
+	from, err := trustdb.GenerateIdentity()
+	require.NoError(t, err)
+	to := key(t)
+	for _, tc := range []struct {
+		kind    trustdb.Kind
+		request bool
+	}{{trustdb.KindRequest, true}, {trustdb.KindApprove, false}, {trustdb.KindRevoke, false}} {
+		var replyTo [trustdb.NonceSize]byte
+		if tc.kind == trustdb.KindApprove {
+			replyTo[0] = 1
+		}
+		m, err := trustdb.NewMessage(from, tc.kind, addressing.TargetAddr(addressing.AddrFrom(0, to.NodeID())), replyTo, "", "")
+		require.NoError(t, err)
+		raw, err := m.AppendBinary(nil)
+		require.NoError(t, err)
+		val := append(append(make([]byte, 8), appendTime(nil, time.Now())...), raw...)
+		ev, ok := s.cluster.react(s.key(tagMail, hexKey(to))+"/"+hexID(1), nil, false, val)
+		require.True(t, ok)
+		require.Equal(t, evMail, ev.kind)
+		require.Equal(t, to, ev.k)
+		require.Equal(t, tc.request, ev.request, "%s", tc.kind)
+	}
 }
