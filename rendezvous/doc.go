@@ -115,7 +115,8 @@
 // prefix. Each server keeps a replica of that prefix in memory, loaded at
 // start and kept current by an etcd watch, so every read (a lookup, a
 // mailbox read, a visibility check) is served from memory with no etcd
-// round trip. Every Update is one etcd transaction: its compares require
+// round trip. Every Update is one etcd transaction (the Updates that arrive
+// while a server's commit is in flight share its next one): its compares require
 // that each key the server read still has the revision it read (and that
 // nothing appeared in the ranges it read), so two servers that write at
 // once cannot both win — one hostname per key, one network per name and
