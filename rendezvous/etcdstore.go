@@ -653,9 +653,11 @@ func (s *EtcdStore) groupResult(c *groupCall, err error) error {
 // runGroup commits calls in one transaction, delivers each call's result
 // and hands the next group to the first waiting call.
 func (s *EtcdStore) runGroup(calls []*groupCall) {
+	var handOff sync.Once
 	results := make([]error, len(calls))
 	err := s.updateAlone(func(tx Tx) error {
 		t := tx.(*etcdTx)
+		t.release = func() { handOff.Do(s.nextGroup) }
 		clear(results)
 		for i, c := range calls {
 			if len(calls) == 1 {
@@ -679,6 +681,14 @@ func (s *EtcdStore) runGroup(calls []*groupCall) {
 		}
 		c.done <- results[i]
 	}
+	handOff.Do(s.nextGroup)
+}
+
+// nextGroup hands the waiting calls to the first of them, or marks the
+// group commit idle. A group's runner calls it once: when it is done, or
+// earlier when it starts a long job of its own (Prune), so that the
+// others' Updates do not wait for it.
+func (s *EtcdStore) nextGroup() {
 	s.groupMu.Lock()
 	if len(s.groupQueue) == 0 {
 		s.groupBusy = false
@@ -840,6 +850,8 @@ type etcdTx struct {
 	ops      map[string]txOp
 	order    []string
 	onCommit []func()
+	// release, in a group's transaction, lets the next group run (Prune)
+	release func()
 }
 
 type txOp struct {
@@ -1524,11 +1536,15 @@ const (
 // order and commits as it goes, in transactions of at most pruneBatch
 // deletions that look at most pruneWalk keys, each its own Update
 // (compares, retries, the counts kept), so a record changed meanwhile is
-// judged again on the newer replica. The replay cache is keyed by time, so
-// its walk ends at the cutoff: it costs what it deletes.
+// judged again on the newer replica; the server's other Updates go on in
+// the next group meanwhile. The replay cache is keyed by time, so its walk
+// ends at the cutoff: it costs what it deletes.
 func (t *etcdTx) Prune(nonces, records time.Time) (int, error) {
 	if !t.write {
 		return 0, errors.New("rendezvous: etcd store: write in a read-only transaction")
+	}
+	if t.release != nil {
+		t.release() // the others' Updates do not wait for the walk
 	}
 	s := t.s
 	n := 0

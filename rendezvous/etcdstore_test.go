@@ -545,3 +545,33 @@ func TestEtcdMailWakeOfRequest(t *testing.T) {
 		require.Equal(t, tc.request, ev.request, "%s", tc.kind)
 	}
 }
+
+// TestEtcdPruneReleasesGroup: a Prune (the maintenance loop's long walk)
+// lets the server's other Updates go on in the next group instead of
+// waiting for it: here an Update issued from inside the pruning Update,
+// which would wait forever for the group it is in without the hand-off.
+func TestEtcdPruneReleasesGroup(t *testing.T) {
+	s := openTestEtcd(t, etcdtest.Start(t, 3), "/prunegroup/")
+	defer s.Close()
+	k := key(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Update(func(tx Tx) error {
+			if _, err := tx.Prune(time.Now(), time.Now()); err != nil {
+				return err
+			}
+			return s.Update(func(tx Tx) error { return tx.PutAgent(AgentRecord{Key: k}) })
+		})
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("an Update waited for the pruning group")
+	}
+	require.NoError(t, s.View(func(tx Tx) error {
+		_, ok, err := tx.Agent(k)
+		require.True(t, ok)
+		return err
+	}))
+}
