@@ -78,6 +78,10 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 	case roleRendezvous:
 		s, err = rendezvousChild()
 	default:
+		if spec, ok := strings.CutPrefix(role, roleRendezvousStore); ok { // cluster.go
+			s, err = storeChild(spec)
+			break
+		}
 		err = fmt.Errorf("unknown role %q", role)
 	}
 	if errors.Is(err, ErrNotSupported) {

@@ -152,7 +152,7 @@ func latencyValues(l Latency) []float64 { return []float64{micros(l.P50()), micr
 // Plan is the list of scenarios, in table order.
 func plan() []scenario {
 	minute := func(Sizes) time.Duration { return time.Minute }
-	return []scenario{
+	return append([]scenario{
 		{
 			name:    "bulk",
 			title:   func(sz Sizes) string { return "bulk " + byteSize(sz.BulkBytes) + ", one stream" },
@@ -287,7 +287,7 @@ func plan() []scenario {
 				return RendezvousScale(ctx, sz)
 			},
 		},
-	}
+	}, clusterScenarios()...) // cluster.go
 }
 
 // ScenarioNames lists the scenario names -only matches, in order.

@@ -90,6 +90,7 @@ func (d *Daemon) routes() http.Handler {
 	h("POST "+ctl.PathEventsSubscribe, d.handleSubscribe)
 	d.networkRoutes(h)
 	h("POST "+ctl.PathShutdown, d.handleShutdown)
+	d.metricsRoute(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern == "" {
 			notFound(w, r, mux)

@@ -56,7 +56,10 @@ type Config struct {
 	// Socket is the control socket's path; default StateDir/agentnet.sock.
 	Socket string
 
-	// RendezvousAddr is the rendezvous server, "host:port". Empty means zero
+	// RendezvousAddr is the rendezvous server, "host:port", or several
+	// servers of one service, comma-separated (the node registers with
+	// whichever answers and moves to another when it goes away; a name with
+	// several addresses works too). Empty means zero
 	// config: LocalRendezvous is used, and started in this process if
 	// nothing answers there.
 	RendezvousAddr string
@@ -90,6 +93,11 @@ type Config struct {
 	// MaxMessage and MaxFile bound what peers may send us (defaults 1 MiB
 	// and 1 GiB); MaxInbox bounds the inbox (default 4 GiB).
 	MaxMessage, MaxFile, MaxInbox int64
+
+	// MetricsAddr, if set, is a TCP address ("127.0.0.1:9464") serving
+	// /metrics, /healthz and /readyz beside the control socket's
+	// GET /v1/metrics.
+	MetricsAddr string
 
 	// Version is reported by the status endpoint.
 	Version string
@@ -146,7 +154,7 @@ type Setting struct {
 // Settings lists every setting Set accepts.
 var Settings = []Setting{
 	{"socket", "AGENTNET_SOCKET", "<state>/" + SocketName, "control socket path"},
-	{"rendezvous", "AGENTNET_RENDEZVOUS", "", "rendezvous server host:port (empty: zero-config local rendezvous)"},
+	{"rendezvous", "AGENTNET_RENDEZVOUS", "", "rendezvous server host:port, or several of one service comma-separated (empty: zero-config local rendezvous)"},
 	{"rendezvous-key", "AGENTNET_RENDEZVOUS_KEY", "", "pin the rendezvous server key (empty: trust on first use)"},
 	{"rendezvous-tcp", "AGENTNET_RENDEZVOUS_TCP", "<rendezvous host>:443", "the rendezvous's TCP (TLS/WebSocket) address, used when UDP does not get out; \"off\" for none"},
 	{"proxy", "AGENTNET_PROXY", "", "HTTP proxy for the TCP path, http://[user:pass@]host:port (empty: HTTPS_PROXY/https_proxy, NO_PROXY)"},
@@ -159,6 +167,7 @@ var Settings = []Setting{
 	{"max-message", "AGENTNET_MAX_MESSAGE", "1048576", "largest message peers may send us, bytes"},
 	{"max-file", "AGENTNET_MAX_FILE", "1073741824", "largest file peers may send us, bytes"},
 	{"max-inbox", "AGENTNET_MAX_INBOX", "4294967296", "inbox quota, bytes"},
+	{"metrics", "AGENTNET_METRICS", "", "TCP address serving /metrics, /healthz, /readyz (empty: only GET /v1/metrics on the socket)"},
 }
 
 // Set applies one setting by its flag name.
@@ -194,6 +203,8 @@ func (c *Config) Set(name, value string) error {
 		c.ListenAddr = value
 	case "hostname":
 		c.Hostname = value
+	case "metrics":
+		c.MetricsAddr = value
 	case "disable":
 		c.Disable = nil
 		for _, s := range strings.Split(value, ",") {
@@ -360,6 +371,17 @@ func (c *Config) socket() string {
 	return c.Socket
 }
 
+// rendezvousAddrs splits RendezvousAddr's comma-separated list.
+func (c *Config) rendezvousAddrs() []string {
+	var out []string
+	for _, a := range strings.Split(c.RendezvousAddr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 func (c *Config) localRendezvous() string {
 	if c.LocalRendezvous == "" {
 		return DefaultLocalRendezvous
@@ -393,7 +415,14 @@ func (c *Config) validate() error {
 			return fmt.Errorf("daemon: hostname: %w", err)
 		}
 	}
-	for _, a := range []struct{ name, v string }{{"rendezvous", c.RendezvousAddr}, {"local-rendezvous", c.LocalRendezvous}, {"listen", c.ListenAddr}} {
+	if c.RendezvousAddr != "" && len(c.rendezvousAddrs()) == 0 {
+		return fmt.Errorf("daemon: rendezvous %q: no address", c.RendezvousAddr)
+	}
+	addrs := []struct{ name, v string }{{"local-rendezvous", c.LocalRendezvous}, {"listen", c.ListenAddr}, {"metrics", c.MetricsAddr}}
+	for _, r := range c.rendezvousAddrs() {
+		addrs = append(addrs, struct{ name, v string }{"rendezvous", r})
+	}
+	for _, a := range addrs {
 		if a.v == "" {
 			continue
 		}
@@ -423,7 +452,11 @@ func (c *Config) rendezvousTCP() string {
 	case "off":
 		return ""
 	case "":
-		host, _, err := net.SplitHostPort(c.RendezvousAddr)
+		addrs := c.rendezvousAddrs() // with several servers: the first one's host
+		if len(addrs) == 0 {
+			return ""
+		}
+		host, _, err := net.SplitHostPort(addrs[0])
 		if err != nil {
 			return ""
 		}

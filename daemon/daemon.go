@@ -69,6 +69,7 @@ type Daemon struct {
 
 	stopReq  chan struct{} // closed by POST /v1/shutdown
 	stopOnce sync.Once
+	metrics  metricsState // metrics.go
 }
 
 // New checks cfg and returns a Daemon. It does no I/O.
@@ -167,7 +168,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	if d.cfg.RendezvousAddr != "" {
 		d.rdvAddr, d.rdvMode = d.cfg.RendezvousAddr, "configured"
-		ncfg.RendezvousAddr, ncfg.RendezvousKey = d.cfg.RendezvousAddr, d.cfg.RendezvousKey
+		addrs := d.cfg.rendezvousAddrs()
+		ncfg.RendezvousAddr, ncfg.RendezvousAddrs, ncfg.RendezvousKey = addrs[0], addrs[1:], d.cfg.RendezvousKey
 		d.rdvTCP = d.cfg.rendezvousTCP()
 		ncfg.RendezvousTCP, ncfg.Proxy = d.rdvTCP, d.cfg.proxy()
 	} else {
@@ -215,6 +217,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return err
 	}
 	cleanup = append(cleanup, d.stopAPI)
+	stopMetrics, err := d.startMetrics()
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	cleanup = append(cleanup, stopMetrics)
 	d.started = time.Now().UTC()
 	d.work.goFunc(func() {
 		if err := d.api.Serve(d.sock); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -24,6 +24,11 @@ type Config struct {
 	// RendezvousAddr is the rendezvous server's UDP address, "host:port".
 	// Empty means no rendezvous: only peers already connected are reachable.
 	RendezvousAddr string
+	// RendezvousAddrs lists more servers of the same rendezvous service
+	// (several servers on one etcd): the client registers with whichever
+	// answers first and moves to another when its server goes away. They
+	// share one key. Optional; needs RendezvousAddr.
+	RendezvousAddrs []string
 	// RendezvousKey pins the server's key. Zero means trust on first use:
 	// the key seen on the first connection is stored in Store and required
 	// from then on.
@@ -114,6 +119,14 @@ func (c *Config) validate() error {
 		}
 		if _, _, err := net.SplitHostPort(c.RendezvousTCP); err != nil {
 			return fmt.Errorf("quicnode: Config.RendezvousTCP: %w", err)
+		}
+	}
+	if len(c.RendezvousAddrs) > 0 && c.RendezvousAddr == "" {
+		return errors.New("quicnode: Config.RendezvousAddrs needs RendezvousAddr")
+	}
+	for _, a := range c.RendezvousAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("quicnode: Config.RendezvousAddrs: %w", err)
 		}
 	}
 	return nil

@@ -199,18 +199,19 @@ func (n *Node) Start(ctx context.Context) error {
 
 	if n.cfg.RendezvousAddr != "" {
 		rdv, err := rendezvous.NewClient(rendezvous.ClientConfig{
-			Identity:   n.id,
-			Transport:  pm.Transport(),
-			Dial:       pm.DialRendezvous,
-			ServerAddr: n.cfg.RendezvousAddr,
-			ServerKey:  n.cfg.RendezvousKey,
-			Pins:       storePins{s: n.store, legacy: "rendezvous-pin:" + n.cfg.RendezvousAddr},
-			Hostname:   n.cfg.Hostname,
-			LocalAddrs: paths.LocalCandidates(conn),
-			Deliver:    n.deliver,
-			Introduced: n.introduced,
-			Network:    n.networkPushed,
-			Logger:     n.log.With("component", "rendezvous-client"),
+			Identity:    n.id,
+			Transport:   pm.Transport(),
+			Dial:        pm.DialRendezvous,
+			ServerAddr:  n.cfg.RendezvousAddr,
+			ServerAddrs: n.cfg.RendezvousAddrs,
+			ServerKey:   n.cfg.RendezvousKey,
+			Pins:        storePins{s: n.store, legacy: "rendezvous-pin:" + n.cfg.RendezvousAddr},
+			Hostname:    n.cfg.Hostname,
+			LocalAddrs:  paths.LocalCandidates(conn),
+			Deliver:     n.deliver,
+			Introduced:  n.introduced,
+			Network:     n.networkPushed,
+			Logger:      n.log.With("component", "rendezvous-client"),
 		})
 		if err != nil {
 			n.Close()

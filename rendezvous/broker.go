@@ -29,8 +29,11 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 	s.mu.Lock()
 	self, target := s.sessions[c.key], s.sessions[peer]
 	s.mu.Unlock()
+	var remote RemoteSession // the target's session on another server
 	if target == nil {
-		return &proto.NotFound{}
+		if remote, ok = s.remoteSession(peer); !ok {
+			return &proto.NotFound{}
+		}
 	}
 
 	var grant *relay.Grant
@@ -64,26 +67,40 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 		Token:      token,
 		PeerNAT:    natOf(self),
 	}
+	targetLocators, targetNAT := remote.Locators, remote.NAT
+	if target != nil {
+		targetLocators, targetNAT = target.locators, natOf(target)
+	}
 	answer := &proto.Introduce{
 		Peer:       peer,
 		PeerAddr:   addressing.AddrFrom(0, peer.NodeID()),
-		Candidates: candidates(target.locators),
+		Candidates: candidates(targetLocators),
 		Token:      token,
 		Initiator:  true,
-		PeerNAT:    natOf(target),
+		PeerNAT:    targetNAT,
 	}
 	if grant != nil {
 		answer.Relay = &proto.RelayGrant{Addr: s.relaySvc, Session: grant.Session, Secret: grant.Secrets[0], Side: 0}
 		push.Relay = &proto.RelayGrant{Addr: s.relaySvc, Session: grant.Session, Secret: grant.Secrets[1], Side: 1}
+		if target == nil {
+			s.clusterRelayGrant(push.Relay)
+		}
 	}
 	b, err := proto.AppendMessage(nil, push)
 	if err != nil {
 		return s.errorAnswer("connect", err)
 	}
-	select {
-	case target.push <- b:
-	default:
-		s.stats.introPushDropped.Add(1)
+	if target == nil { // through etcd to the target's server
+		if err := s.cl.push(remote.Server, peer, b); err != nil {
+			s.stats.introPushDropped.Add(1)
+			s.log.Debug("rendezvous: introduction not forwarded", "key", peer.String(), "err", err)
+		}
+	} else {
+		select {
+		case target.push <- b:
+		default:
+			s.stats.introPushDropped.Add(1)
+		}
 	}
 	s.stats.introductions.Add(1)
 	return answer
@@ -107,6 +124,11 @@ func (s *Server) natReport(c *serverConn, m *proto.NATReport) proto.Message {
 	s.mu.Unlock()
 	if sess != nil && sess.c == c {
 		sess.nat.Store(uint32(m.Kind))
+		if s.cl != nil {
+			if err := s.cl.updateNAT(c.key, c, m.Kind); err != nil {
+				s.log.Debug("rendezvous: NAT kind not shared with the cluster", "key", c.key.String(), "err", err)
+			}
+		}
 	}
 	return &proto.OK{}
 }

@@ -77,8 +77,14 @@ type ClientConfig struct {
 	// must use tlsConf and qconf as given; server is ServerAddr.
 	Dial func(ctx context.Context, server string, tlsConf *tls.Config, qconf *quic.Config) (*quic.Conn, error)
 	// ServerAddr is the server's UDP address, "host:port". Required. It is
-	// resolved again on every connection attempt.
+	// resolved again on every connection attempt; a name with several
+	// addresses is several servers.
 	ServerAddr string
+	// ServerAddrs lists more servers of the same service (several servers
+	// on one etcd, see the package doc): every connection attempt tries
+	// them all, staggered, and keeps the first that answers
+	// (clientservers.go). They share one server key.
+	ServerAddrs []string
 	// ServerKey is the server's key, configured explicitly. If zero, Pins
 	// decides: the node's pinned key is required (whatever ServerAddr says),
 	// and with none the first key seen is trusted and pinned (trust on first
@@ -178,6 +184,8 @@ type Client struct {
 	since     time.Time      // when status last changed
 	failErr   error          // the last failure of a connection attempt or session
 	failAt    time.Time
+
+	servers serverList // which server to try first (clientservers.go)
 }
 
 // SessionStatus is the state of a client's session with the server.
@@ -223,15 +231,13 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, errors.New("rendezvous: ClientConfig.Identity is required")
 	case cfg.Transport == nil && cfg.Dial == nil:
 		return nil, errors.New("rendezvous: ClientConfig.Transport or Dial is required")
-	case cfg.ServerAddr == "":
-		return nil, errors.New("rendezvous: ClientConfig.ServerAddr is required")
 	case cfg.ServerKey.IsZero() && cfg.Pins == nil:
 		return nil, errors.New("rendezvous: ClientConfig: set ServerKey or Pins")
 	case len(cfg.LocalAddrs) > proto.MaxLocators:
 		return nil, fmt.Errorf("rendezvous: ClientConfig.LocalAddrs: %d addresses, max %d", len(cfg.LocalAddrs), proto.MaxLocators)
 	}
-	if _, _, err := net.SplitHostPort(cfg.ServerAddr); err != nil {
-		return nil, fmt.Errorf("rendezvous: ClientConfig.ServerAddr: %w", err)
+	if err := cfg.checkServerAddrs(); err != nil {
+		return nil, err
 	}
 	if cfg.Hostname != "" {
 		if err := addressing.ValidateHostname(cfg.Hostname); err != nil {
@@ -446,7 +452,7 @@ func (c *Client) sessionLoop() {
 // runSession makes one connection and serves it until it fails. It reports
 // whether the agent got registered on it.
 func (c *Client) runSession() (registered bool, err error) {
-	qc, err := c.dial()
+	qc, err := c.dialAny()
 	if err != nil {
 		if errors.Is(err, ErrServerKey) {
 			c.mu.Lock()
@@ -499,6 +505,7 @@ func (c *Client) runSession() (registered bool, err error) {
 		c.stun2 = resolveService(m.STUN2, c.server)
 		c.setStateLocked(qc, nil)
 		c.mu.Unlock()
+		c.servers.served(c.server)
 		c.log.Info("rendezvous registered", "server", c.cfg.ServerAddr, "addr", m.Addr.String(),
 			"reflexive", m.Reflexive.String(), "hostname", m.Hostname)
 	case *proto.Error:
@@ -508,6 +515,7 @@ func (c *Client) runSession() (registered bool, err error) {
 			c.setStateLocked(nil, fmt.Errorf("rendezvous: register: %w", err))
 		}
 		c.mu.Unlock()
+		c.servers.fail(remoteAddrPort(qc)) // e.g. a server cut off from its store: try another first
 		return false, err
 	default:
 		return false, fmt.Errorf("rendezvous: register: unexpected %s", f.Type)
@@ -518,6 +526,9 @@ func (c *Client) runSession() (registered bool, err error) {
 			c.setStateLocked(nil, nil)
 		}
 		c.mu.Unlock()
+		if c.ctx.Err() == nil {
+			c.servers.fail(remoteAddrPort(qc)) // the next attempt starts with another server
+		}
 	}()
 	str.SetDeadline(time.Time{})
 	w := &sessionWriter{str: str}
@@ -569,14 +580,15 @@ func (c *Client) pingLoop(ctx context.Context, w *sessionWriter) {
 	}
 }
 
-// dial connects to the server, pinning its key (or pinning it on first use).
-func (c *Client) dial() (*quic.Conn, error) {
+// dial connects to the server name at addr (invalid: name unresolved,
+// left to the Dial func), pinning its key (or pinning it on first use).
+func (c *Client) dial(ctx context.Context, name string, addr netip.AddrPort) (*quic.Conn, error) {
 	var raddr *net.UDPAddr
-	if c.cfg.Dial == nil {
-		var err error
-		if raddr, err = net.ResolveUDPAddr("udp", c.cfg.ServerAddr); err != nil {
-			return nil, fmt.Errorf("rendezvous: resolve %s: %w", c.cfg.ServerAddr, err)
-		}
+	server := name
+	if addr.IsValid() {
+		raddr, server = net.UDPAddrFromAddrPort(addr), addr.String()
+	} else if c.cfg.Dial == nil {
+		return nil, fmt.Errorf("rendezvous: resolve %s: no address", name)
 	}
 	want := c.cfg.ServerKey
 	tofu, pinned := false, false
@@ -597,11 +609,11 @@ func (c *Client) dial() (*quic.Conn, error) {
 		}
 		return nil
 	})
-	ctx, cancel := context.WithTimeout(c.ctx, dialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	qconf := &quic.Config{
-		KeepAlivePeriod:       KeepAlivePeriod,
-		MaxIdleTimeout:        SessionIdle,
+		KeepAlivePeriod:       c.servers.keepAlive(),
+		MaxIdleTimeout:        c.servers.idleTimeout(),
 		HandshakeIdleTimeout:  handshakeIdle,
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
@@ -609,7 +621,7 @@ func (c *Client) dial() (*quic.Conn, error) {
 	var qc *quic.Conn
 	var err error
 	if c.cfg.Dial != nil {
-		qc, err = c.cfg.Dial(ctx, c.cfg.ServerAddr, tlsConf, qconf)
+		qc, err = c.cfg.Dial(ctx, server, tlsConf, qconf)
 	} else {
 		qc, err = c.cfg.Transport.Dial(ctx, raddr, tlsConf, qconf)
 	}
@@ -619,14 +631,14 @@ func (c *Client) dial() (*quic.Conn, error) {
 				return nil, fmt.Errorf("%w: %s presented key %s, but this node pinned %s when it first met its rendezvous "+
 					"(one key per node, whatever the server's address); if the server's key changed on purpose, "+
 					"configure the new key explicitly (ClientConfig.ServerKey; agentnet up --rendezvous-key %s)",
-					ErrServerKey, c.cfg.ServerAddr, k, want, k)
+					ErrServerKey, name, k, want, k)
 			}
-			return nil, fmt.Errorf("%w: %s presented key %s, not the configured %s", ErrServerKey, c.cfg.ServerAddr, k, want)
+			return nil, fmt.Errorf("%w: %s presented key %s, not the configured %s", ErrServerKey, name, k, want)
 		}
 		if c.cfg.Dial != nil {
 			return nil, err // the dialer says what it tried
 		}
-		return nil, fmt.Errorf("rendezvous: dial %s: %w", c.cfg.ServerAddr, err)
+		return nil, fmt.Errorf("rendezvous: dial %s: %w", name, err)
 	}
 	switch {
 	case tofu:
@@ -638,7 +650,7 @@ func (c *Client) dial() (*quic.Conn, error) {
 			qc.CloseWithError(0, "")
 			return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
 		}
-		c.log.Info("rendezvous server key pinned on first use", "server", c.cfg.ServerAddr, "key", k.String())
+		c.log.Info("rendezvous server key pinned on first use", "server", name, "key", k.String())
 	case !pinned && c.cfg.Pins != nil:
 		// A configured key: it becomes the pin (the user's explicit change).
 		if k, ok := c.cfg.Pins.Pin(); !ok || k != want {
@@ -646,7 +658,7 @@ func (c *Client) dial() (*quic.Conn, error) {
 				qc.CloseWithError(0, "")
 				return nil, fmt.Errorf("rendezvous: pin server key: %w", err)
 			}
-			c.log.Info("rendezvous server key pinned as configured", "server", c.cfg.ServerAddr, "key", want.String(), "replaced", k.String())
+			c.log.Info("rendezvous server key pinned as configured", "server", name, "key", want.String(), "replaced", k.String())
 		}
 	}
 	return qc, nil

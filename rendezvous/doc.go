@@ -106,6 +106,64 @@
 // (proto.CodeRateLimited, ...) or a silent, counted drop where an error would
 // be an oracle; never unbounded memory.
 //
+// # Several servers, one service
+//
+// Any number of servers can share one etcd cluster (EtcdStore; bbolt stays
+// the one-process default). Durable state — registrations, the NodeID and
+// hostname indexes, trust pairs, pending requests, mailboxes, the replay
+// cache, networks and their documents — lives in etcd under one key
+// prefix. Each server keeps a replica of that prefix in memory, loaded at
+// start and kept current by an etcd watch, so every read (a lookup, a
+// mailbox read, a visibility check) is served from memory with no etcd
+// round trip. Every Update is one etcd transaction (the Updates that arrive
+// while a server's commit is in flight share its next one): its compares require
+// that each key the server read still has the revision it read (and that
+// nothing appeared in the ranges it read), so two servers that write at
+// once cannot both win — one hostname per key, one network per name and
+// ID, one mailbox id per message — and the loser runs again on the newer
+// replica (a server's losers one at a time). The counts a Store keeps
+// (agents, per source prefix, pending requests, mailbox sizes) are keys
+// read and written in the transactions that change them, so they stay
+// exact and the limits that read them hold across servers; writes that
+// change one count (new agents, trust requests) commit one after
+// another. An Update returns once the replica has its own writes, so a
+// server reads what it wrote. A prefix of records no server wrote (no
+// layout record) or of another layout is refused (ErrStoreDamaged), and
+// a prefix of another server key like any store (Server.Start).
+//
+// Soft state sits on etcd leases. Each server holds a lease (TTL 5 s by
+// default) with its server record (S/) and its agents' session records
+// (s/: server, locators, NAT kind) on it; the session record is written in
+// the registration's own transaction. A server that dies takes its
+// agents' sessions with it within the lease TTL. A server that cannot
+// renew its lease stops answering when the lease may have expired: it
+// closes its sessions, and refuses registrations, lookups and writes
+// (proto.CodeInternal, "store unavailable") until etcd answers again; an
+// Update that etcd did not commit is never reported done.
+//
+// Deliveries cross servers through the watch, with no server-to-server
+// channel: a mailbox message queued by one server wakes the recipient's
+// session on the server that holds it; a session record written by
+// another server closes the stale local session (the agent moved); a
+// deleted trust pair closes the relay sessions of the pair on every
+// server; a network document committed elsewhere is pushed to the local
+// members. An introduction for an agent on another server is written as a
+// short-lived key (q/<server>/…, on a lease rotated every 15 s) that only
+// its server acts on; the relay session stays on the server that opened
+// it, and the grant names that server's address. The watch costs each
+// server every write's event; the replica costs each server the whole
+// keyspace in memory (see the README's Performance section for the
+// figures).
+//
+// Nodes may know several servers (ClientConfig.ServerAddrs, or a name with
+// several addresses). They share one server key: the key file
+// ("agentnet rendezvous -identity") is the cluster key that nodes pin, and
+// a server presenting any other key is refused. A node registers with the
+// first server that answers (staggered by 250 ms), notices a dead one
+// within 1.5 s (QUIC keepalives; its session's idle timeout), and
+// registers with another: its direct connections are untouched, and its
+// mailbox, in etcd, follows it.
+//
 // # Log keys
 //
 // addr, bytes, count, err, hostname, key, mailbox_id, op, reflexive, relay,

@@ -35,8 +35,10 @@ var (
 	ErrNetworkTaken = errors.New("rendezvous: network name taken")
 	// ErrStoreDamaged: the server's store file is damaged (empty, truncated,
 	// a bad meta page, an unreadable page, an inconsistency bbolt's check
-	// found). The server does not open or overwrite it; the error says how
-	// to restore the last good copy.
+	// found), or an EtcdStore's prefix holds records of another layout or
+	// without a layout record (not written by a rendezvous server). The
+	// server does not open or overwrite it; the error says how to restore
+	// the last good copy.
 	ErrStoreDamaged = errors.New("rendezvous: store damaged")
 	// ErrStoreMismatch: the store does not belong to the server's identity:
 	// it is missing or empty although the identity existed, it belongs to

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/etcdtest"
 	"github.com/agentnet/agentnet/rendezvous/proto"
 )
 
@@ -19,7 +20,20 @@ import (
 // and its trust pair still lets its peer look it up. (Before, agent
 // records never expired, so MaxAgents filled up for good.)
 func TestIdleRegistrationsExpire(t *testing.T) {
-	s := testServer(t, Limits{AgentTTL: time.Hour})
+	limits := Limits{AgentTTL: time.Hour}
+	t.Run("bbolt", func(t *testing.T) { testIdleRegistrationsExpire(t, testServer(t, limits)) })
+	t.Run("etcd", func(t *testing.T) {
+		st := openTestEtcd(t, etcdtest.Start(t, 3), "/expire/")
+		t.Cleanup(func() { st.Close() })
+		s, err := NewServer(ServerConfig{Addr: "127.0.0.1:0", STUNAddr: "-", RelayAddr: "-", Limits: limits, Store: st})
+		require.NoError(t, err)
+		require.NoError(t, s.Start())
+		t.Cleanup(func() { s.Close() })
+		testIdleRegistrationsExpire(t, s)
+	})
+}
+
+func testIdleRegistrationsExpire(t *testing.T, s *Server) {
 	old, online, peer := newTestID(t), newTestID(t), newTestID(t)
 	long := time.Now().Add(-2 * time.Hour)
 	require.NoError(t, s.store.Update(func(tx Tx) error {

@@ -27,11 +27,11 @@ import (
 // run, the number of goroutines does not settle back to what it was.
 func checkGoroutines(t *testing.T) {
 	t.Helper()
-	before := runtime.NumGoroutine()
+	before := countGoroutines()
 	t.Cleanup(func() { // registered first, so it runs last
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			n := runtime.NumGoroutine()
+			n := countGoroutines()
 			if n <= before {
 				return
 			}

@@ -107,6 +107,7 @@ type Server struct {
 
 	nconns atomic.Int64
 	stats  counters
+	cl     *etcdCluster // nil unless the store is an EtcdStore (etcdhooks.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -136,6 +137,8 @@ type counters struct {
 	networkDocs        atomic.Uint64
 	networkRefused     atomic.Uint64
 	networkPushes      atomic.Uint64
+	registrations      atomic.Uint64
+	lookups            atomic.Uint64
 }
 
 // Stats is a snapshot of the server's counters.
@@ -162,6 +165,8 @@ type Stats struct {
 	NetworkDocs      uint64 // networks created, and Joins, Leaves and Removes accepted
 	NetworkRefused   uint64 // network documents refused (malformed, forged, stale, over a limit)
 	NetworkPushes    uint64 // NetworkState frames pushed on session streams
+	Registrations    uint64 // Register requests answered Registered
+	Lookups          uint64 // Lookup requests answered (found or not)
 }
 
 // RelayStats is a snapshot of the relay's and the STUN responder's counters.
@@ -271,6 +276,9 @@ func (s *Server) Start() (err error) {
 		}
 	}
 	if err := s.openState(); err != nil {
+		return err
+	}
+	if err := s.attachCluster(); err != nil {
 		return err
 	}
 
@@ -457,6 +465,10 @@ func (s *Server) releaseLocked() error {
 			}
 		}
 	}
+	if s.cl != nil {
+		s.cl.detach()
+		s.cl = nil
+	}
 	if s.ownStore && s.store != nil {
 		if bs, ok := s.store.(*BoltStore); ok && s.snapshot != "" {
 			// The last good copy, for when the file is found damaged.
@@ -535,6 +547,7 @@ func (s *Server) Stats() Stats {
 		SessionsReplaced: c.sessionsReplaced.Load(), StoreErrors: c.storeErrors.Load(), AgentsExpired: c.agentsExpired.Load(),
 		Introductions: c.introductions.Load(), IntroPushDropped: c.introPushDropped.Load(), RelayRefusedKey: c.relayRefusedPerKey.Load(),
 		NetworkDocs: c.networkDocs.Load(), NetworkRefused: c.networkRefused.Load(), NetworkPushes: c.networkPushes.Load(),
+		Registrations: c.registrations.Load(), Lookups: c.lookups.Load(),
 	}
 }
 
@@ -715,6 +728,9 @@ func (s *Server) connLoop(c *serverConn) {
 			delete(s.sessions, c.key)
 		}
 		s.mu.Unlock()
+		if s.cl != nil {
+			s.cl.sessionDown(c.key, c)
+		}
 	}()
 	ctx := c.qc.Context()
 	unregistered := time.AfterFunc(registerTimeout, func() {
@@ -806,6 +822,7 @@ func (s *Server) handleStream(c *serverConn, str *quic.Stream) {
 	var resp proto.Message
 	switch m := msg.(type) {
 	case *proto.Lookup:
+		s.stats.lookups.Add(1)
 		resp = s.lookup(c.key, m.Target)
 	case *proto.SetHostname:
 		resp = s.setHostname(c.key, m.Hostname)
@@ -979,6 +996,11 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 		}
 		rec.Locators = locators
 		rec.LastSeen = now
+		if s.cl != nil { // the session record, in the same etcd transaction
+			if err := s.cl.stageSession(tx, c, c.key, locators); err != nil {
+				return err
+			}
+		}
 		if err := tx.PutAgent(rec); err != nil {
 			return err
 		}
@@ -990,6 +1012,7 @@ func (s *Server) register(c *serverConn, reg *proto.Register) (proto.Message, *s
 	if err != nil {
 		return s.errorAnswer("register", err), nil
 	}
+	s.stats.registrations.Add(1)
 	return &proto.Registered{
 			Addr:      addressing.AddrFrom(0, c.key.NodeID()),
 			Reflexive: c.remote, // a tunnel's address over TCP (clients know it is none)
@@ -1025,6 +1048,10 @@ func (s *Server) errorAnswer(op string, err error) *proto.Error {
 		return &proto.Error{Code: proto.CodeBadMessage, Text: err.Error()}
 	case errors.Is(err, ErrNetworkTaken):
 		return &proto.Error{Code: proto.CodeNetworkTaken}
+	case storeUnavailable(err):
+		s.stats.storeErrors.Add(1)
+		s.log.Warn("rendezvous: store unavailable", "op", op, "err", err)
+		return &proto.Error{Code: proto.CodeInternal, Text: "store unavailable"}
 	}
 	s.stats.storeErrors.Add(1)
 	s.log.Error("rendezvous: store", "op", op, "err", err)
@@ -1229,8 +1256,11 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 	sess := s.sessions[rec.Key]
 	s.mu.Unlock()
 	locators := rec.Locators
+	online := sess != nil
 	if sess != nil {
 		locators = sess.locators
+	} else if rs, ok := s.remoteSession(rec.Key); ok { // online on another server
+		online, locators = true, rs.Locators
 	}
 	if len(locators) > proto.MaxLocators {
 		locators = locators[:proto.MaxLocators]
@@ -1239,7 +1269,7 @@ func (s *Server) lookup(from addressing.PublicKey, t addressing.Target) proto.Me
 		Key:      rec.Key,
 		Addr:     addressing.AddrFrom(targetNetwork(t), rec.Key.NodeID()),
 		Hostname: rec.Hostname,
-		Online:   sess != nil,
+		Online:   online,
 		Locators: locators,
 	}
 }

@@ -173,12 +173,19 @@ func TestRateLimiter(t *testing.T) {
 	require.Equal(t, netip.MustParseAddr("10.1.2.3"), addrKey(netip.MustParseAddr("::ffff:10.1.2.3")))
 }
 
-// TestBoltStoreCounts: the counts the store keeps follow every write, and the
-// expiry index finds idle agents oldest first.
-func TestBoltStoreCounts(t *testing.T) {
-	s, err := OpenBoltStore(filepath.Join(t.TempDir(), "rendezvous.db"))
-	require.NoError(t, err)
-	defer s.Close()
+// TestStoreCounts: the counts each store keeps follow every write, Prune
+// keeps them too, and the expiry index finds idle agents oldest first.
+func TestStoreCounts(t *testing.T) {
+	for _, sc := range storeCases(t) {
+		t.Run(sc.name, func(t *testing.T) {
+			s := sc.open(t)
+			defer s.Close()
+			testStoreCounts(t, s)
+		})
+	}
+}
+
+func testStoreCounts(t *testing.T, s Store) {
 	src1, src2 := netip.MustParsePrefix("198.18.1.0/24"), netip.MustParsePrefix("2001:db8::/48")
 	a, b, c := key(t), key(t), key(t)
 	t0 := time.Unix(1_800_000_000, 0)
@@ -245,6 +252,87 @@ func TestBoltStoreCounts(t *testing.T) {
 		require.Equal(t, 0, n)
 		return nil
 	}))
+	// Prune keeps the counts: the two requests and the three messages are
+	// older than the records cutoff; a newer message stays.
+	require.NoError(t, s.Update(func(tx Tx) error {
+		_, err := tx.Enqueue(c, []byte("new"), t0.Add(time.Hour))
+		return err
+	}))
+	var pruned int
+	require.NoError(t, s.Update(func(tx Tx) (err error) {
+		pruned, err = tx.Prune(time.Time{}, t0.Add(time.Minute))
+		return err
+	}))
+	require.Equal(t, 5, pruned)
+	require.NoError(t, s.View(func(tx Tx) error {
+		q, _ := tx.PendingQuota(b, src1)
+		require.Equal(t, PendingQuota{}, q)
+		q, _ = tx.PendingQuota(c, src2)
+		require.Equal(t, PendingQuota{}, q)
+		n, _ := tx.MailCount(c)
+		require.Equal(t, 1, n)
+		return nil
+	}))
+}
+
+// TestPruneReplayCacheByTime: Prune deletes the replay-cache entries older
+// than its nonces cutoff and no others, in batches (more entries than one
+// etcd transaction may delete), and leaves records alone with a zero
+// records cutoff.
+func TestPruneReplayCacheByTime(t *testing.T) {
+	for _, sc := range storeCases(t) {
+		t.Run(sc.name, func(t *testing.T) {
+			s := sc.open(t)
+			defer s.Close()
+			a, b := key(t), key(t)
+			t0 := time.Unix(1_800_000_000, 0)
+			const old, fresh = 150, 20
+			at := func(i int) time.Time {
+				if i >= old {
+					return t0.Add(time.Hour + time.Duration(i)*time.Second)
+				}
+				return t0.Add(time.Duration(i) * time.Second)
+			}
+			// see runs SeeNonce for every entry, 40 per transaction (an etcd
+			// transaction writes at most 128 keys), and returns which were seen.
+			see := func() []bool {
+				var out []bool
+				for from := 0; from < old+fresh; from += 40 {
+					require.NoError(t, s.Update(func(tx Tx) error {
+						for i := from; i < min(from+40, old+fresh); i++ {
+							seen, err := tx.SeeNonce(a, [16]byte{byte(i), byte(i >> 8)}, at(i))
+							require.NoError(t, err)
+							out = append(out, seen)
+						}
+						return nil
+					}))
+				}
+				return out
+			}
+			for i, seen := range see() {
+				require.False(t, seen, "entry %d", i)
+			}
+			require.NoError(t, s.Update(func(tx Tx) error {
+				_, err := tx.Enqueue(b, []byte("m"), t0)
+				return err
+			}))
+			var pruned int
+			require.NoError(t, s.Update(func(tx Tx) (err error) {
+				pruned, err = tx.Prune(t0.Add(30*time.Minute), time.Time{})
+				return err
+			}))
+			require.Equal(t, old, pruned)
+			for i, seen := range see() {
+				require.Equal(t, i >= old, seen, "entry %d", i)
+			}
+			require.NoError(t, s.View(func(tx Tx) error {
+				n, err := tx.MailCount(b)
+				require.NoError(t, err)
+				require.Equal(t, 1, n, "a zero records cutoff keeps the mail")
+				return nil
+			}))
+		})
+	}
 }
 
 // TestBoltStoreConvertsLayout1: a store written by the previous version

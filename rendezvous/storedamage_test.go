@@ -205,28 +205,46 @@ func TestStoreAndIdentityMustMatch(t *testing.T) {
 		_, err = os.Stat(filepath.Join(dir, "identity.key"))
 		require.ErrorIs(t, err, os.ErrNotExist, "no new identity was created")
 	})
-	t.Run("another server's store", func(t *testing.T) {
-		dir := populatedDataDir(t, 1)
-		st, err := rendezvous.OpenBoltStore(filepath.Join(dir, "rendezvous.db"))
-		require.NoError(t, err)
-		defer st.Close()
-		_, err = startServer(t, rendezvous.ServerConfig{Store: st, Identity: newID(t)})
-		require.ErrorIs(t, err, rendezvous.ErrStoreMismatch)
-		require.Contains(t, err.Error(), "belongs to server key")
-	})
-	t.Run("empty Store with an existing identity", func(t *testing.T) {
-		dir := populatedDataDir(t, 1)
-		st, err := rendezvous.OpenBoltStore(filepath.Join(t.TempDir(), "other.db"))
-		require.NoError(t, err)
-		defer st.Close()
-		_, err = startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st})
-		require.ErrorIs(t, err, rendezvous.ErrStoreMismatch)
-		srv, err := startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st, InitStore: true})
-		require.NoError(t, err)
-		require.NoError(t, srv.Close())
-		// From now on it is this server's store.
-		srv, err = startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st})
-		require.NoError(t, err)
-		require.NoError(t, srv.Close())
-	})
+	// The Store cases, on each store (an EtcdStore on its own prefix of the
+	// shared cluster).
+	stores := []struct {
+		name string
+		open func(t *testing.T) rendezvous.Store
+	}{
+		{"bbolt", func(t *testing.T) rendezvous.Store {
+			st, err := rendezvous.OpenBoltStore(filepath.Join(t.TempDir(), "other.db"))
+			require.NoError(t, err)
+			return st
+		}},
+		{"etcd", func(t *testing.T) rendezvous.Store { return openEtcd(t, sharedEtcd, t.TempDir()) }},
+	}
+	for _, sc := range stores {
+		t.Run("another server's store/"+sc.name, func(t *testing.T) {
+			st := sc.open(t)
+			defer st.Close()
+			srv, err := startServer(t, rendezvous.ServerConfig{Store: st, Identity: newID(t)})
+			require.NoError(t, err)
+			require.NoError(t, srv.Close())
+			require.NoError(t, st.Update(func(tx rendezvous.Tx) error {
+				return tx.PutAgent(rendezvous.AgentRecord{Key: newID(t).PublicKey(), Created: time.Now(), LastSeen: time.Now()})
+			}))
+			_, err = startServer(t, rendezvous.ServerConfig{Store: st, Identity: newID(t)})
+			require.ErrorIs(t, err, rendezvous.ErrStoreMismatch)
+			require.Contains(t, err.Error(), "belongs to server key")
+		})
+		t.Run("empty Store with an existing identity/"+sc.name, func(t *testing.T) {
+			dir := populatedDataDir(t, 1)
+			st := sc.open(t)
+			defer st.Close()
+			_, err := startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st})
+			require.ErrorIs(t, err, rendezvous.ErrStoreMismatch)
+			srv, err := startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st, InitStore: true})
+			require.NoError(t, err)
+			require.NoError(t, srv.Close())
+			// From now on it is this server's store.
+			srv, err = startServer(t, rendezvous.ServerConfig{DataDir: dir, Store: st})
+			require.NoError(t, err)
+			require.NoError(t, srv.Close())
+		})
+	}
 }

@@ -28,10 +28,12 @@ type rawDoc struct {
 
 // rendezvousServing is the --json output of "agentnet rendezvous".
 type rendezvousServing struct {
-	Addr  string `json:"addr"`          // the UDP address it serves on
-	Key   string `json:"key"`           // the server's key, for agents to pin
-	State string `json:"state"`         // its state directory
-	TCP   string `json:"tcp,omitempty"` // the TCP (TLS/WebSocket) address, if it listens on one
+	Addr    string `json:"addr"`              // the UDP address it serves on
+	Key     string `json:"key"`               // the server's key, for agents to pin
+	State   string `json:"state"`             // its state directory
+	Store   string `json:"store"`             // the store: bbolt in the state directory, or etcd endpoints and prefix
+	TCP     string `json:"tcp,omitempty"`     // the TCP (TLS/WebSocket) address, if it listens on one
+	Metrics string `json:"metrics,omitempty"` // the metrics URL, if it serves one
 }
 
 func printServing(w io.Writer, asJSON bool, s rendezvousServing) {
@@ -40,9 +42,12 @@ func printServing(w io.Writer, asJSON bool, s rendezvousServing) {
 		w.Write(append(b, '\n'))
 		return
 	}
-	fmt.Fprintf(w, "rendezvous listening on %s\nserver key %s\nstate in %s\n", s.Addr, s.Key, s.State)
+	fmt.Fprintf(w, "rendezvous listening on %s\nserver key %s\nstate in %s\nstore %s\n", s.Addr, s.Key, s.State, s.Store)
 	if s.TCP != "" {
 		fmt.Fprintf(w, "TCP (TLS/WebSocket) on %s\n", s.TCP)
+	}
+	if s.Metrics != "" {
+		fmt.Fprintf(w, "metrics on %s\n", s.Metrics)
 	}
 }
 

@@ -49,6 +49,7 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 	}
 	detach := fs.Bool("detach", false, "start the daemon in the background (log in <state>/daemon.log) and return once it serves")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (env AGENTNET_LOG_LEVEL; default info)")
+	logFormat := fs.String("log-format", "", "text or json (env AGENTNET_LOG_FORMAT; default text)")
 	return func(x *cliCtx) (any, error) {
 		state := fs.Lookup("state").Value.String()
 		if state == "" {
@@ -97,7 +98,15 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 				return nil, badUsage("log level %q: want debug, info, warn or error", level)
 			}
 		}
-		cfg.Logger = slog.New(slog.NewTextHandler(x.stderr, &slog.HandlerOptions{Level: lv}))
+		format := *logFormat
+		if format == "" {
+			format = os.Getenv("AGENTNET_LOG_FORMAT")
+		}
+		logger, err := newLogger(x.stderr, format, lv)
+		if err != nil {
+			return nil, badUsage("%v", err)
+		}
+		cfg.Logger = logger
 		d, err := daemon.New(cfg)
 		if err != nil {
 			return nil, badUsage("%v", err)

@@ -19,9 +19,18 @@ import (
 // test's Cleanup. Not safe for concurrent Restart.
 type Server struct {
 	*rendezvous.Server
-	t   testing.TB
-	cfg rendezvous.ServerConfig
+	t     testing.TB
+	cfg   rendezvous.ServerConfig
+	store rendezvous.Store // from StoreFunc; closed with the server
 }
+
+// StoreFunc, if set, gives every server this package starts without a
+// Store of its own a store: it is called at each start and restart with
+// the server's DataDir, and a store opened for the same DataDir must hold
+// the same state (a restarted server keeps its state, as with the bbolt
+// file in DataDir). The store is closed after the server. Tests that run
+// the suite on another store (the etcd store) set it and reset it.
+var StoreFunc func(t testing.TB, dataDir string) rendezvous.Store
 
 // New starts a server on 127.0.0.1:0 with a temporary DataDir.
 func New(t testing.TB) *Server {
@@ -43,13 +52,28 @@ func NewWithConfig(t testing.TB, cfg rendezvous.ServerConfig) *Server {
 	}
 	s := &Server{t: t, cfg: cfg}
 	s.start()
-	t.Cleanup(func() { s.Server.Close() })
+	t.Cleanup(func() {
+		s.Server.Close()
+		s.closeStore()
+	})
 	return s
+}
+
+func (s *Server) closeStore() {
+	if s.store != nil {
+		s.store.Close()
+		s.store = nil
+	}
 }
 
 func (s *Server) start() {
 	s.t.Helper()
-	srv, err := rendezvous.NewServer(s.cfg)
+	cfg := s.cfg
+	if cfg.Store == nil && StoreFunc != nil {
+		s.store = StoreFunc(s.t, cfg.DataDir)
+		cfg.Store = s.store
+	}
+	srv, err := rendezvous.NewServer(cfg)
 	if err != nil {
 		s.t.Fatalf("rendezvoustest: %v", err)
 	}
@@ -79,6 +103,7 @@ func (s *Server) Restart() {
 	if err := s.Server.Close(); err != nil {
 		s.t.Fatalf("rendezvoustest: close: %v", err)
 	}
+	s.closeStore()
 	s.start()
 }
 
