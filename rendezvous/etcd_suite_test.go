@@ -61,6 +61,8 @@ var suite = []struct {
 	{"NetworkJoinNoOracle", TestNetworkJoinNoOracle},
 	{"PinIsPerNode", TestPinIsPerNode},
 	{"SessionLossDetected", TestSessionLossDetected},
+	{"TunnelStrangerLearnsNothingMore", TestTunnelStrangerLearnsNothingMore},
+	{"TunnelStrangerCannotInject", TestTunnelStrangerCannotInject},
 	{"SessionRestartDetectedAtOnce", TestSessionRestartDetectedAtOnce},
 	{"RequestBeforeTargetRegisters", TestRequestBeforeTargetRegisters},
 	{"RequestHeldForHostnameClaimedLater", TestRequestHeldForHostnameClaimedLater},
