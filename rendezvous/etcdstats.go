@@ -8,7 +8,7 @@ import (
 
 // EtcdStats are an EtcdStore's counters.
 type EtcdStats struct {
-	Txns        uint64 // transactions committed (Update calls that wrote, prunes, soft-state writes)
+	Txns        uint64 // transactions committed (Updates that wrote, one per group commit; prunes; soft-state writes)
 	Conflicts   uint64 // commits refused by a compare: another server wrote first; retried
 	Errors      uint64 // etcd requests that failed (timeouts, no leader, connection lost)
 	Unavailable uint64 // Views and Updates refused: no contact with etcd within the lease TTL

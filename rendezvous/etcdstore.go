@@ -723,7 +723,12 @@ func (t *etcdTx) restore(sv txState) {
 
 // updateAlone is Update for fn alone: its own transaction, retried until
 // it commits, fails, or EtcdConfig.Timeout passes.
-func (s *EtcdStore) updateAlone(fn func(Tx) error) error {
+func (s *EtcdStore) updateAlone(fn func(Tx) error) error { return s.updateTx(fn, true) }
+
+// updateTx runs fn in transactions until one commits; with serialize, its
+// retries take s.retry. Prune's batches do not: they run inside an Update
+// whose retry may hold it.
+func (s *EtcdStore) updateTx(fn func(Tx) error, serialize bool) error {
 	if err := s.ready(); err != nil {
 		s.stats.unavailable.Add(1)
 		return err
@@ -739,7 +744,7 @@ func (s *EtcdStore) updateAlone(fn func(Tx) error) error {
 		}
 	}()
 	for attempt := 0; ; attempt++ {
-		if attempt > 0 && !holding {
+		if attempt > 0 && serialize && !holding {
 			select {
 			case s.retry <- struct{}{}:
 				holding = true
@@ -1596,7 +1601,7 @@ func (s *EtcdStore) pruneRange(from, end string, old func(k string, rec []byte) 
 	for from < end {
 		var deleted int
 		next := end
-		err := s.updateAlone(func(tx Tx) error { // inside an Update: not in a group
+		err := s.updateTx(func(tx Tx) error { // inside an Update: not in a group, nor serialized
 			t := tx.(*etcdTx)
 			deleted, next = 0, end
 			var dead []string
@@ -1620,7 +1625,7 @@ func (s *EtcdStore) pruneRange(from, end string, old func(k string, rec []byte) 
 			}
 			deleted = len(dead)
 			return nil
-		})
+		}, false)
 		if err != nil {
 			return n, fmt.Errorf("rendezvous: etcd prune: %w", err)
 		}
