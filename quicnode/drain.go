@@ -3,7 +3,8 @@ package quicnode
 import (
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 )
 
 // CloseDrain bounds how long Close waits for data queued on streams to
@@ -13,10 +14,11 @@ const CloseDrain = 2 * time.Second
 // drainPoll is how often the drain looks at the connections.
 const drainPoll = 5 * time.Millisecond
 
-// drain waits, until deadline, for every peer connection to go quiet: to
-// send nothing for a quiet window of twice its probe timeout (smoothed RTT
-// + 4 × its deviation + QUIC's 25 ms ack delay). While stream data or a
-// FIN is queued or unacknowledged, quic-go keeps sending it (and
+// drain waits, until deadline, for every live peer connection (each
+// peer's direct and relayed links, the standby one included) to go quiet:
+// to send nothing for 2 × (2 × smoothed RTT + 25 ms), about twice its probe
+// timeout (25 ms is QUIC's default max ack delay). While stream data or
+// a FIN is queued or unacknowledged, quic-go keeps sending it (and
 // retransmits it at the probe timeout), so a connection quiet for that
 // long has had everything written to it acknowledged, or is blocked by
 // the peer's flow control (a reader that does not read), which the drain
@@ -25,36 +27,34 @@ func (n *Node) drain(deadline time.Time) bool {
 	if n.paths == nil {
 		return true
 	}
+	type linkID struct {
+		key  addressing.PublicKey
+		kind paths.Kind
+	}
 	type watch struct {
-		c      *quic.Conn
 		sent   uint64
 		change time.Time
 	}
-	var ws []watch
-	now := time.Now()
-	for _, k := range n.paths.Connected() {
-		if l := n.paths.Best(k); l != nil {
-			ws = append(ws, watch{c: l.Conn, sent: l.Conn.ConnectionStats().BytesSent, change: now})
-		}
-	}
-	for len(ws) > 0 {
-		now = time.Now()
-		rest := ws[:0]
-		for _, w := range ws {
-			if w.c.Context().Err() != nil {
-				continue // closed: nothing to wait for
+	ws := map[linkID]*watch{}
+	for {
+		now := time.Now()
+		live := n.paths.Links() // live links only: a closed one drops out
+		busy := 0
+		for _, l := range live {
+			id := linkID{l.Key, l.Kind}
+			w := ws[id]
+			if w == nil || w.sent != l.BytesSent {
+				if w == nil {
+					w = &watch{}
+					ws[id] = w
+				}
+				w.sent, w.change = l.BytesSent, now
 			}
-			st := w.c.ConnectionStats()
-			if st.BytesSent != w.sent {
-				w.sent, w.change = st.BytesSent, now
-			}
-			quiet := 2 * (st.SmoothedRTT + 4*st.MeanDeviation + 25*time.Millisecond)
-			if now.Sub(w.change) < quiet {
-				rest = append(rest, w)
+			if now.Sub(w.change) < 2*(2*l.RTT+25*time.Millisecond) {
+				busy++
 			}
 		}
-		ws = rest
-		if len(ws) == 0 {
+		if busy == 0 {
 			return true
 		}
 		if now.After(deadline) {
@@ -62,5 +62,4 @@ func (n *Node) drain(deadline time.Time) bool {
 		}
 		time.Sleep(drainPoll)
 	}
-	return true
 }

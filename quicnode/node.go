@@ -271,8 +271,8 @@ func (n *Node) RendezvousState() (st rendezvous.SessionState, ok bool) {
 // goroutine and waits for them. It is idempotent. The Store stays open.
 // Like http.Server.Shutdown, it first stops new dials and streams, closes
 // the listeners, and gives data already written to streams (and their
-// FINs) up to CloseDrain to reach the peers: it waits until every peer
-// connection has sent nothing for twice its probe timeout.
+// FINs) up to CloseDrain to reach the peers: it waits until every live
+// peer connection has sent nothing for about twice its probe timeout.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	if n.closed {
