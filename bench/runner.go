@@ -23,6 +23,7 @@ type Sizes struct {
 	StreamMessagesTime  time.Duration // ... or for at most this long
 	SetupRounds         int           // connection setups per repetition
 	ConcurrentStreams   int
+	RequestPeers        int // peers of the stream-per-req-peers row
 	ConcurrentBytes     int64 // per stream
 	IdlePeers           int
 	RefusalTime         time.Duration // length of each refusal attack
@@ -46,7 +47,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 1, BulkBytes: 1 << 20, PingPongs: 50, Messages: 200,
 			StreamMessages: 50, StreamMessagesTime: 100 * time.Millisecond,
-			SetupRounds: 3, ConcurrentStreams: 20, ConcurrentBytes: 16 << 10,
+			SetupRounds: 3, ConcurrentStreams: 20, RequestPeers: 5, ConcurrentBytes: 16 << 10,
 			IdlePeers: 5, RefusalTime: 200 * time.Millisecond,
 			RendezvousAgents: 20, RendezvousConnected: 10, RendezvousOps: 50,
 		}, nil
@@ -54,7 +55,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 3, BulkBytes: 64 << 20, PingPongs: 1000, Messages: 20000,
 			StreamMessages: 2000, StreamMessagesTime: 200 * time.Millisecond,
-			SetupRounds: 10, ConcurrentStreams: 200, ConcurrentBytes: 64 << 10,
+			SetupRounds: 10, ConcurrentStreams: 200, RequestPeers: 100, ConcurrentBytes: 64 << 10,
 			IdlePeers: 50, RefusalTime: 500 * time.Millisecond,
 			RendezvousAgents: 500, RendezvousConnected: 100, RendezvousOps: 1000,
 		}, nil
@@ -62,7 +63,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 3, BulkBytes: 1 << 30, PingPongs: 10000, Messages: 100000,
 			StreamMessages: 5000, StreamMessagesTime: time.Second,
-			SetupRounds: 50, ConcurrentStreams: 1000, ConcurrentBytes: 256 << 10,
+			SetupRounds: 50, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 256 << 10,
 			IdlePeers: 1000, RefusalTime: 1500 * time.Millisecond,
 			RendezvousAgents: 10000, RendezvousConnected: 1000, RendezvousOps: 10000,
 		}, nil
@@ -70,7 +71,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 5, BulkBytes: 1 << 30, PingPongs: 10000, Messages: 200000,
 			StreamMessages: 10000, StreamMessagesTime: 2 * time.Second,
-			SetupRounds: 100, ConcurrentStreams: 1000, ConcurrentBytes: 1 << 20,
+			SetupRounds: 100, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 1 << 20,
 			IdlePeers: 1000, RefusalTime: 5 * time.Second,
 			RendezvousAgents: 100000, RendezvousConnected: 2000, RendezvousOps: 20000,
 		}, nil
@@ -203,6 +204,30 @@ func plan() []scenario {
 			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
 				rate, busy, err := StreamPerMessage(ctx, r, sz.StreamMessages, sz.StreamMessagesTime)
 				return []float64{rate.PerSecond(), float64(busy)}, err
+			},
+		},
+		{
+			name: "stream-per-req",
+			title: func(sz Sizes) string {
+				return fmt.Sprintf("1 KiB request/response, new stream each, sequential (TCP/TLS: connection; ≤%d or %s)", sz.StreamMessages, sz.StreamMessagesTime)
+			},
+			metrics: []metricDef{{"req/s", higher}, {"CPU µs/req", lower}, {"p99 µs", lower}},
+			rig:     true, timeout: minute,
+			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
+				rate, p99, err := Requests(ctx, r, 0, sz.StreamMessages, sz.StreamMessagesTime)
+				return []float64{rate.PerSecond(), float64(rate.CPU.Microseconds()) / float64(max(rate.N, 1)), float64(p99.Microseconds())}, err
+			},
+		},
+		{
+			name: "stream-per-req-peers",
+			title: func(sz Sizes) string {
+				return fmt.Sprintf("same, %d peers at once (≤%d or %s)", sz.RequestPeers, sz.StreamMessages*4, sz.StreamMessagesTime)
+			},
+			metrics: []metricDef{{"req/s", higher}, {"CPU µs/req", lower}, {"p99 µs", lower}},
+			rig:     true, timeout: func(Sizes) time.Duration { return 3 * time.Minute },
+			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
+				rate, p99, err := Requests(ctx, r, sz.RequestPeers, sz.StreamMessages*4, sz.StreamMessagesTime)
+				return []float64{rate.PerSecond(), float64(rate.CPU.Microseconds()) / float64(max(rate.N, 1)), float64(p99.Microseconds())}, err
 			},
 		},
 		{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ func (t Transfer) CPUPerGiB() float64 { return t.CPU.Seconds() / (float64(t.Byte
 type Rate struct {
 	N    int
 	Wall time.Duration
+	CPU  time.Duration // process CPU, where measured
 }
 
 // PerSecond returns N per second.
@@ -490,4 +492,77 @@ func parallel(ctx context.Context, n, width int, f func(i int) error) error {
 		return ctx.Err()
 	}
 	return first
+}
+
+// Requests measures the agent RPC pattern: each request opens a new
+// stream, writes 1 KiB to the echo service and reads the 1 KiB answer.
+// peers == 0 runs one sequence on the rig's own connection; peers > 0 runs
+// that many peers (each its own connection, prepared untimed) at once, each
+// sequential. It runs n requests in all or for at most maxDur; the result
+// has the request rate, the process CPU per request and the p99 latency.
+func Requests(ctx context.Context, r *Rig, peers, n int, maxDur time.Duration) (rate Rate, p99 time.Duration, err error) {
+	dials := []func(context.Context) (net.Conn, error){r.Env.Dial}
+	if peers > 0 {
+		dials = dials[:0]
+		for range peers {
+			p, err := r.Env.NewPeer(ctx)
+			if err != nil {
+				return Rate{}, 0, err
+			}
+			defer p.Close()
+			c, err := p.Dial(ctx) // connect untimed
+			if err != nil {
+				return Rate{}, 0, err
+			}
+			if err := requestOnce(c, make([]byte, 1+messageSize), make([]byte, messageSize)); err != nil {
+				return Rate{}, 0, err
+			}
+			dials = append(dials, p.Dial)
+		}
+	}
+	var mu sync.Mutex
+	var lats []time.Duration
+	var done atomic.Int64
+	m := startMeter()
+	err = parallel(ctx, len(dials), len(dials), func(i int) error {
+		req := make([]byte, 1+messageSize)
+		req[0] = opEcho
+		resp := make([]byte, messageSize)
+		var mine []time.Duration
+		defer func() {
+			mu.Lock()
+			lats = append(lats, mine...)
+			mu.Unlock()
+		}()
+		for int(done.Load()) < n && (len(mine) == 0 || time.Since(m.start) < maxDur) {
+			start := time.Now()
+			c, err := dials[i](ctx)
+			if err != nil {
+				return err
+			}
+			if err := requestOnce(c, req, resp); err != nil {
+				return err
+			}
+			mine = append(mine, time.Since(start))
+			done.Add(1)
+		}
+		return nil
+	})
+	wall, cpu := m.stop()
+	if err != nil {
+		return Rate{}, 0, err
+	}
+	slices.Sort(lats)
+	return Rate{N: len(lats), Wall: wall, CPU: cpu}, lats[len(lats)*99/100], nil
+}
+
+// requestOnce writes req on c, reads len(resp) bytes back and closes c.
+func requestOnce(c net.Conn, req, resp []byte) error {
+	req[0] = opEcho
+	defer c.Close()
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, resp)
+	return err
 }
