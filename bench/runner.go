@@ -23,7 +23,7 @@ type Sizes struct {
 	StreamMessagesTime  time.Duration // ... or for at most this long
 	SetupRounds         int           // connection setups per repetition
 	ConcurrentStreams   int
-	RequestPeers        int // peers of the stream-per-req-peers row
+	RequestPeers        int   // peers of the stream-per-req-peers row
 	ConcurrentBytes     int64 // per stream
 	IdlePeers           int
 	RefusalTime         time.Duration // length of each refusal attack
