@@ -140,13 +140,18 @@ func (e *agentnetEnv) start(ctx context.Context) error {
 
 // startNode starts a node on st and waits until it is registered.
 func (e *agentnetEnv) startNode(ctx context.Context, st *trustdb.Store) (*anode, error) {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
 	n, err := quicnode.New(quicnode.Config{
 		Store:          st,
 		RendezvousAddr: e.rdv.Addr().String(),
 		RendezvousKey:  e.rdv.PublicKey(),
-		ListenAddr:     "127.0.0.1:0",
+		Conn:           packetConn(udp),
 	})
 	if err != nil {
+		udp.Close()
 		return nil, err
 	}
 	if err := n.Start(ctx); err != nil {

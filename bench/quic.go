@@ -125,7 +125,7 @@ func NewQUICEnv(ctx context.Context) (Env, error) {
 	e := &quicEnv{
 		srvID:   id,
 		udp:     udp,
-		tr:      &quic.Transport{Conn: udp},
+		tr:      &quic.Transport{Conn: packetConn(udp)},
 		streams: make(chan net.Conn, 1024),
 		done:    make(chan struct{}),
 		peers:   make(map[*quicPeer]struct{}),
@@ -245,7 +245,7 @@ func (e *quicEnv) newPeer() (*quicPeer, error) {
 		env:     e,
 		id:      id,
 		udp:     udp,
-		tr:      &quic.Transport{Conn: udp},
+		tr:      &quic.Transport{Conn: packetConn(udp)},
 		tlsConf: clientTLS(id.cert, benchALPN, e.srvID.key),
 	}
 	// A peer is an agent: it listens as well as dials (as a quicnode node

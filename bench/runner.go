@@ -87,6 +87,11 @@ type Options struct {
 	Systems []System       // nil means Systems
 	// Progress receives one line per finished measurement; nil discards.
 	Progress io.Writer
+	// RTT, if set, is added to every path between the nodes and peers of
+	// agentnet and raw quic-go (see packetConn); the rendezvous' own
+	// socket adds nothing, so a node's round trip to it is RTT/2. TCP and
+	// TLS are not delayed.
+	RTT time.Duration
 }
 
 // Cell is one system's figure for a row: a value, or why there is none.
@@ -114,6 +119,7 @@ type Report struct {
 	Started time.Time `json:"started"`
 	Seconds float64   `json:"seconds"`
 	Systems []System  `json:"systems"`
+	RTTms   float64   `json:"emulated_rtt_ms,omitempty"` // Options.RTT
 	Rows    []Row     `json:"rows"`
 }
 
@@ -339,6 +345,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if opts.Sizes != nil {
 		sz = *opts.Sizes
 	}
+	emulatedRTT = opts.RTT
+	defer func() { emulatedRTT = 0 }()
 	systems := opts.Systems
 	if systems == nil {
 		systems = Systems
@@ -347,7 +355,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	rep := &Report{Machine: ThisMachine(), Mode: mode, Sizes: sz, Started: time.Now(), Systems: systems}
+	rep := &Report{Machine: ThisMachine(), Mode: mode, Sizes: sz, Started: time.Now(), Systems: systems, RTTms: float64(opts.RTT) / float64(time.Millisecond)}
 
 	var todo []scenario
 	needRig := false
@@ -469,6 +477,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "agentnet bench, mode %s, %s, %.0f s\n", r.Mode, r.Started.Format(time.RFC3339), r.Seconds)
 	fmt.Fprintf(w, "machine: %s, %d CPUs, GOMAXPROCS %d, %s %s/%s, kernel %s, quic-go %s, rmem_max %s wmem_max %s\n",
 		m.CPUModel, m.NumCPU, m.GOMAXPROCS, m.GoVersion, m.GOOS, m.GOARCH, m.Kernel, m.QUICGo, m.RmemMax, m.WmemMax)
+	if r.RTTms > 0 {
+		fmt.Fprintf(w, "emulated RTT %g ms between agentnet's and raw quic-go's nodes (rendezvous: half)\n", r.RTTms)
+	}
 	fmt.Fprintf(w, "127.0.0.1, both ends in one process unless noted; medians of %d repetitions, systems alternating\n\n", r.Sizes.Reps)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "scenario\tmetric")

@@ -35,9 +35,10 @@ func run() int {
 	systems := flag.String("systems", "", "comma-separated systems to run (default all: agentnet,quic-go,tcp,tls-tcp)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	quiet := flag.Bool("q", false, "no progress on stderr")
+	rtt := flag.Duration("rtt", 0, "emulate this round trip time between agentnet's and raw quic-go's nodes (e.g. 10ms)")
 	flag.Parse()
 
-	opts := bench.Options{Mode: bench.ModeDefault, Progress: os.Stderr}
+	opts := bench.Options{Mode: bench.ModeDefault, Progress: os.Stderr, RTT: *rtt}
 	switch {
 	case *quick && *full:
 		fmt.Fprintln(os.Stderr, "agentnet-bench: -quick and -full exclude each other")
