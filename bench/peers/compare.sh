@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${ROUNDS:-2}
 # The scenarios of agentnet's bench that this directory mirrors.
-only=${ONLY:-'^(rpc|rpc100|setup-first|bulk|pingpong)$'}
+only=${ONLY:-'^(stream-per-req|stream-per-req-peers|setup-first|bulk|pingpong)$'}
 go build -o /tmp/agentnet-bench.$$ ./bench/cmd/agentnet-bench
 (cd bench/peers && go build -o /tmp/agentnet-peers.$$ .)
 trap 'rm -f /tmp/agentnet-bench.$$ /tmp/agentnet-peers.$$' EXIT
