@@ -122,10 +122,14 @@ func init() {
 		human: func(w io.Writer, v any) {
 			r := v.(ctl.Received)
 			if r.Data != "" || r.DataBase64 == "" {
-				fmt.Fprintf(w, "%s", r.Data)
-				if r.Data != "" && r.Data[len(r.Data)-1] != '\n' {
-					fmt.Fprintln(w)
+				// One write per stream, its newline included: a line
+				// printed by another process on the same terminal cannot
+				// land inside it.
+				out := r.Data
+				if out != "" && out[len(out)-1] != '\n' {
+					out += "\n"
 				}
+				io.WriteString(w, out)
 				return
 			}
 			fmt.Fprintln(w, r.DataBase64)
