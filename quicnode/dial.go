@@ -29,6 +29,10 @@ func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, 
 	return n.DialTarget(ctx, t, port)
 }
 
+// maxStaleLinks bounds how many links that died under a Dial it forgets
+// before it gives up (each further attempt takes the next link or dials).
+const maxStaleLinks = 3
+
 // DialTarget is Dial with a parsed target.
 func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
 	key, err := n.resolveFresh(ctx, t)
@@ -41,8 +45,11 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 			return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 		}
 		c, err := n.openStream(ctx, l, port)
-		if err != nil && attempt == 0 && !l.Alive() && ctx.Err() == nil {
-			// The cached connection died under us; dial afresh once.
+		if err != nil && attempt < maxStaleLinks && !l.Alive() && ctx.Err() == nil {
+			// The connection died under us (a dead path, a restarted
+			// peer): forget it and take the next, or dial afresh. A
+			// peer may have had several links go deaf at once (its NAT
+			// rebound), so this may happen more than once.
 			n.paths.Forget(l)
 			continue
 		}
