@@ -117,10 +117,14 @@ func TestMaxConnsPerKey(t *testing.T) {
 	for range rendezvous.DefaultMaxConnsPerKey {
 		conns = append(conns, dialRaw(t, srv, id, false))
 	}
+	// The server counts a connection when its accept loop takes it, after
+	// the client's handshake has finished: wait until it holds all of them,
+	// so the extra one is the one over the limit.
+	require.Eventually(t, func() bool { return srv.Stats().Conns == rendezvous.DefaultMaxConnsPerKey }, 15*time.Second, 5*time.Millisecond)
 	extra := dialRaw(t, srv, id, false)
 	select {
 	case <-extra.qc.Context().Done():
-	case <-time.After(5 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("the extra connection stayed open")
 	}
 	var ae *quic.ApplicationError
