@@ -18,6 +18,7 @@ import (
 // if it has none. Concurrent callers share one dial. The caller has
 // checked that key is admissible.
 func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, error) {
+	stale := 0
 	for {
 		m.mu.Lock()
 		if m.closed {
@@ -42,6 +43,12 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 			if d.err == nil {
 				return d.l, nil
 			}
+			if isPathDead(d.err) && stale < 2 && ctx.Err() == nil {
+				// Another caller's dial (the re-dial after a dead path)
+				// failed on a connection it found closed: dial afresh.
+				stale++
+				continue
+			}
 			if !errors.Is(d.err, ErrDuplicate) {
 				return nil, d.err
 			}
@@ -58,6 +65,10 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 		close(d.done)
 		if d.err == nil {
 			return d.l, nil
+		}
+		if isPathDead(d.err) && stale < 2 && ctx.Err() == nil {
+			stale++ // as above: a connection closed as dead under the dial
+			continue
 		}
 		if !errors.Is(d.err, ErrDuplicate) {
 			return nil, d.err
@@ -376,4 +387,11 @@ func AwaitWelcome(ctx context.Context, conn *quic.Conn) error {
 		return fmt.Errorf("paths: bad welcome %x", b)
 	}
 	return nil
+}
+
+// isPathDead reports whether err is a connection we closed because its
+// path went deaf (CodePathDead): a stale link, not a verdict on the peer.
+func isPathDead(err error) bool {
+	var ae *quic.ApplicationError
+	return errors.As(err, &ae) && ae.ErrorCode == CodePathDead
 }
