@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -52,7 +54,8 @@ func benchLimits() rendezvous.Limits {
 // ListenPacket.
 type agentnetEnv struct {
 	dir    string
-	rdv    *rendezvous.Server
+	rdv    *rendezvous.Server // in-process, or nil when at names another's
+	at     rdvAt
 	hub    *anode
 	client *anode
 	ln     net.Listener
@@ -79,15 +82,52 @@ type anode struct {
 	node  *quicnode.Node
 }
 
+// rdvAt is where the nodes of an agentnetEnv find their rendezvous.
+type rdvAt struct {
+	addr string // UDP, "host:port"
+	key  addressing.PublicKey
+	tcp  string // its TCP (TLS + WebSocket) listener, "" if none
+	// udp lists every UDP address of the server (main, STUN, relay): the
+	// only ones a netRelayOnly node's main socket exchanges datagrams with.
+	udp []netip.AddrPort
+}
+
+// nodeNet is the network a node of an agentnetEnv sits on.
+type nodeNet int
+
+const (
+	// netOpen: its own UDP sockets, nothing in the way (the -rtt delay, if
+	// any, on both the main and the relay socket).
+	netOpen nodeNet = iota
+	// netRelayOnly: its main (and birthday) sockets exchange datagrams with
+	// the rendezvous's addresses only, as behind a firewall that lets no
+	// peer in or out: no direct path can form, and the node reaches every
+	// peer through the UDP relay (its relay socket is an ordinary one).
+	netRelayOnly
+	// netTCPOnly: no datagram gets in or out; the node falls back to the
+	// rendezvous's TCP listener after the 1.5 s UDP probe and reaches every
+	// peer through the relay, its side over the TCP tunnel.
+	netTCPOnly
+)
+
 // NewAgentnetEnv starts agentnet: a rendezvous, the hub node and a client
 // node, with trust established between them.
 func NewAgentnetEnv(ctx context.Context) (Env, error) {
+	return newAgentnetEnv(ctx, nil)
+}
+
+// newAgentnetEnv starts the hub and the client at the rendezvous at, or at
+// an in-process one if at is nil.
+func newAgentnetEnv(ctx context.Context, at *rdvAt) (*agentnetEnv, error) {
 	dir, err := os.MkdirTemp("", "agentnet-bench-")
 	if err != nil {
 		return nil, err
 	}
 	ectx, cancel := context.WithCancel(context.Background())
 	e := &agentnetEnv{dir: dir, ctx: ectx, cancel: cancel, peers: make(map[*agentnetPeer]struct{})}
+	if at != nil {
+		e.at = *at
+	}
 	if err := e.start(ctx); err != nil {
 		e.Close()
 		return nil, err
@@ -96,18 +136,21 @@ func NewAgentnetEnv(ctx context.Context) (Env, error) {
 }
 
 func (e *agentnetEnv) start(ctx context.Context) error {
-	rdv, err := rendezvous.NewServer(rendezvous.ServerConfig{
-		Addr:    "127.0.0.1:0",
-		DataDir: filepath.Join(e.dir, "rendezvous"),
-		Limits:  benchLimits(),
-	})
-	if err != nil {
-		return err
+	if e.at.addr == "" {
+		rdv, err := rendezvous.NewServer(rendezvous.ServerConfig{
+			Addr:    "127.0.0.1:0",
+			DataDir: filepath.Join(e.dir, "rendezvous"),
+			Limits:  benchLimits(),
+		})
+		if err != nil {
+			return err
+		}
+		if err := rdv.Start(); err != nil {
+			return err
+		}
+		e.rdv = rdv
+		e.at = rdvAt{addr: rdv.Addr().String(), key: rdv.PublicKey()}
 	}
-	if err := rdv.Start(); err != nil {
-		return err
-	}
-	e.rdv = rdv
 	hubStore, err := trustdb.Open(filepath.Join(e.dir, "hub"))
 	if err != nil {
 		return err
@@ -126,7 +169,7 @@ func (e *agentnetEnv) start(ctx context.Context) error {
 			e.hub.node.ApproveTrust(ctx, peer)
 		}()
 	})
-	if e.hub, err = e.startNode(ctx, hubStore); err != nil {
+	if e.hub, err = e.startNode(ctx, hubStore, netOpen); err != nil {
 		hubStore.Close()
 		return err
 	}
@@ -134,24 +177,68 @@ func (e *agentnetEnv) start(ctx context.Context) error {
 	if e.ln, err = e.hub.node.Listen(benchPort); err != nil {
 		return err
 	}
-	e.client, err = e.trustedNode(ctx)
+	e.client, err = e.trustedNode(ctx, netOpen)
 	return err
 }
 
-// startNode starts a node on st and waits until it is registered.
-func (e *agentnetEnv) startNode(ctx context.Context, st *trustdb.Store) (*anode, error) {
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return nil, err
-	}
-	n, err := quicnode.New(quicnode.Config{
+// startNode starts a node on st, on the network how, and waits until it is
+// registered.
+func (e *agentnetEnv) startNode(ctx context.Context, st *trustdb.Store, how nodeNet) (*anode, error) {
+	cfg := quicnode.Config{
 		Store:          st,
-		RendezvousAddr: e.rdv.Addr().String(),
-		RendezvousKey:  e.rdv.PublicKey(),
-		Conn:           packetConn(udp),
-	})
+		RendezvousAddr: e.at.addr,
+		RendezvousKey:  e.at.key,
+	}
+	var socks []net.PacketConn // closed if New fails
+	listen := func(wrap func(*net.UDPConn) net.PacketConn) (net.PacketConn, error) {
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		c := wrap(udp)
+		socks = append(socks, c)
+		return c, nil
+	}
+	var err error
+	switch how {
+	case netOpen:
+		if cfg.Conn, err = listen(packetConn); err == nil {
+			cfg.RelayConn, err = listen(packetConn)
+		}
+	case netRelayOnly:
+		onlyRdv := func(udp *net.UDPConn) net.PacketConn { return newFilterConn(udp, e.at.udp) }
+		if len(e.at.udp) == 0 {
+			err = errors.New("bench: a relay-only node needs the rendezvous's UDP addresses")
+		} else if cfg.Conn, err = listen(onlyRdv); err == nil {
+			cfg.RelayConn, err = listen(packetConn)
+		}
+		cfg.ListenUDP = func(network, laddr string) (net.PacketConn, error) {
+			ua, err := net.ResolveUDPAddr(network, laddr)
+			if err != nil {
+				return nil, err
+			}
+			udp, err := net.ListenUDP(network, ua)
+			if err != nil {
+				return nil, err
+			}
+			return onlyRdv(udp), nil
+		}
+	case netTCPOnly:
+		cfg.RendezvousTCP = e.at.tcp
+		if cfg.RendezvousTCP == "" {
+			err = errors.New("bench: a TCP-only node needs the rendezvous's TCP listener")
+		} else if cfg.Conn, err = listen(dropAll); err == nil {
+			cfg.RelayConn, err = listen(dropAll)
+		}
+	}
+	var n *quicnode.Node
+	if err == nil {
+		n, err = quicnode.New(cfg)
+	}
 	if err != nil {
-		udp.Close()
+		for _, c := range socks {
+			c.Close()
+		}
 		return nil, err
 	}
 	if err := n.Start(ctx); err != nil {
@@ -168,7 +255,7 @@ func (e *agentnetEnv) startNode(ctx context.Context, st *trustdb.Store) (*anode,
 // the hub, registered at the rendezvous: on a store from the pool, or on a
 // new identity for which trust is first established through the rendezvous
 // (the node requests, the hub approves).
-func (e *agentnetEnv) trustedNode(ctx context.Context) (*anode, error) {
+func (e *agentnetEnv) trustedNode(ctx context.Context, how nodeNet) (*anode, error) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -178,7 +265,7 @@ func (e *agentnetEnv) trustedNode(ctx context.Context) (*anode, error) {
 		st := e.pool[k-1]
 		e.pool = e.pool[:k-1]
 		e.mu.Unlock()
-		n, err := e.startNode(ctx, st)
+		n, err := e.startNode(ctx, st, how)
 		if err != nil {
 			e.release(st)
 		}
@@ -189,7 +276,7 @@ func (e *agentnetEnv) trustedNode(ctx context.Context) (*anode, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := e.startNode(ctx, st)
+	n, err := e.startNode(ctx, st, how)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -252,7 +339,12 @@ func (e *agentnetEnv) Datagrams(context.Context) (net.PacketConn, net.PacketConn
 // identity that gets trusted first) and waits until it is registered at
 // the rendezvous. It has no connection to the hub yet.
 func (e *agentnetEnv) NewPeer(ctx context.Context) (Peer, error) {
-	n, err := e.trustedNode(ctx)
+	return e.newPeer(ctx, netOpen)
+}
+
+// newPeer is NewPeer on the network how.
+func (e *agentnetEnv) newPeer(ctx context.Context, how nodeNet) (*agentnetPeer, error) {
+	n, err := e.trustedNode(ctx, how)
 	if err != nil {
 		return nil, err
 	}

@@ -77,6 +77,8 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 		s, err = agentnetRefuser()
 	case roleRendezvous:
 		s, err = rendezvousChild()
+	case roleRelayRendezvous: // relay.go
+		s, err = relayRendezvousChild()
 	default:
 		if spec, ok := strings.CutPrefix(role, roleRendezvousStore); ok { // cluster.go
 			s, err = storeChild(spec)

@@ -5,13 +5,15 @@
 // streams, idle cost, handshake refusal, rendezvous scale) run the same code
 // against every Env, and the runner (Run, used by cmd/agentnet-bench) prints
 // one table with the baselines beside agentnet, the ratio agentnet / raw
-// quic-go, and the machine.
+// quic-go, and the machine. The rendezvous on its stores (cluster.go) and the
+// relay paths (relay.go: direct, UDP relay, relayed over TCP) are agentnet's
+// alone.
 //
 // Both ends of every transfer run in this process, so CPU figures are process
 // CPU (both ends) per unit of work. Scenarios whose cost must be charged to
-// one side only (refused handshakes per core, rendezvous server memory) run
-// that side in a child process: the same binary, re-executed with
-// ChildEnv set (see RunChildIfRequested).
+// one side only (refused handshakes per core, rendezvous server memory, the
+// relay's CPU per GiB) run that side in a child process: the same binary,
+// re-executed with ChildEnv set (see RunChildIfRequested).
 //
 // Running it:
 //

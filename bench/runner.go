@@ -30,6 +30,9 @@ type Sizes struct {
 	RendezvousAgents    int           // agents registered (then offline)
 	RendezvousConnected int           // agents registered and kept connected
 	RendezvousOps       int           // lookups and trust requests, each
+	RelayBytes          int64         // bulk transfer on each path of the relay scenario
+	RelayPingPongs      int           // round trips on each path of the relay scenario
+	RelayBudgetBytes    int64         // bulk transfer under the default relay budget
 }
 
 // Modes of the runner.
@@ -50,6 +53,7 @@ func SizesFor(mode string) (Sizes, error) {
 			SetupRounds: 3, ConcurrentStreams: 20, RequestPeers: 5, ConcurrentBytes: 16 << 10,
 			IdlePeers: 5, RefusalTime: 200 * time.Millisecond,
 			RendezvousAgents: 20, RendezvousConnected: 10, RendezvousOps: 50,
+			RelayBytes: 1 << 20, RelayPingPongs: 50, RelayBudgetBytes: 1 << 20,
 		}, nil
 	case ModeQuick:
 		return Sizes{
@@ -58,6 +62,7 @@ func SizesFor(mode string) (Sizes, error) {
 			SetupRounds: 10, ConcurrentStreams: 200, RequestPeers: 100, ConcurrentBytes: 64 << 10,
 			IdlePeers: 50, RefusalTime: 500 * time.Millisecond,
 			RendezvousAgents: 500, RendezvousConnected: 100, RendezvousOps: 1000,
+			RelayBytes: 8 << 20, RelayPingPongs: 300, RelayBudgetBytes: 2 << 20,
 		}, nil
 	case ModeDefault:
 		return Sizes{
@@ -66,6 +71,7 @@ func SizesFor(mode string) (Sizes, error) {
 			SetupRounds: 50, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 256 << 10,
 			IdlePeers: 1000, RefusalTime: 1500 * time.Millisecond,
 			RendezvousAgents: 10000, RendezvousConnected: 1000, RendezvousOps: 10000,
+			RelayBytes: 64 << 20, RelayPingPongs: 5000, RelayBudgetBytes: 16 << 20,
 		}, nil
 	case ModeFull:
 		return Sizes{
@@ -74,6 +80,7 @@ func SizesFor(mode string) (Sizes, error) {
 			SetupRounds: 100, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 1 << 20,
 			IdlePeers: 1000, RefusalTime: 5 * time.Second,
 			RendezvousAgents: 100000, RendezvousConnected: 2000, RendezvousOps: 20000,
+			RelayBytes: 256 << 20, RelayPingPongs: 10000, RelayBudgetBytes: 32 << 20,
 		}, nil
 	}
 	return Sizes{}, fmt.Errorf("bench: unknown mode %q", mode)
@@ -318,6 +325,7 @@ func plan() []scenario {
 				return RendezvousScale(ctx, sz)
 			},
 		},
+		relayScenario(), // relay.go
 	}, clusterScenarios()...) // cluster.go
 }
 

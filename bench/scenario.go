@@ -81,7 +81,12 @@ func finishSink(c net.Conn) error {
 // Bulk sends size bytes on one stream and measures until the server has read
 // them all.
 func Bulk(ctx context.Context, r *Rig, size int64) (Transfer, error) {
-	c, err := r.Env.Dial(ctx)
+	return bulkOn(ctx, r.Env.Dial, size)
+}
+
+// bulkOn is Bulk on streams that dial opens.
+func bulkOn(ctx context.Context, dial func(context.Context) (net.Conn, error), size int64) (Transfer, error) {
+	c, err := dial(ctx)
 	if err != nil {
 		return Transfer{}, err
 	}
@@ -139,7 +144,12 @@ func (e *echoStream) roundTrip(b byte) error {
 // PingPong measures n one-byte round trips on one open stream, after a
 // warm-up of n/10 (at least 10).
 func PingPong(ctx context.Context, r *Rig, n int) (Latency, error) {
-	e, err := openEcho(ctx, r.Env.Dial)
+	return pingPongOn(ctx, r.Env.Dial, n)
+}
+
+// pingPongOn is PingPong on a stream that dial opens.
+func pingPongOn(ctx context.Context, dial func(context.Context) (net.Conn, error), n int) (Latency, error) {
+	e, err := openEcho(ctx, dial)
 	if err != nil {
 		return nil, err
 	}
