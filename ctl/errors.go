@@ -76,11 +76,23 @@ func (c Code) HTTPStatus() int {
 // Error is an error answer of the control API. It is also the error type the
 // Client returns for every failure, including a daemon that does not answer
 // (CodeNotRunning), so callers can switch on Code.
+//
+// Message and Hint are the daemon's own words (with identifiers it
+// validated): text a peer chose never goes into them. What a peer said
+// about the failure — its message service's refusal, its event bus's
+// refusal, the reason it closed the connection with — is PeerText,
+// verbatim (at most MaxPeerText bytes): show it as the peer's, never act on
+// it.
 type Error struct {
-	Code    Code   `json:"code"`
-	Message string `json:"message"`
-	Hint    string `json:"hint,omitempty"`
+	Code     Code   `json:"code"`
+	Message  string `json:"message"`
+	Hint     string `json:"hint,omitempty"`
+	PeerText string `json:"peer_text,omitempty"`
 }
+
+// MaxPeerText bounds Error.PeerText (the longest text the services let a
+// peer send is 1024 bytes; a QUIC close reason may be longer).
+const MaxPeerText = 1024
 
 // Error returns "code: message".
 func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }

@@ -129,7 +129,8 @@ func ReadFrame(r io.Reader, buf []byte) (FrameType, []byte, error) {
 	return t, buf[:n], nil
 }
 
-// AppendReset appends a RESET frame carrying e (its message cut to fit).
+// AppendReset appends a RESET frame carrying e (its message, hint and peer
+// text cut to fit).
 func AppendReset(b []byte, e *Error) []byte {
 	if e == nil {
 		out, _ := AppendFrame(b, FrameReset, nil)
@@ -144,6 +145,7 @@ func AppendReset(b []byte, e *Error) []byte {
 		}
 		c.Message = c.Message[:len(c.Message)/2]
 		c.Hint = c.Hint[:len(c.Hint)/2]
+		c.PeerText = c.PeerText[:len(c.PeerText)/2]
 	}
 }
 

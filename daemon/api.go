@@ -322,6 +322,80 @@ func (d *Daemon) apiError(err error) *ctl.Error {
 	if errors.As(err, &ce) {
 		return ce
 	}
+	e := d.apiErrorOf(err)
+	if e.PeerText == "" {
+		e.Message, e.PeerText = splitPeerText(err, e.Message)
+	}
+	return e
+}
+
+// splitPeerText takes what peers chose to say out of msg (err's message):
+// a service's refusal (an error with a PeerText method: message.RefusedError,
+// event.RefusedError) and the reason a peer closed the QUIC connection with
+// (a remote ApplicationError or TransportError). It returns msg without them
+// and them, joined by "; " and bounded by ctl.MaxPeerText, for the API
+// error's peer_text: the message is the daemon's own words only.
+func splitPeerText(err error, msg string) (string, string) {
+	var texts []string
+	add := func(t string) {
+		if t != "" && !slices.Contains(texts, t) {
+			texts = append(texts, t)
+		}
+	}
+	walkErrors(err, func(e error) {
+		switch e := e.(type) {
+		case interface{ PeerText() string }:
+			add(e.PeerText())
+		case *quic.ApplicationError:
+			if e.Remote && e.ErrorMessage != "" {
+				bare := *e
+				bare.ErrorMessage = ""
+				msg = strings.ReplaceAll(msg, e.Error(), bare.Error())
+				add(e.ErrorMessage)
+			}
+		case *quic.TransportError:
+			if e.Remote && e.ErrorMessage != "" {
+				bare := *e
+				bare.ErrorMessage = ""
+				msg = strings.ReplaceAll(msg, e.Error(), bare.Error())
+				add(e.ErrorMessage)
+			}
+		}
+	})
+	// A wrapper that formatted one of them with %v instead of %w, or an
+	// Error that quotes the text after all: the text must still not be in
+	// the message.
+	for _, t := range texts {
+		msg = strings.ReplaceAll(msg, t, "(the peer's text, in peer_text)")
+	}
+	pt := strings.Join(texts, "; ")
+	if len(pt) > ctl.MaxPeerText {
+		pt = strings.ToValidUTF8(pt[:ctl.MaxPeerText], "")
+	}
+	return msg, pt
+}
+
+// walkErrors calls f for err and every error it wraps (Unwrap() error and
+// Unwrap() []error), depth first.
+func walkErrors(err error, f func(error)) {
+	for depth := 0; err != nil && depth < 64; depth++ {
+		f(err)
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walkErrors(e, f)
+			}
+			return
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		default:
+			return
+		}
+	}
+}
+
+// apiErrorOf is apiError for an error that is not already a *ctl.Error.
+func (d *Daemon) apiErrorOf(err error) *ctl.Error {
 	msg := errorText(err)
 	var bl *bodyLimitError
 	if errors.As(err, &bl) {

@@ -129,6 +129,9 @@ func (d *Daemon) streamError(err error) *ctl.Error {
 		msg = "the path to the peer died: nothing came back while we sent"
 	case errors.As(err, &ae) && ae.ErrorCode == quicnode.CodeClosing && ae.Remote:
 		msg = "the peer's node shut down"
+	case errors.As(err, &ae) && ae.Remote:
+		// The reason is the peer's text: peer_text (splitPeerText).
+		msg = fmt.Sprintf("the peer closed the connection (code %d)", ae.ErrorCode)
 	case errors.As(err, &ae):
 		msg = fmt.Sprintf("the connection to the peer closed (%s)", ae.ErrorMessage)
 		if ae.ErrorMessage == "" {
@@ -143,7 +146,9 @@ func (d *Daemon) streamError(err error) *ctl.Error {
 	default:
 		msg = "the stream was cut: " + err.Error()
 	}
-	return &ctl.Error{Code: ctl.CodeStreamReset, Message: msg, Hint: hint}
+	e := &ctl.Error{Code: ctl.CodeStreamReset, Message: msg, Hint: hint}
+	e.Message, e.PeerText = splitPeerText(err, e.Message)
+	return e
 }
 
 // framedConn is the API client's socket of a framed /v1/connect (see

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -158,11 +159,11 @@ func (s *Server) httpTool(ctx context.Context, _ *mcp.CallToolRequest, in HTTPIn
 		if ctx.Err() != nil {
 			return HTTPResult{}, errorf(ctl.CodeTimeout, "raise timeout_ms", "no answer in %v", to)
 		}
-		return HTTPResult{}, errorf(CodeHTTPError, "the peer's service on that port may not speak HTTP", "reading the answer: %v", err)
+		return HTTPResult{}, s.answerError("the peer's service on that port may not speak HTTP", "reading the answer: not valid HTTP", err)
 	}
 	defer resp.Body.Close()
 	res := HTTPResult{Peer: in.Peer, Port: in.Port, Status: resp.StatusCode, Ended: "eof"}
-	res.Untrusted.Reason = strings.TrimSpace(strings.TrimPrefix(resp.Status, fmt.Sprint(resp.StatusCode)))
+	res.Untrusted.Reason = truncate(strings.TrimSpace(strings.TrimPrefix(resp.Status, fmt.Sprint(resp.StatusCode))), s.cfg.Policy.maxData())
 	res.Untrusted.Headers = boundHeaders(resp.Header, s.cfg.Policy.maxData())
 	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(max)+1))
 	total := int64(len(b))
@@ -177,7 +178,7 @@ func (s *Server) httpTool(ctx context.Context, _ *mcp.CallToolRequest, in HTTPIn
 		res.Ended = "timeout"
 		total = max64(resp.ContentLength, total)
 	case err != nil:
-		return HTTPResult{}, errorf(CodeHTTPError, "", "reading the body: %v (after %d bytes)", err, len(b))
+		return HTTPResult{}, s.answerError("", fmt.Sprintf("reading the body: failed after %d bytes", len(b)), err)
 	}
 	res.Untrusted.Body = bound(b, 0, total, max)
 	if res.Ended != "eof" {
@@ -257,4 +258,22 @@ func validHost(s string) bool {
 		}
 	}
 	return true
+}
+
+// answerError is the http_error for a peer's answer that err rejected.
+// net/http's errors quote what the peer sent ("malformed HTTP response
+// \"...\""), so err's text goes under untrusted as peer_text, unless err is
+// the daemon's own (a reset stream), whose message is its own words.
+func (s *Server) answerError(hint, msg string, err error) *toolError {
+	te := &toolError{Code: CodeHTTPError, Message: msg, Hint: hint}
+	text := err.Error()
+	var ce *ctl.Error
+	if errors.As(err, &ce) {
+		te.Message += ": " + ce.Message
+		text = ce.PeerText
+	}
+	if text != "" {
+		te.Untrusted = &ErrorUntrusted{PeerText: ptr(boundString(text, s.cfg.Policy.maxData()))}
+	}
+	return te
 }

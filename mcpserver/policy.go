@@ -27,9 +27,14 @@ type grant struct {
 	args    any                    // the tool's input, bound into an ask-mode approval
 	keys    []addressing.PublicKey // the peer keys it grants access to, if known
 	node    addressing.NodeID      // the peer's node, if only its address is known
-	what    string                 // for the human: what is granted, in one sentence
+	what    string                 // what is granted, in one sentence: only what the daemon knows or validated, never peer text
+	note    string                 // the peer's note on the request (trust_approve): peer text, kept apart from what
 	command []string               // the CLI command the operator can run instead
 }
+
+// noteMax bounds a trust request's note in an elicitation message (the
+// daemon's own limit for notes, trustdb.MaxNoteLen).
+const noteMax = 256
 
 // consentTTL bounds how long an ask-mode approval may be used.
 const consentTTL = 10 * time.Minute
@@ -48,6 +53,12 @@ func (s *Server) consent(ctx context.Context, req *mcp.CallToolRequest, g grant)
 		return nil
 	}
 	argsJSON, _ := json.Marshal(g.args)
+	// The peer's note never goes into an error's message: the model reads
+	// it only under untrusted, as with every other peer text.
+	var untrusted *ErrorUntrusted
+	if g.note != "" {
+		untrusted = &ErrorUntrusted{Note: ptr(boundString(g.note, p.maxData()))}
+	}
 	if p.Approve == ApproveAsk {
 		if resp, ok := req.Params.InputResponses["consent"]; ok {
 			if !s.checkState(req.Params.RequestState, g.tool, argsJSON) {
@@ -62,13 +73,23 @@ func (s *Server) consent(ctx context.Context, req *mcp.CallToolRequest, g grant)
 				action = er.Action
 			}
 			return &toolError{Code: CodeConsentDeclined, Message: fmt.Sprintf("the operator did not approve: %s (%s)", g.what, action),
-				Hint: "do not retry unless the operator asks you to"}
+				Hint: "do not retry unless the operator asks you to", Untrusted: untrusted}
 		}
 		if supportsElicitation(req) {
+			// The elicitation goes to the human, not to the model: the
+			// host shows it to the operator, whose answer comes back only
+			// as accept/decline. The note is there because the human
+			// deciding may need it (who the requester says it is), quoted
+			// and marked as the peer's unverified words, after what the
+			// daemon itself knows, so it cannot pass for the daemon's text.
+			msg := "agentnet: your agent asks to " + g.what + "."
+			if g.note != "" {
+				msg += fmt.Sprintf(" The requester's note (written by the peer, unverified): %q.", truncate(g.note, noteMax))
+			}
 			return needInput{&mcp.CallToolResult{
 				InputRequests: mcp.InputRequestMap{"consent": &mcp.ElicitParams{
 					Mode:    "form",
-					Message: "agentnet: your agent asks to " + g.what + ". Approve?",
+					Message: msg + " Approve?",
 					RequestedSchema: map[string]any{
 						"type": "object",
 						"properties": map[string]any{
@@ -87,7 +108,7 @@ func (s *Server) consent(ctx context.Context, req *mcp.CallToolRequest, g grant)
 		hint = "this MCP client cannot ask the operator (no elicitation support): ask them to run the command"
 	}
 	return &toolError{Code: CodeConsentRequired, Message: fmt.Sprintf("the operator's policy (--approve=%s) does not let this session %s", p.Approve, g.what),
-		Hint: hint, Command: cmd}
+		Hint: hint, Command: cmd, Untrusted: untrusted}
 }
 
 func supportsElicitation(req *mcp.CallToolRequest) bool {

@@ -370,9 +370,7 @@ func (s *Server) trustApprove(ctx context.Context, req *mcp.CallToolRequest, in 
 		g.what += ", hostname " + rec.Hostname
 	}
 	g.what += "): it could then reach this agent"
-	if rec.Note != "" {
-		g.what += fmt.Sprintf(". Its note, unverified: %q", truncate(rec.Note, 256))
-	}
+	g.note = rec.Note
 	if err := s.consent(ctx, req, g); err != nil {
 		return ctl.TrustResult{}, err
 	}
@@ -399,7 +397,7 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return strings.ToValidUTF8(s[:n], "") + "…" // no half UTF-8 sequence at the cut
 }
 
 func (s *Server) fileSend(ctx context.Context, req *mcp.CallToolRequest, in FileSendInput) (Delivery, error) {

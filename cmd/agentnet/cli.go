@@ -323,6 +323,10 @@ func badUsage(format string, args ...any) error {
 // data (connect) that was already printed.
 func printError(x *cliCtx, e *ctl.Error) {
 	fmt.Fprintf(x.stderr, "agentnet %s: %s: %s\n", x.cmd.name(), e.Code, e.Message)
+	if e.PeerText != "" {
+		// The peer's words, quoted so that they cannot pass for ours.
+		fmt.Fprintf(x.stderr, "the peer said: %q\n", e.PeerText)
+	}
 	if e.Hint != "" {
 		fmt.Fprintf(x.stderr, "hint: %s\n", e.Hint)
 	}

@@ -182,8 +182,32 @@ func Subscribe(ctx context.Context, c net.Conn, patterns []string) (*RemoteSubsc
 	return &RemoteSubscription{c: c, br: br}, nil
 }
 
-// ErrRefused is wrapped by errors for a refusing ack.
+// ErrRefused is matched by errors for a refusing ack (*RefusedError).
 var ErrRefused = errors.New("event: refused")
+
+// RefusedError is a peer's refusal (a refusing ack). Text is the peer's
+// explanation: its words, not ours, so Error leaves it out and PeerText
+// returns it.
+type RefusedError struct {
+	Status byte // StatusBadRequest, StatusRefused, or one this version does not know
+	Text   string
+}
+
+func (e *RefusedError) Error() string {
+	switch e.Status {
+	case StatusBadRequest:
+		return "event: refused: bad request"
+	case StatusRefused:
+		return "event: refused"
+	}
+	return fmt.Sprintf("event: refused: status %d", e.Status)
+}
+
+// Is matches ErrRefused.
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// PeerText returns the peer's explanation.
+func (e *RefusedError) PeerText() string { return e.Text }
 
 func readAck(br *bufio.Reader) error {
 	typ, body, err := ReadFrame(br)
@@ -198,7 +222,7 @@ func readAck(br *bufio.Reader) error {
 		return err
 	}
 	if a.Status != StatusOK {
-		return fmt.Errorf("%w: %s", ErrRefused, a.Text)
+		return &RefusedError{Status: a.Status, Text: a.Text}
 	}
 	return nil
 }
@@ -250,7 +274,7 @@ func Publish(ctx context.Context, c net.Conn, topic string, data []byte) (int, e
 		return 0, err
 	}
 	if a.Status != StatusOK {
-		return 0, fmt.Errorf("%w: %s", ErrRefused, a.Text)
+		return 0, &RefusedError{Status: a.Status, Text: a.Text}
 	}
 	return int(a.Delivered), nil
 }

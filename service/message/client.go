@@ -20,15 +20,20 @@ var (
 	ErrRefused    = errors.New("message: refused")
 )
 
-// RefusedError is the receiver's refusal of an item.
+// RefusedError is the receiver's refusal of an item. Text is the
+// receiver's explanation: the peer's words, not ours, so Error leaves it
+// out and PeerText returns it.
 type RefusedError struct {
 	Status Status
 	Text   string
 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("message: receiver refused the item: %s: %s", e.Status, e.Text)
+	return fmt.Sprintf("message: receiver refused the item: %s", e.Status)
 }
+
+// PeerText returns the receiver's explanation.
+func (e *RefusedError) PeerText() string { return e.Text }
 
 // Is matches the sentinel of e's status.
 func (e *RefusedError) Is(target error) bool {

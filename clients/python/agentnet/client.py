@@ -87,7 +87,7 @@ def _raise_for(status: int, body: bytes) -> None:
         code = e["code"]
     except (ValueError, KeyError, TypeError):
         raise AgentnetError(f"daemon answered {status}: {body[:200]!r}", status=status) from None
-    raise error_for(code, e.get("message", ""), e.get("hint", ""), status)
+    raise error_for(code, e.get("message", ""), e.get("hint", ""), status, e.get("peer_text", ""))
 
 
 def _payload(item: Dict[str, Any], text_key: str, b64_key: str) -> bytes:
@@ -136,7 +136,7 @@ class JSONLines:
         err = obj.get("error") if isinstance(obj, dict) else None
         if isinstance(err, dict) and err.get("code"):
             self.close()
-            raise error_for(err["code"], err.get("message", ""), err.get("hint", ""), 200)
+            raise error_for(err["code"], err.get("message", ""), err.get("hint", ""), 200, err.get("peer_text", ""))
         return cast(Dict[str, Any], obj)
 
     def next(self) -> Dict[str, Any]:
@@ -240,7 +240,7 @@ class StreamSocket:
         if t == _F_RESET:
             try:
                 e = json.loads(p)
-                raise error_for(e["code"], e.get("message", ""), e.get("hint", ""))
+                raise error_for(e["code"], e.get("message", ""), e.get("hint", ""), 0, e.get("peer_text", ""))
             except (ValueError, KeyError, TypeError):
                 raise StreamReset("the stream was reset") from None
         return t, p

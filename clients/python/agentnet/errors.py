@@ -34,17 +34,22 @@ __all__ = [
 
 class AgentnetError(Exception):
     """An error answer of the daemon: a stable ``code``, a ``message`` and
-    a ``hint`` (what to do about it; may be empty)."""
+    a ``hint`` (what to do about it; may be empty), the daemon's own words;
+    and ``peer_text``: what the peer said about the failure (its refusal,
+    its close reason), verbatim, or empty. Show it as the peer's, never act
+    on it; ``str()`` leaves it out."""
 
     code = "internal"
 
-    def __init__(self, message: str, hint: str = "", code: Optional[str] = None, status: int = 0):
+    def __init__(self, message: str, hint: str = "", code: Optional[str] = None, status: int = 0,
+                 peer_text: str = ""):
         super().__init__(message)
         if code is not None:
             self.code = code
         self.message = message
         self.hint = hint
         self.status = status
+        self.peer_text = peer_text
 
     def __str__(self) -> str:
         s = f"{self.code}: {self.message}"
@@ -145,9 +150,10 @@ _BY_CODE: Dict[str, Type[AgentnetError]] = {
 }
 
 
-def error_for(code: str, message: str, hint: str = "", status: int = 0) -> AgentnetError:
+def error_for(code: str, message: str, hint: str = "", status: int = 0,
+              peer_text: str = "") -> AgentnetError:
     """Return the exception for an error object of the API."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        return AgentnetError(message, hint, code=code, status=status)
-    return cls(message, hint, status=status)
+        return AgentnetError(message, hint, code=code, status=status, peer_text=peer_text)
+    return cls(message, hint, status=status, peer_text=peer_text)
