@@ -371,6 +371,10 @@ func (c *Config) socket() string {
 	return c.Socket
 }
 
+// RendezvousAddrs returns the configured rendezvous servers: RendezvousAddr
+// split at its commas, blanks dropped (none: zero config).
+func (c *Config) RendezvousAddrs() []string { return c.rendezvousAddrs() }
+
 // rendezvousAddrs splits RendezvousAddr's comma-separated list.
 func (c *Config) rendezvousAddrs() []string {
 	var out []string
@@ -426,8 +430,12 @@ func (c *Config) validate() error {
 		if a.v == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(a.v); err != nil {
+		_, port, err := net.SplitHostPort(a.v)
+		if err != nil {
 			return fmt.Errorf("daemon: %s address %q: %w", a.name, a.v, err)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); a.name == "rendezvous" && (err != nil || n == 0) {
+			return fmt.Errorf("daemon: rendezvous address %q: port %q (want 1 to 65535)", a.v, port)
 		}
 	}
 	for _, s := range c.Disable {

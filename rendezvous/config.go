@@ -97,10 +97,12 @@ type Limits struct {
 	RateTableSize int
 	// MaxPendingPerTarget is the number of unanswered trust requests an agent
 	// (or a name no agent holds yet) can have waiting (default 64). When they
-	// are full, a request from a source prefix that holds fewer takes the
-	// slot of the oldest request of the prefix that holds the most, and a
-	// fellow network member's takes a stranger's (see pending.go); others
-	// are dropped (counted). The requester gets the same answer as ever.
+	// are full, a request from a source prefix that holds at least two
+	// fewer takes the slot of the oldest request of the prefix that holds
+	// the most, and a fellow network member's takes a stranger's (see
+	// pending.go); others are dropped (counted), so while every prefix
+	// holds one slot a new prefix's request is. The requester gets the
+	// same answer as ever.
 	MaxPendingPerTarget int
 	// MaxPendingPerKey, MaxPendingPerPrefix and MaxPendingTotal bound the
 	// unanswered requests one requester key may have (default 256), one

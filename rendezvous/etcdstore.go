@@ -263,7 +263,7 @@ func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
 		Context:              ctx,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), explainEtcdTimeout(cfg, err))
 	}
 	s := &EtcdStore{
 		cfg:          cfg,
@@ -285,7 +285,7 @@ func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
 	defer cancel()
 	if err := s.load(lctx); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("rendezvous: etcd %s: load: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("rendezvous: etcd %s: load: %w", strings.Join(cfg.Endpoints, ","), explainEtcdTimeout(cfg, err))
 	}
 	if err := s.checkLayout(lctx); err != nil {
 		s.cancel()
@@ -295,7 +295,7 @@ func OpenEtcdStore(ctx context.Context, cfg EtcdConfig) (*EtcdStore, error) {
 	if err := s.cluster.start(lctx); err != nil {
 		s.cancel()
 		cli.Close()
-		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("rendezvous: etcd %s: %w", strings.Join(cfg.Endpoints, ","), explainEtcdTimeout(cfg, err))
 	}
 	s.wg.Add(1)
 	go s.watchLoop()

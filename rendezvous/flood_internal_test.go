@@ -161,6 +161,15 @@ func TestTrustRequestFlood1000Keys(t *testing.T) {
 	}))
 }
 
+// onePerPrefix returns n strangers' requests, each from its own /24.
+func onePerPrefix(n int) []PendingRequest {
+	var out []PendingRequest
+	for i := range n {
+		out = append(out, PendingRequest{Source: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24), MailID: uint64(i + 1)})
+	}
+	return out
+}
+
 // TestPickEvicted: the fairness rules of a full target's slots.
 func TestPickEvicted(t *testing.T) {
 	pa, pb, pc := netip.MustParsePrefix("198.18.1.0/24"), netip.MustParsePrefix("198.18.2.0/24"), netip.MustParsePrefix("198.18.3.0/24")
@@ -177,6 +186,7 @@ func TestPickEvicted(t *testing.T) {
 		{"one fewer is not enough", []PendingRequest{req(pa, 1, false), req(pa, 2, false), req(pb, 3, false)}, req(pb, 9, false), 0},
 		{"the largest prefix cannot evict itself", []PendingRequest{req(pa, 1, false), req(pa, 2, false), req(pb, 3, false)}, req(pa, 9, false), 0},
 		{"equal shares: dropped", []PendingRequest{req(pa, 1, false), req(pb, 2, false)}, req(pc, 9, false), 0},
+		{"64 prefixes holding one slot each: a 65th is dropped", onePerPrefix(64), req(netip.MustParsePrefix("198.19.0.0/24"), 99, false), 0},
 		{"a member evicts any stranger", []PendingRequest{req(pa, 1, false), req(pb, 2, false)}, req(pa, 9, true), 1},
 		{"a member's slot is never a stranger's", []PendingRequest{req(pa, 1, true), req(pa, 2, true), req(pb, 3, false)}, req(pc, 9, false), 0},
 		{"members compete among themselves only when all are members", []PendingRequest{req(pa, 1, true), req(pa, 2, true), req(pb, 3, true)}, req(pc, 9, true), 1},

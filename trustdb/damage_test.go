@@ -3,7 +3,9 @@ package trustdb
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -293,21 +295,68 @@ func TestFreshStoreLeavesNoTemporaryFiles(t *testing.T) {
 	require.Equal(t, []string{IdentityFile, DatabaseFile, BackupFile}, names)
 }
 
+// boltFileSeeds returns a store file and the seeds of FuzzCheckBoltMetas's
+// corpus: that file cut after the pages its meta pages use (valid; the
+// whole file, 64 KiB, is four times that quoted), and small made-up files
+// of 1 KiB pages: valid, truncated, with meta page 0 damaged, and empty.
+func boltFileSeeds(tb testing.TB) (good []byte, seeds [][]byte) {
+	dir := filepath.Join(tb.TempDir(), "state")
+	s, err := Open(dir)
+	require.NoError(tb, err)
+	require.NoError(tb, s.SetMeta("x", bytes.Repeat([]byte("y"), 9000)))
+	require.NoError(tb, s.Close())
+	good, err = os.ReadFile(filepath.Join(dir, DatabaseFile))
+	require.NoError(tb, err)
+	m0, err := parseBoltMeta(good)
+	require.NoError(tb, err)
+	m1, err := parseBoltMeta(good[m0.pageSize:])
+	require.NoError(tb, err)
+	used := good[:max(m0.hwm, m1.hwm)*uint64(m0.pageSize)]
+	small := boltTestFile(4, 4)
+	truncated := boltTestFile(5, 4)
+	damaged := bytes.Clone(small)
+	damaged[boltPageHeader+20] ^= 1 // the root page number, under the checksum
+	for _, b := range [][]byte{used, small} {
+		require.NoError(tb, checkBoltMetas(bytes.NewReader(b), int64(len(b))))
+	}
+	require.ErrorContains(tb, checkBoltMetas(bytes.NewReader(truncated), int64(len(truncated))), "truncated")
+	require.ErrorContains(tb, checkBoltMetas(bytes.NewReader(damaged), int64(len(damaged))), "meta page 0 is damaged (checksum mismatch)")
+	return good, [][]byte{used, small, truncated, damaged, {}}
+}
+
+// boltTestFile is a made-up bbolt file of the given number of 1 KiB pages
+// whose two meta pages name hwm pages (root at 3, freelist at 2).
+func boltTestFile(hwm, pages int) []byte {
+	b := make([]byte, pages*boltMinPage)
+	ne := binary.NativeEndian
+	for i := range 2 {
+		p := b[i*boltMinPage:]
+		ne.PutUint64(p[0:], uint64(i))
+		ne.PutUint16(p[8:], 0x04) // meta page flag
+		m := p[boltPageHeader : boltPageHeader+boltMetaSize]
+		ne.PutUint32(m[0:], boltMagic)
+		ne.PutUint32(m[4:], boltVersion)
+		ne.PutUint32(m[8:], boltMinPage)
+		ne.PutUint64(m[16:], 3)
+		ne.PutUint64(m[32:], 2)
+		ne.PutUint64(m[40:], uint64(hwm))
+		ne.PutUint64(m[48:], uint64(7+i))
+		h := fnv.New64a()
+		h.Write(m[:56])
+		ne.PutUint64(m[56:], h.Sum64())
+	}
+	return b
+}
+
 // FuzzCheckBoltMetas feeds checkBoltMetas arbitrary file contents: it must
 // never panic, and a file it accepts must have two valid meta pages that
 // fit the file.
 func FuzzCheckBoltMetas(f *testing.F) {
-	dir := filepath.Join(f.TempDir(), "state")
-	s, err := Open(dir)
-	require.NoError(f, err)
-	require.NoError(f, s.SetMeta("x", bytes.Repeat([]byte("y"), 9000)))
-	require.NoError(f, s.Close())
-	good, err := os.ReadFile(filepath.Join(dir, DatabaseFile))
-	require.NoError(f, err)
+	good, seeds := boltFileSeeds(f)
 	f.Add(good)
-	f.Add(good[:16<<10])
-	f.Add(good[:len(good)/2])
-	f.Add([]byte{})
+	for _, s := range seeds {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		err := checkBoltMetas(bytes.NewReader(b), int64(len(b)))
 		if err != nil {

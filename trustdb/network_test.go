@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -147,13 +148,28 @@ func sorted(ks ...addressing.PublicKey) []addressing.PublicKey {
 	return ks
 }
 
-func FuzzParseNetwork(f *testing.F) {
-	ks := testKeys(f, 2)
+// networkSeeds are encoded network records (with a member; owned, with
+// a former member and times), for FuzzParseNetwork and its corpus.
+func networkSeeds(tb testing.TB) [][]byte {
+	ks := testKeys(tb, 3)
 	n := Network{ID: 9, Name: "x", Owner: ks[0], Proof: []byte("p")}
 	n.SetMember(ks[1], []byte("join"))
-	b, err := n.appendBinary(nil)
-	require.NoError(f, err)
-	f.Add(b)
+	owned := Network{ID: 9, Name: "builders", Owner: ks[0], Created: time.Unix(1_800_000_000, 0), Updated: time.Unix(1_800_000_100, 5)}
+	owned.SetMember(ks[1], []byte("join-1"))
+	owned.SetExit(ks[2], []byte("leave-2"))
+	var out [][]byte
+	for _, n := range []Network{n, owned} {
+		b, err := n.appendBinary(nil)
+		require.NoError(tb, err)
+		out = append(out, b, b[:len(b)-1])
+	}
+	return out
+}
+
+func FuzzParseNetwork(f *testing.F) {
+	for _, s := range networkSeeds(f) {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n, err := parseNetwork([]byte{0, 9}, b)
 		if err != nil {

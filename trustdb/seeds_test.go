@@ -12,6 +12,8 @@ import (
 
 // TestWriteFuzzSeeds regenerates the checked-in fuzz seed corpora under
 // testdata/fuzz when TRUSTDB_WRITE_SEEDS=1 (go test -run=TestWriteFuzzSeeds).
+// The keys are new each run, so rewrite only the corpus you changed (git
+// checkout the others).
 func TestWriteFuzzSeeds(t *testing.T) {
 	// Without the switch the generator still runs (it must produce valid
 	// seeds), into a temporary directory.
@@ -35,4 +37,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 	write("FuzzParseMessage", validMessageSeeds(t))
 	write("FuzzParseRecord", validRecordSeeds(t))
+	write("FuzzParseNetwork", networkSeeds(t))
+	_, boltSeeds := boltFileSeeds(t)
+	write("FuzzCheckBoltMetas", boltSeeds)
 }

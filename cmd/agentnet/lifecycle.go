@@ -33,17 +33,25 @@ const startupWait = 5 * time.Second
 // its parent: one JSON line, the status (ready) or an error body (failed).
 const notifyEnv = "AGENTNET_UP_NOTIFY_FD"
 
-// checkRendezvousAddr fails early when a configured rendezvous address does
-// not resolve: the node could never register.
+// checkRendezvousAddr fails early when no configured rendezvous address
+// resolves: the node could never register. Of several servers (a comma
+// list) one that resolves is enough, as for the node, which tries the
+// others when one fails.
 func checkRendezvousAddr(cfg daemon.Config) error {
-	if cfg.RendezvousAddr == "" {
+	addrs := cfg.RendezvousAddrs()
+	var msgs []string
+	for _, a := range addrs {
+		if _, err := net.ResolveUDPAddr("udp", a); err != nil {
+			msgs = append(msgs, fmt.Sprintf("rendezvous %s: %v", a, err))
+			continue
+		}
 		return nil
 	}
-	if _, err := net.ResolveUDPAddr("udp", cfg.RendezvousAddr); err != nil {
-		return &ctl.Error{Code: ctl.CodeUnavailable, Message: fmt.Sprintf("rendezvous %s: %v", cfg.RendezvousAddr, err),
-			Hint: "check --rendezvous (AGENTNET_RENDEZVOUS) and the network"}
+	if len(msgs) == 0 {
+		return nil // none configured (zero config), or an empty list: daemon.New says so
 	}
-	return nil
+	return &ctl.Error{Code: ctl.CodeUnavailable, Message: strings.Join(msgs, "; "),
+		Hint: "check --rendezvous (AGENTNET_RENDEZVOUS) and the network"}
 }
 
 // startupCheck waits up to startupWait for the first registration. A

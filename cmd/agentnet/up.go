@@ -126,13 +126,21 @@ func setupUp(fs *flag.FlagSet) func(x *cliCtx) (any, error) {
 		case err := <-done:
 			return nil, fail(upError(err))
 		}
-		if err := startupCheck(ctx, d, x.stderr); err != nil {
+		var warn io.Writer = x.stderr
+		if format == "json" {
+			warn = warnLog{logger}
+		}
+		if err := startupCheck(ctx, d, warn); err != nil {
 			cancel()
 			<-done
 			return nil, fail(err)
 		}
 		st := d.Status()
-		x.emit(st)
+		if os.Getenv(notifyEnv) == "" {
+			// Detached, stdout is daemon.log: the parent prints the
+			// status, and the log has it ("daemon ready").
+			x.emit(st)
+		}
 		notifyParent(st)
 		sdNotify("READY=1")
 		err = <-done

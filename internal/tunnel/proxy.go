@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
@@ -76,8 +77,8 @@ func runProxyCmd(ctx context.Context, cmd string) (*url.URL, error) {
 	return u, nil
 }
 
-// ParseProxyURL parses a proxy URL: http://[user:pass@]host:port (a bare
-// host:port means http).
+// ParseProxyURL parses a proxy URL: http://[user:pass@]host[:port] (a bare
+// host:port means http; the port defaults to 3128).
 func ParseProxyURL(s string) (*url.URL, error) {
 	if !strings.Contains(s, "://") {
 		s = "http://" + s
@@ -89,11 +90,13 @@ func ParseProxyURL(s string) (*url.URL, error) {
 	if u.Scheme != "http" {
 		return nil, fmt.Errorf("bad proxy URL: scheme %q (only http proxies, which tunnel TLS with CONNECT)", u.Scheme)
 	}
-	if u.Host == "" {
+	if u.Hostname() == "" { // "http://:8080" has a Host but no host name
 		return nil, errors.New("bad proxy URL: no host")
 	}
 	if u.Port() == "" {
 		u.Host = net.JoinHostPort(u.Hostname(), "3128")
+	} else if n, err := strconv.ParseUint(u.Port(), 10, 16); err != nil || n == 0 {
+		return nil, fmt.Errorf("bad proxy URL: port %q (want 1 to 65535)", u.Port())
 	}
 	return u, nil
 }
