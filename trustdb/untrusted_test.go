@@ -220,3 +220,47 @@ func TestRepeatedRequestOneRecord(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, s.IsTrusted(peer.PublicKey()))
 }
+
+// TestStoreSizeBoundedUnderStrangerFlood: wave after wave of strangers
+// (request, then withdraw, each from a fresh key) does not grow trust.db
+// without bound: the records are bounded (MaxUntrusted) and so is the
+// replay guard (maxSeen, lowered here so the bound is reached quickly), so
+// once both are full the file stops growing (bbolt reuses its free pages).
+func TestStoreSizeBoundedUnderStrangerFlood(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, err := Open(dir)
+	require.NoError(t, err)
+	defer s.Close()
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	s.maxSeen = 2000
+	us := addressing.TargetAddr(s.Identity().Addr())
+	size := func() int64 {
+		fi, err := os.Stat(filepath.Join(dir, DatabaseFile))
+		require.NoError(t, err)
+		return fi.Size()
+	}
+	var sizes []int64
+	for range 10 {
+		for i := range 300 {
+			p := newTestIdentity(t)
+			at := now.Add(time.Duration(i) * time.Millisecond)
+			_, err := s.HandleMessage(peerMsg(t, p, KindRequest, us, [NonceSize]byte{}, "", at), "")
+			require.NoError(t, err)
+			_, err = s.HandleMessage(peerMsg(t, p, KindRevoke, us, [NonceSize]byte{}, "", at.Add(time.Microsecond)), "")
+			require.NoError(t, err)
+		}
+		now = now.Add(time.Second)
+		require.Equal(t, MaxUntrusted, len(s.List()))
+		s.mu.Lock()
+		require.LessOrEqual(t, s.seenLen, s.maxSeen)
+		s.mu.Unlock()
+		sizes = append(sizes, size())
+	}
+	t.Logf("trust.db after each wave of 300 strangers: %v bytes", sizes)
+	// The guard is full after 1000 strangers (wave 4); from then on the
+	// file keeps its size.
+	for i := 5; i < len(sizes); i++ {
+		require.LessOrEqual(t, sizes[i], sizes[4], "trust.db grew after its bounds were full: %v", sizes)
+	}
+}
