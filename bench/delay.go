@@ -3,6 +3,7 @@ package bench
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,16 +12,48 @@ import (
 // back every datagram it sends for half of it. 0 sends at once.
 var emulatedRTT time.Duration
 
+// countDatagrams (Options.CountDatagrams, flag -count-datagrams) wraps
+// every socket of the run's nodes and peers in a countConn, so that
+// datagramsSent counts what they send.
+var countDatagrams bool
+
+// datagramsSent counts the datagrams the run's wrapped sockets sent (with
+// an emulated RTT or countDatagrams; see packetConn).
+var datagramsSent atomic.Int64
+
 // packetConn returns udp as the socket a node or quic.Transport of the run
-// uses: udp itself, or, with an emulated RTT, a delayConn around it. A
-// delayConn is a plain net.PacketConn, so quic-go sends without GSO and
-// ECN for every system alike.
+// uses: udp itself, or, with an emulated RTT, a delayConn around it, or,
+// with countDatagrams, a countConn. Both are plain net.PacketConns, so
+// quic-go sends without GSO and ECN for every system alike.
 func packetConn(udp *net.UDPConn) net.PacketConn {
-	if emulatedRTT <= 0 {
-		return udp
+	switch {
+	case emulatedRTT > 0:
+		return newDelayConn(udp, emulatedRTT/2)
+	case countDatagrams:
+		return countConn{udp}
 	}
-	return newDelayConn(udp, emulatedRTT/2)
+	return udp
 }
+
+// countingSockets reports whether packetConn wraps the run's sockets, so
+// that datagramsSent counts their datagrams.
+func countingSockets() bool { return emulatedRTT > 0 || countDatagrams }
+
+// countConn counts the datagrams it sends.
+type countConn struct {
+	udp *net.UDPConn // not embedded: quic-go must not find WriteMsgUDP
+}
+
+func (c countConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	datagramsSent.Add(1)
+	return c.udp.WriteTo(b, addr)
+}
+func (c countConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.udp.ReadFrom(b) }
+func (c countConn) Close() error                             { return c.udp.Close() }
+func (c countConn) LocalAddr() net.Addr                      { return c.udp.LocalAddr() }
+func (c countConn) SetDeadline(t time.Time) error            { return c.udp.SetDeadline(t) }
+func (c countConn) SetReadDeadline(t time.Time) error        { return c.udp.SetReadDeadline(t) }
+func (c countConn) SetWriteDeadline(t time.Time) error       { return c.udp.SetWriteDeadline(t) }
 
 // delayQueue is the most datagrams a delayConn holds; more are dropped, as
 // a router's full queue would.
@@ -79,6 +112,7 @@ func (c *delayConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		return 0, net.ErrClosed
 	default:
 	}
+	datagramsSent.Add(1)
 	d := delayed{due: time.Now().Add(c.delay), b: append([]byte(nil), b...), addr: addr}
 	select {
 	case c.q <- d:

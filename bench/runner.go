@@ -24,6 +24,7 @@ type Sizes struct {
 	SetupRounds         int           // connection setups per repetition
 	ConcurrentStreams   int
 	RequestPeers        int   // peers of the stream-per-req-peers row
+	DatagramRequests    int   // requests of the req-datagrams row
 	ConcurrentBytes     int64 // per stream
 	IdlePeers           int
 	RefusalTime         time.Duration // length of each refusal attack
@@ -50,7 +51,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 1, BulkBytes: 1 << 20, PingPongs: 50, Messages: 200,
 			StreamMessages: 50, StreamMessagesTime: 100 * time.Millisecond,
-			SetupRounds: 3, ConcurrentStreams: 20, RequestPeers: 5, ConcurrentBytes: 16 << 10,
+			SetupRounds: 3, ConcurrentStreams: 20, RequestPeers: 5, DatagramRequests: 20, ConcurrentBytes: 16 << 10,
 			IdlePeers: 5, RefusalTime: 200 * time.Millisecond,
 			RendezvousAgents: 20, RendezvousConnected: 10, RendezvousOps: 50,
 			RelayBytes: 1 << 20, RelayPingPongs: 50, RelayBudgetBytes: 1 << 20,
@@ -59,7 +60,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 3, BulkBytes: 64 << 20, PingPongs: 1000, Messages: 20000,
 			StreamMessages: 2000, StreamMessagesTime: 200 * time.Millisecond,
-			SetupRounds: 10, ConcurrentStreams: 200, RequestPeers: 100, ConcurrentBytes: 64 << 10,
+			SetupRounds: 10, ConcurrentStreams: 200, RequestPeers: 100, DatagramRequests: 200, ConcurrentBytes: 64 << 10,
 			IdlePeers: 50, RefusalTime: 500 * time.Millisecond,
 			RendezvousAgents: 500, RendezvousConnected: 100, RendezvousOps: 1000,
 			RelayBytes: 8 << 20, RelayPingPongs: 300, RelayBudgetBytes: 2 << 20,
@@ -68,7 +69,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 3, BulkBytes: 1 << 30, PingPongs: 10000, Messages: 100000,
 			StreamMessages: 5000, StreamMessagesTime: time.Second,
-			SetupRounds: 50, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 256 << 10,
+			SetupRounds: 50, ConcurrentStreams: 1000, RequestPeers: 100, DatagramRequests: 500, ConcurrentBytes: 256 << 10,
 			IdlePeers: 1000, RefusalTime: 1500 * time.Millisecond,
 			RendezvousAgents: 10000, RendezvousConnected: 1000, RendezvousOps: 10000,
 			RelayBytes: 64 << 20, RelayPingPongs: 5000, RelayBudgetBytes: 16 << 20,
@@ -77,7 +78,7 @@ func SizesFor(mode string) (Sizes, error) {
 		return Sizes{
 			Reps: 5, BulkBytes: 1 << 30, PingPongs: 10000, Messages: 200000,
 			StreamMessages: 10000, StreamMessagesTime: 2 * time.Second,
-			SetupRounds: 100, ConcurrentStreams: 1000, RequestPeers: 100, ConcurrentBytes: 1 << 20,
+			SetupRounds: 100, ConcurrentStreams: 1000, RequestPeers: 100, DatagramRequests: 1000, ConcurrentBytes: 1 << 20,
 			IdlePeers: 1000, RefusalTime: 5 * time.Second,
 			RendezvousAgents: 100000, RendezvousConnected: 2000, RendezvousOps: 20000,
 			RelayBytes: 256 << 20, RelayPingPongs: 10000, RelayBudgetBytes: 32 << 20,
@@ -99,6 +100,11 @@ type Options struct {
 	// socket adds nothing, so a node's round trip to it is RTT/2. TCP and
 	// TLS are not delayed.
 	RTT time.Duration
+	// CountDatagrams wraps the sockets of agentnet's and raw quic-go's
+	// nodes and peers in a counter (a plain net.PacketConn, as RTT does),
+	// so the req-datagrams row can count UDP datagrams per request; with
+	// RTT set they are counted anyway.
+	CountDatagrams bool
 }
 
 // Cell is one system's figure for a row: a value, or why there is none.
@@ -244,6 +250,23 @@ func plan() []scenario {
 			},
 		},
 		{
+			name: "req-datagrams",
+			title: func(sz Sizes) string {
+				return fmt.Sprintf("UDP datagrams per 1 KiB request/response on a new stream, both ends (%d; needs -count-datagrams or -rtt)", sz.DatagramRequests)
+			},
+			metrics: []metricDef{{"datagrams/req", lower}},
+			rig:     true, timeout: minute,
+			only:    []System{Agentnet, QUIC},
+			onlyWhy: "not UDP",
+			run: func(ctx context.Context, _ System, r *Rig, sz Sizes) ([]float64, error) {
+				if !countingSockets() {
+					return nil, fmt.Errorf("%w: run with -count-datagrams or -rtt", ErrNotSupported)
+				}
+				d, err := RequestDatagrams(ctx, r, sz.DatagramRequests)
+				return []float64{d}, err
+			},
+		},
+		{
 			name: "setup-first",
 			title: func(sz Sizes) string {
 				return fmt.Sprintf("setup, first contact → first echoed byte (%d)", sz.SetupRounds)
@@ -354,7 +377,8 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		sz = *opts.Sizes
 	}
 	emulatedRTT = opts.RTT
-	defer func() { emulatedRTT = 0 }()
+	countDatagrams = opts.CountDatagrams
+	defer func() { emulatedRTT, countDatagrams = 0, false }()
 	systems := opts.Systems
 	if systems == nil {
 		systems = Systems

@@ -566,6 +566,36 @@ func Requests(ctx context.Context, r *Rig, peers, n int, maxDur time.Duration) (
 	return Rate{N: len(lats), Wall: wall, CPU: cpu}, lats[len(lats)*99/100], nil
 }
 
+// RequestDatagrams runs n sequential requests (1 KiB each way, a new
+// stream each, after one untimed request) and returns the UDP datagrams
+// both ends sent per request, counted by the run's wrapped sockets (see
+// packetConn); it waits 100 ms after the last one for delayed ACKs. Other
+// traffic of the run's sockets in that time (keepalives to the rendezvous)
+// counts too.
+func RequestDatagrams(ctx context.Context, r *Rig, n int) (float64, error) {
+	req, resp := make([]byte, 1+messageSize), make([]byte, messageSize)
+	c, err := r.Env.Dial(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := requestOnce(c, req, resp); err != nil {
+		return 0, err
+	}
+	time.Sleep(100 * time.Millisecond)
+	before := datagramsSent.Load()
+	for range n {
+		c, err := r.Env.Dial(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if err := requestOnce(c, req, resp); err != nil {
+			return 0, err
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	return float64(datagramsSent.Load()-before) / float64(n), nil
+}
+
 // requestOnce writes req on c, reads len(resp) bytes back and closes c.
 func requestOnce(c net.Conn, req, resp []byte) error {
 	req[0] = opEcho

@@ -279,15 +279,17 @@ func (d *Daemon) requireTrusted(t addressing.Target) error {
 	return d.apiError(fmt.Errorf("%s: %w", t, quicnode.ErrNotTrusted))
 }
 
-// dial opens a stream to t's port within ctx.
+// dial opens a stream to t's port within ctx. It waits for the port's
+// answer (DialStrict): the API's connect and forward report a closed port
+// as port_closed before the stream is upgraded.
 func (d *Daemon) dial(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
-	c, err := d.node.DialTarget(ctx, t, port)
+	c, err := d.node.DialStrict(ctx, t, port)
 	if errors.Is(err, quicnode.ErrNotTrusted) {
 		// A trust change that List already shows may not have reached the
 		// store's in-memory trust set yet (see settle): retry once after it.
 		if rec, ok := d.record(t); ok && rec.State == trustdb.StateTrusted && !d.store.IsTrusted(rec.Key) {
 			d.settle(ctx, rec)
-			c, err = d.node.DialTarget(ctx, t, port)
+			c, err = d.node.DialStrict(ctx, t, port)
 		}
 	}
 	if err != nil {

@@ -73,7 +73,9 @@ type Config struct {
 	// DisableEcho turns off the built-in echo service on port 7.
 	DisableEcho bool
 
-	// HandshakeTimeout bounds each QUIC handshake plus welcome; default 10 s.
+	// HandshakeTimeout bounds each dial of a peer (every phase: handshakes,
+	// introductions, relay) and each handshake plus welcome where one is
+	// awaited; default 10 s.
 	HandshakeTimeout time.Duration
 
 	// Logger receives diagnostics; nil discards them.
@@ -95,6 +97,9 @@ const (
 	backlogWait       = 10 * time.Second
 	datagramQueueLen  = 256
 	headerTimeout     = 10 * time.Second
+	// inlineHeaderWait is how long a link's stream loop waits for a new
+	// stream's header before it hands the stream to a goroutine.
+	inlineHeaderWait  = 2 * time.Millisecond
 	firstEphemeral    = 49152
 	maxIncomingStream = 4096
 )

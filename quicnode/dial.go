@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -18,9 +19,18 @@ import (
 // a hostname; "N:xxxx.xxxx.xxxx" with N != 0 names a fellow member of
 // network N. It fails with ErrNotTrusted, before any packet is sent, when
 // the target is neither trusted nor a fellow network member, and with
-// ErrNotTrusted when the target's gate refuses us; with ErrPortClosed when
-// nothing listens on port. The returned net.Conn is a QUIC stream on the
-// connection shared with every other stream and datagram to that peer.
+// ErrNotTrusted when the target's gate refuses us. The returned net.Conn is
+// a QUIC stream on the connection shared with every other stream and
+// datagram to that peer.
+//
+// A closed port is ErrPortClosed. The first dial to a port of a peer waits
+// one round trip for the acceptor's answer, so then it is an error of Dial;
+// once the port has answered, later dials to it pipeline (no round trip
+// before the first byte: the port header travels with the first Write) and
+// a port closed since is ErrPortClosed on the stream's first Read or Write
+// instead (from the Write only if the refusal has arrived by then, so a
+// caller that only writes should read or CloseWrite and check), after which
+// the next dial waits again. DialStrict always waits.
 func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, error) {
 	t, err := addressing.ParseTarget(target)
 	if err != nil {
@@ -35,6 +45,17 @@ const maxStaleLinks = 3
 
 // DialTarget is Dial with a parsed target.
 func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
+	return n.dialTarget(ctx, t, port, false)
+}
+
+// DialStrict is DialTarget except that it always waits one round trip for
+// the acceptor's answer: a closed port (or a busy listener) is an error of
+// DialStrict itself, like TCP's connect, never of the first Read.
+func (n *Node) DialStrict(ctx context.Context, t addressing.Target, port uint16) (net.Conn, error) {
+	return n.dialTarget(ctx, t, port, true)
+}
+
+func (n *Node) dialTarget(ctx context.Context, t addressing.Target, port uint16, strict bool) (net.Conn, error) {
 	key, err := n.resolveFresh(ctx, t)
 	if err != nil {
 		return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
@@ -44,8 +65,8 @@ func (n *Node) DialTarget(ctx context.Context, t addressing.Target, port uint16)
 		if err != nil {
 			return nil, fmt.Errorf("quicnode: dial %s: %w", t, err)
 		}
-		c, err := n.openStream(ctx, l, port)
-		if err != nil && attempt < maxStaleLinks && !l.Alive() && ctx.Err() == nil {
+		c, err := n.openStream(ctx, l, port, strict)
+		if err != nil && attempt < maxStaleLinks && !l.Alive() && ctx.Err() == nil && !errors.Is(err, ErrNotTrusted) {
 			// The connection died under us (a dead path, a restarted
 			// peer): forget it and take the next, or dial afresh. A
 			// peer may have had several links go deaf at once (its NAT
@@ -71,12 +92,44 @@ func (n *Node) Resolve(ctx context.Context, t addressing.Target) (addressing.Pub
 	return k, nil
 }
 
-func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16) (*streamConn, error) {
+// pipelineFresh is how recently a link must have carried data from the
+// peer for a dial on it to pipeline: three smoothed round trips, at least
+// 20 ms. A link heard from that recently is alive beyond reasonable doubt;
+// on one that has been quiet longer (the peer may have restarted, its NAT
+// rebound) the dial waits for the port's answer, which also finds a dead
+// link out and dials afresh, as a first dial does.
+func pipelineFresh(l *paths.Link) time.Duration {
+	return max(time.Duration(pipelineFreshMin.Load()), 3*l.Conn.ConnectionStats().SmoothedRTT)
+}
+
+// pipelineFreshMin is pipelineFresh's floor (tests that need every dial
+// to an answered port to pipeline raise it).
+var pipelineFreshMin atomic.Int64
+
+func init() { pipelineFreshMin.Store(int64(20 * time.Millisecond)) }
+
+// openStream opens a stream to port on l. Unless strict, a port that
+// answered before is pipelined on a link heard from a moment ago: the
+// header waits for the first Write and no answer is awaited.
+func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16, strict bool) (*streamConn, error) {
+	pipelined := !strict && n.ports.has(l.Key, port) && l.Alive() && l.HeardWithin(time.Now(), pipelineFresh(l))
 	s, err := l.Conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, classify(err)
 	}
 	src := n.ephemeralStreamPort()
+	c := &streamConn{
+		s:      s,
+		local:  addressing.SockAddrFrom(n.addr, src),
+		remote: addressing.SockAddrFrom(l.Addr, port),
+		link:   l,
+	}
+	if pipelined {
+		vport.AppendStreamHeader(c.hdr[:0], vport.StreamHeader{Dst: port, Src: src, Pipelined: true})
+		c.ports, c.key = &n.ports, l.Key
+		c.pending.Store(true)
+		return c, nil
+	}
 	var hdr [vport.StreamHeaderLen]byte
 	if _, err := s.Write(vport.AppendStreamHeader(hdr[:0], vport.StreamHeader{Dst: port, Src: src})); err != nil {
 		s.CancelRead(StreamClosed)
@@ -96,18 +149,20 @@ func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16) (*str
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, classify(err)
+		err = classify(err)
+		if errors.Is(err, ErrPortClosed) {
+			n.ports.remove(l.Key, port)
+		}
+		return nil, err
 	}
 	if status[0] != vport.StatusOK {
 		s.CancelRead(StreamClosed)
 		s.CancelWrite(StreamClosed)
 		return nil, fmt.Errorf("quicnode: unknown stream status %d", status[0])
 	}
-	return &streamConn{
-		s:      s,
-		local:  addressing.SockAddrFrom(n.addr, src),
-		remote: addressing.SockAddrFrom(l.Addr, port),
-	}, nil
+	l.MarkHeard(time.Now())
+	n.ports.add(l.Key, port)
+	return c, nil
 }
 
 func (n *Node) ephemeralStreamPort() uint16 {

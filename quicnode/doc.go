@@ -10,9 +10,15 @@
 // ago); the rendezvous must answer the lookup (it answers only for mutually
 // trusted pairs); the QUIC handshake must pass both trust gates (the listener's
 // VerifyConnection admits only trusted keys, the dialer pins the expected
-// key); and the accepting side must send its welcome. Only then does Dial
-// return a connection. Session tickets are disabled so no handshake skips the
-// gate. Revoking trust closes every live connection to that peer at once.
+// key). A TLS 1.3 client finishes its handshake before the server has judged
+// its certificate, so the dialer cannot know yet that it was admitted; it
+// does not wait to find out (the accepting side still sends a welcome, which
+// only punched and relayed dials wait for). The acceptor serves no stream
+// before its gate admitted the peer, so the first stream's answer proves
+// admission, and a refusal closes the connection with a code that Dial (or
+// the stream's first Read) returns as ErrNotTrusted. Session tickets are
+// disabled so no handshake skips the gate. Revoking trust closes every live
+// connection to that peer at once.
 //
 // Networks (network.go) are the other consent: members of a network the
 // node is in reach each other without a trust request. An address N:x with
@@ -30,8 +36,24 @@
 // the retry. Documents pushed or fetched reach the gate before the call that
 // applies them returns.
 //
-// Streams begin with a virtual-port header (see internal/vport); the acceptor
-// answers with one status byte, or resets the stream with StreamPortClosed.
+// Streams begin with a virtual-port header (see internal/vport). The first
+// stream a node opens to a port of a peer asks for an answer (header version
+// 1): the acceptor writes one status byte, or resets the stream with
+// StreamPortClosed, and Dial waits for it, so a closed port is an error of
+// Dial. Once a port has answered, the node remembers it (per peer, bounded,
+// kept across reconnects, forgotten when trust ends) and later dials to it
+// pipeline (version 2): Dial returns without a round trip, the header goes
+// out in one piece with the first Write, and the acceptor sends no status
+// byte; a port closed since is the same reset, which the stream's first Read
+// or Write returns as ErrPortClosed, and the next dial waits again. We chose
+// this over a header that always rides with the first write and a status
+// byte that rides with the acceptor's first write: that would make every
+// closed port a Read error (never Dial's), and would hold the status byte of
+// a server that only reads. DialStrict always waits. The acceptor reads
+// each header in the link's stream loop when it is there at once (it nearly
+// always is, since it travels in the stream's first frame) and gives a
+// goroutine only to streams whose header is late or whose listener's queue
+// is full.
 // Datagrams carry a 4-byte port header and at most vport.MaxPayload bytes.
 //
 // When both sides dial each other at once, the connection dialled by the
@@ -59,8 +81,9 @@
 // Goroutines: per node a knock refresher, an outbox sender and the
 // rendezvous session, plus the path manager's own (see its package doc);
 // per link the stream-accept loop (run by the manager), plus a datagram
-// loop once datagrams flow (and quic-go's own two); per incoming stream a
-// short-lived header reader. Close stops and waits for all of them.
+// loop once datagrams flow (and quic-go's own two); a short-lived header
+// reader per incoming stream whose header is late or whose listener's queue
+// is full. Close stops and waits for all of them.
 //
 // Log keys: peer, addr, port, err, remote, code, path, nat.
 package quicnode

@@ -451,6 +451,7 @@ func (n *Node) onNetworkEvent(ch *trustdb.NetworkChange) {
 func (n *Node) closeInadmissible(keys []addressing.PublicKey, reason string) {
 	for _, k := range keys {
 		if k != n.id.PublicKey() && !n.admissible(k) {
+			n.ports.forget(k)
 			n.paths.ClosePeer(k, CodeRevoked, reason)
 		}
 	}

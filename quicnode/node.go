@@ -63,6 +63,8 @@ type Node struct {
 	byNode      map[addressing.NodeID]addressing.PublicKey // trusted peers
 	byHostname  map[string]addressing.PublicKey            // trusted peers with a known hostname
 
+	ports openPorts // virtual ports found open, per peer (pipelined dials)
+
 	stats      nodeStats
 	netStats   netCounters  // network.go
 	netRefresh netRefresher // network.go
@@ -363,25 +365,62 @@ func (h *nodeHost) SendControl(l *paths.Link, payload []byte) error {
 // (path heartbeats). Applications never get port 0.
 const portControl uint16 = 0
 
-// streamLoop accepts the link's streams until the connection ends.
+// streamLoop accepts the link's streams until the connection ends. It
+// reads each stream's port header itself when the header is there at once
+// (the opener sends it in the stream's first frame, so it nearly always
+// is) and hands the stream to its listener; a stream whose header is late,
+// or whose listener's queue is full, gets a goroutine of its own, so one
+// slow stream holds up the link's other streams for at most
+// inlineHeaderWait.
 func (n *Node) streamLoop(l *paths.Link) {
 	for {
 		s, err := l.Conn.AcceptStream(n.ctx)
 		if err != nil {
 			return
 		}
-		n.goFunc(func() { n.dispatchStream(l, s) })
+		var hdr [vport.StreamHeaderLen]byte
+		s.SetReadDeadline(time.Now().Add(inlineHeaderWait))
+		k, err := io.ReadFull(s, hdr[:])
+		if err == nil {
+			s.SetReadDeadline(time.Time{})
+			n.dispatchStream(l, s, hdr, true)
+			continue
+		}
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			n.badStream(s, err)
+			continue
+		}
+		n.goFunc(func() {
+			s.SetReadDeadline(time.Now().Add(headerTimeout))
+			_, err := io.ReadFull(s, hdr[k:])
+			s.SetReadDeadline(time.Time{})
+			if err != nil {
+				n.badStream(s, err)
+				return
+			}
+			n.dispatchStream(l, s, hdr, false)
+		})
 	}
 }
 
-// dispatchStream reads the port header and hands the stream to its listener.
-func (n *Node) dispatchStream(l *paths.Link, s *quic.Stream) {
-	var hdr [vport.StreamHeaderLen]byte
-	s.SetReadDeadline(time.Now().Add(headerTimeout))
-	_, err := io.ReadFull(s, hdr[:])
-	s.SetReadDeadline(time.Time{})
-	h, perr := vport.ParseStreamHeader(hdr[:])
-	if err != nil || perr != nil {
+// badStream refuses a stream whose header did not arrive whole. A stream
+// the opener reset before its header (an aborted dial) is not counted.
+func (n *Node) badStream(s *quic.Stream, err error) {
+	var se *quic.StreamError
+	if !errors.As(err, &se) || !se.Remote {
+		n.stats.badStreams.Add(1)
+	}
+	s.CancelRead(StreamBadHeader)
+	s.CancelWrite(StreamBadHeader)
+}
+
+// dispatchStream hands a stream whose header hdr has been read to its
+// listener, and answers with the status byte unless the opener pipelined.
+// inline says the caller is the link's stream loop: then a full listener
+// queue is waited for in a goroutine of its own.
+func (n *Node) dispatchStream(l *paths.Link, s *quic.Stream, hdr [vport.StreamHeaderLen]byte, inline bool) {
+	h, err := vport.ParseStreamHeader(hdr[:])
+	if err != nil {
 		n.stats.badStreams.Add(1)
 		s.CancelRead(StreamBadHeader)
 		s.CancelWrite(StreamBadHeader)
@@ -402,17 +441,39 @@ func (n *Node) dispatchStream(l *paths.Link, s *quic.Stream) {
 		s.CancelWrite(StreamPortClosed)
 		return
 	}
+	l.MarkHeard(time.Now())
 	c := &streamConn{
 		s:      s,
 		local:  addressing.SockAddrFrom(n.addr, h.Dst),
 		remote: addressing.SockAddrFrom(l.Addr, h.Src),
+		link:   l,
 	}
-	if !ln.enqueue(c) {
-		s.CancelRead(StreamBusy)
-		s.CancelWrite(StreamBusy)
+	if !h.Pipelined {
+		// The status byte goes out once the listener has taken the stream
+		// (a full queue is StreamBusy instead); the application's writes
+		// wait for it (streamConn.ready).
+		c.ready = make(chan struct{})
+	}
+	if ln.tryEnqueue(c) {
+		c.answer()
 		return
 	}
-	s.Write([]byte{vport.StatusOK})
+	if inline {
+		n.goFunc(func() { n.enqueueOrRefuse(ln, c) })
+		return
+	}
+	n.enqueueOrRefuse(ln, c)
+}
+
+// enqueueOrRefuse waits for room in the listener's queue, or resets the
+// stream with StreamBusy.
+func (n *Node) enqueueOrRefuse(ln *listener, c *streamConn) {
+	if !ln.enqueue(c) {
+		c.s.CancelRead(StreamBusy)
+		c.s.CancelWrite(StreamBusy)
+		return
+	}
+	c.answer()
 }
 
 // startDatagrams starts the link's datagram loop once; it reports whether

@@ -97,3 +97,44 @@ func TestRestartedNodeReachableAtOnce(t *testing.T) {
 		t.Logf("round %d (restarted node dials: %v): echo %v after the restart", round, restartedDials, time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// TestRestartReachesPeerFromPersistedAddress: the dialling side keeps the
+// address that worked in its trust store, so after its own restart, with
+// the rendezvous down, it reaches a trusted peer at once from that address
+// (issue 9 item 8; issue 10's repeat contact).
+func TestRestartReachesPeerFromPersistedAddress(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ctx := ctxT(t, 20*time.Second)
+	require.NoError(t, echoOnce(ctx, a.Node, b.Addr().String()))
+	// a dialled b: a (not only b, the acceptor) stores where b was reached.
+	hints := storeHints{a.store}
+	require.Eventually(t, func() bool {
+		ap, ok := hints.LoadHint(b.PublicKey())
+		return ok && ap.String() == b.LocalAddr().String()
+	}, 5*time.Second, 10*time.Millisecond, "the dialling side did not persist the peer's address")
+
+	a.stop()
+	require.NoError(t, srv.srv.Close()) // the rendezvous is down from here on
+	st, err := trustdb.Open(a.dir)
+	require.NoError(t, err)
+	n, err := New(Config{Store: st, RendezvousAddr: srv.addr, RendezvousKey: srv.srv.PublicKey(), ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	require.NoError(t, n.Start(ctx))
+	a.store, a.Node = st, n
+	require.Error(t, n.WaitRendezvous(ctxT(t, 200*time.Millisecond)), "the rendezvous must be down for this test")
+
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	require.NoError(t, echoOnce(dctx, n, b.Addr().String()), "the restarted node did not reach its peer from the persisted address")
+	var found string
+	for _, p := range n.Peers() {
+		if p.Key == b.PublicKey() {
+			found = p.Found
+		}
+	}
+	require.Equal(t, "last-address", found)
+}

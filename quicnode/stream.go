@@ -1,12 +1,16 @@
 package quicnode
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
+	"github.com/agentnet/agentnet/internal/vport"
+	"github.com/agentnet/agentnet/quicnode/internal/paths"
 	"github.com/quic-go/quic-go"
 )
 
@@ -46,13 +50,25 @@ type listener struct {
 	closed chan struct{}
 }
 
-func (l *listener) enqueue(c *streamConn) bool {
+// tryEnqueue queues c if there is room at once.
+func (l *listener) tryEnqueue(c *streamConn) bool {
 	select {
-	case l.ch <- c:
-		return true
 	case <-l.closed:
 		return false
 	default:
+	}
+	select {
+	case l.ch <- c:
+		return true
+	default:
+		return false
+	}
+}
+
+// enqueue queues c, waiting up to backlogWait for room.
+func (l *listener) enqueue(c *streamConn) bool {
+	if l.tryEnqueue(c) {
+		return true
 	}
 	t := time.NewTimer(backlogWait)
 	defer t.Stop()
@@ -104,41 +120,155 @@ func (l *listener) Addr() net.Addr { return addressing.SockAddrFrom(l.n.addr, l.
 // streamConn is a virtual-port stream as a net.Conn. Close closes both
 // directions (unread incoming data is discarded, like a TCP reset);
 // CloseWrite half-closes.
+//
+// A pipelined stream (see Node.DialTarget) starts with its port header
+// pending: the first Write sends it in one piece with the data, so that
+// request and header share a packet; a Read, Close or CloseWrite first
+// sends it alone. An accepted stream whose opener waits for the status
+// byte has ready set: its writes wait until the byte is out.
 type streamConn struct {
 	s             *quic.Stream
 	local, remote addressing.SockAddr
+
+	link  *paths.Link   // reads that return data mark it heard from (pipelineFresh)
+	ready chan struct{} // accepted, version 1: closed once the status byte is written
+
+	// Pipelined streams only.
+	pending atomic.Bool // the header is not written yet
+	hmu     sync.Mutex  // serialises writing the header
+	hdr     [vport.StreamHeaderLen]byte
+	ports   *openPorts // forgets the port when the peer refuses the stream
+	key     addressing.PublicKey
+}
+
+// answer writes the status byte of an accepted version 1 stream.
+func (c *streamConn) answer() {
+	if c.ready != nil {
+		c.s.Write([]byte{vport.StatusOK})
+		close(c.ready)
+	}
+}
+
+func (c *streamConn) waitReady() {
+	if c.ready != nil {
+		<-c.ready
+	}
+}
+
+// maxCoalesce is the largest first write of a pipelined stream that is
+// copied behind its header so both leave in one STREAM frame; a larger one
+// goes out in two writes (quic-go still packs them together unless a
+// packet leaves in between).
+const maxCoalesce = 4 << 10
+
+var coalescePool = sync.Pool{New: func() any { b := make([]byte, 0, vport.StreamHeaderLen+maxCoalesce); return &b }}
+
+// sendHeader writes the pending header alone, once.
+func (c *streamConn) sendHeader() error {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	if !c.pending.Load() {
+		return nil
+	}
+	c.pending.Store(false)
+	if _, err := c.s.Write(c.hdr[:]); err != nil {
+		return c.fail(err)
+	}
+	return nil
+}
+
+// writeFirst writes the pending header with b.
+func (c *streamConn) writeFirst(b []byte) (int, error) {
+	if len(b) > maxCoalesce {
+		if err := c.sendHeader(); err != nil {
+			return 0, err
+		}
+		return c.write(b)
+	}
+	c.hmu.Lock()
+	if !c.pending.Load() {
+		c.hmu.Unlock()
+		return c.write(b)
+	}
+	c.pending.Store(false)
+	bp := coalescePool.Get().(*[]byte)
+	buf := append(append((*bp)[:0], c.hdr[:]...), b...)
+	n, err := c.s.Write(buf)
+	*bp = buf[:0]
+	coalescePool.Put(bp)
+	c.hmu.Unlock()
+	n = max(n-vport.StreamHeaderLen, 0)
+	if err != nil {
+		return n, c.fail(err)
+	}
+	return n, nil
+}
+
+// fail translates a stream error; a pipelined stream the peer refused for
+// its port makes the next dial to that port wait for the answer again.
+func (c *streamConn) fail(err error) error {
+	err = translate(err)
+	if c.ports != nil && errors.Is(err, ErrPortClosed) {
+		c.ports.remove(c.key, c.remote.Port())
+	}
+	return err
 }
 
 func (c *streamConn) Read(b []byte) (int, error) {
+	if c.pending.Load() {
+		if err := c.sendHeader(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := c.s.Read(b)
+	if n > 0 {
+		c.link.MarkHeard(time.Now())
+	}
 	if err != nil {
-		err = translate(err)
+		err = c.fail(err)
 	}
 	return n, err
 }
 
 func (c *streamConn) Write(b []byte) (int, error) {
+	if c.pending.Load() {
+		return c.writeFirst(b)
+	}
+	return c.write(b)
+}
+
+func (c *streamConn) write(b []byte) (int, error) {
+	c.waitReady()
 	n, err := c.s.Write(b)
 	if err != nil {
-		err = translate(err)
+		err = c.fail(err)
 	}
 	return n, err
 }
 
 // Close closes the stream in both directions.
 func (c *streamConn) Close() error {
-	err := c.s.Close()
+	err := c.CloseWrite()
 	c.s.CancelRead(StreamClosed)
 	return err
 }
 
 // CloseWrite sends EOF to the peer; reading goes on.
-func (c *streamConn) CloseWrite() error { return c.s.Close() }
+func (c *streamConn) CloseWrite() error {
+	if c.pending.Load() {
+		if err := c.sendHeader(); err != nil {
+			return err
+		}
+	}
+	c.waitReady()
+	return c.s.Close()
+}
 
 // Abort resets the stream both ways (StreamAborted): unlike Close, which
 // ends what was written cleanly, the peer's reads and writes fail, so it
 // cannot take a cut for the end. Data not yet sent is dropped.
 func (c *streamConn) Abort() error {
+	c.pending.Store(false)
 	c.s.CancelWrite(StreamAborted)
 	c.s.CancelRead(StreamAborted)
 	return nil

@@ -266,6 +266,7 @@ func (n *Node) SetHostname(ctx context.Context, name string) error {
 
 // closePeer closes every live connection to key after a revocation.
 func (n *Node) closePeer(key addressing.PublicKey) {
+	n.ports.forget(key)
 	if n.paths != nil {
 		n.paths.ClosePeer(key, CodeRevoked, "trust revoked")
 	}

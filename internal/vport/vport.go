@@ -10,9 +10,12 @@
 //	| 1 byte  | 2 bytes BE| 2 bytes BE|
 //	+---------+-----------+-----------+
 //
-// The acceptor answers with one status byte (StatusOK) before any payload,
-// or resets the stream with an error code (see quicnode) when the port is
-// closed. The version is 1; an acceptor refuses other versions.
+// The version byte says how the acceptor answers. Version 1: with one status
+// byte (StatusOK) before any payload, or by resetting the stream with an
+// error code (see quicnode) when the port is closed. Version 2 (pipelined):
+// with no status byte (the payload begins at once), or by the same reset;
+// the opener learns of a refusal on its first read or write after the
+// reset arrives. An acceptor refuses other versions.
 //
 // Datagram, the payload of one QUIC DATAGRAM frame:
 //
@@ -30,8 +33,13 @@ import (
 	"fmt"
 )
 
-// Version is the stream header version this package writes.
+// Version is the stream header version of a stream whose acceptor answers
+// with a status byte.
 const Version = 1
+
+// VersionPipelined is the stream header version of a stream whose acceptor
+// sends no status byte (StreamHeader.Pipelined).
+const VersionPipelined = 2
 
 // StreamHeaderLen is the length of a stream header.
 const StreamHeaderLen = 5
@@ -56,11 +64,18 @@ var ErrShort = errors.New("vport: short header")
 // StreamHeader names the ports of a stream.
 type StreamHeader struct {
 	Dst, Src uint16
+	// Pipelined (version 2): the opener does not wait for a status byte, so
+	// the acceptor sends none.
+	Pipelined bool
 }
 
 // AppendStreamHeader appends the encoding of h to b.
 func AppendStreamHeader(b []byte, h StreamHeader) []byte {
-	b = append(b, Version)
+	v := byte(Version)
+	if h.Pipelined {
+		v = VersionPipelined
+	}
+	b = append(b, v)
 	b = binary.BigEndian.AppendUint16(b, h.Dst)
 	return binary.BigEndian.AppendUint16(b, h.Src)
 }
@@ -71,10 +86,10 @@ func ParseStreamHeader(b []byte) (StreamHeader, error) {
 	if len(b) < StreamHeaderLen {
 		return StreamHeader{}, ErrShort
 	}
-	if b[0] != Version {
+	if b[0] != Version && b[0] != VersionPipelined {
 		return StreamHeader{}, fmt.Errorf("vport: unsupported stream header version %d", b[0])
 	}
-	return StreamHeader{Dst: binary.BigEndian.Uint16(b[1:]), Src: binary.BigEndian.Uint16(b[3:])}, nil
+	return StreamHeader{Dst: binary.BigEndian.Uint16(b[1:]), Src: binary.BigEndian.Uint16(b[3:]), Pipelined: b[0] == VersionPipelined}, nil
 }
 
 // AppendDatagram appends a datagram carrying payload from port src to port

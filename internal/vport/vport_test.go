@@ -15,7 +15,13 @@ func TestStreamHeader(t *testing.T) {
 	require.Equal(t, StreamHeader{Dst: 80, Src: 49152}, h)
 	_, err = ParseStreamHeader(b[:4])
 	require.ErrorIs(t, err, ErrShort)
-	_, err = ParseStreamHeader([]byte{2, 0, 80, 0, 1})
+	h, err = ParseStreamHeader([]byte{2, 0, 80, 0, 1})
+	require.NoError(t, err)
+	require.Equal(t, StreamHeader{Dst: 80, Src: 1, Pipelined: true}, h)
+	require.Equal(t, []byte{2, 0, 80, 0, 1}, AppendStreamHeader(nil, h))
+	_, err = ParseStreamHeader([]byte{3, 0, 80, 0, 1})
+	require.Error(t, err)
+	_, err = ParseStreamHeader([]byte{0, 0, 80, 0, 1})
 	require.Error(t, err)
 }
 
@@ -36,6 +42,7 @@ func FuzzParseStreamHeader(f *testing.F) {
 	f.Add(AppendStreamHeader(nil, StreamHeader{Dst: 7, Src: 50000}))
 	f.Add([]byte{1, 0})
 	f.Add([]byte{9, 0, 0, 0, 0})
+	f.Add(AppendStreamHeader(nil, StreamHeader{Dst: 80, Src: 49152, Pipelined: true}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseStreamHeader(b)
 		if err != nil {

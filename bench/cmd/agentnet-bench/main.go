@@ -36,9 +36,10 @@ func run() int {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	quiet := flag.Bool("q", false, "no progress on stderr")
 	rtt := flag.Duration("rtt", 0, "emulate this round trip time between agentnet's and raw quic-go's nodes (e.g. 10ms)")
+	countDgrams := flag.Bool("count-datagrams", false, "count the UDP datagrams agentnet's and raw quic-go's nodes send (the req-datagrams row; their sockets become plain net.PacketConns, as with -rtt)")
 	flag.Parse()
 
-	opts := bench.Options{Mode: bench.ModeDefault, Progress: os.Stderr, RTT: *rtt}
+	opts := bench.Options{Mode: bench.ModeDefault, Progress: os.Stderr, RTT: *rtt, CountDatagrams: *countDgrams}
 	switch {
 	case *quick && *full:
 		fmt.Fprintln(os.Stderr, "agentnet-bench: -quick and -full exclude each other")

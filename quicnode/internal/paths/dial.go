@@ -312,7 +312,12 @@ func (m *Manager) lookup(ctx context.Context, key addressing.PublicKey) (rendezv
 }
 
 // dialCandidates races handshakes to every candidate and returns the first
-// connection whose welcome arrives; the others are closed.
+// connection whose handshake completes; the others are closed. It does not
+// wait for the welcome: the acceptor serves streams only after its gate
+// admitted us, so the first stream's answer proves admission, and a refusal
+// closes the connection with a code Classify maps to ErrNotTrusted, which
+// the stream's dial or first read returns. That saves the dial the round
+// trip the welcome takes.
 func (m *Manager) dialCandidates(ctx context.Context, key addressing.PublicKey, cands []netip.AddrPort) (*quic.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.HandshakeTimeout)
 	defer cancel()
@@ -323,7 +328,7 @@ func (m *Manager) dialCandidates(ctx context.Context, key addressing.PublicKey, 
 	results := make(chan result, len(cands))
 	for _, c := range cands {
 		if !m.g.Go(func() {
-			conn, err := m.dialOne(ctx, m.tr, key, c)
+			conn, err := m.dialOne(ctx, m.tr, key, c, false)
 			results <- result{conn, err}
 		}) {
 			results <- result{nil, net.ErrClosed}
@@ -352,11 +357,14 @@ func (m *Manager) dialCandidates(ctx context.Context, key addressing.PublicKey, 
 	return nil, fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
 }
 
-// dialOne runs one handshake plus welcome on tr.
-func (m *Manager) dialOne(ctx context.Context, tr *quic.Transport, key addressing.PublicKey, to netip.AddrPort) (*quic.Conn, error) {
+// dialOne runs one handshake on tr, and waits for the welcome if asked.
+func (m *Manager) dialOne(ctx context.Context, tr *quic.Transport, key addressing.PublicKey, to netip.AddrPort, welcome bool) (*quic.Conn, error) {
 	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(to), m.host.ClientTLS(key), m.cfg.QUIC)
 	if err != nil {
 		return nil, Classify(err)
+	}
+	if !welcome {
+		return conn, nil
 	}
 	if err := AwaitWelcome(ctx, conn); err != nil {
 		conn.CloseWithError(CodeBadWelcome, "no welcome")

@@ -65,12 +65,28 @@ type Link struct {
 	rxCheckAt atomic.Int64  // unix nanoseconds of the last quietFor
 	pokedAt   atomic.Int64  // unix nanoseconds of the last poke (stale.go)
 	dgrams    atomic.Bool   // the host started its datagram loop (StartDatagrams)
+	heardAt   atomic.Int64  // unix nanoseconds: the host last had data from the peer (MarkHeard); 0: at Since
 
 	// Path liveness, touched only by the maintenance loop.
 	recvCount    uint64    // PacketsReceived at the last check
 	sentAtHeard  uint64    // PacketsSent when we last heard the peer
 	lastHeard    time.Time // when PacketsReceived last grew
 	sendingSince time.Time // first check that saw sends unanswered since lastHeard
+}
+
+// MarkHeard records that data from the peer arrived on one of the link's
+// streams at now.
+func (l *Link) MarkHeard(now time.Time) { l.heardAt.Store(now.UnixNano()) }
+
+// HeardWithin reports whether the peer was heard from within d of now:
+// the host had data from it on the link, or the link's handshake finished,
+// that recently.
+func (l *Link) HeardWithin(now time.Time, d time.Duration) bool {
+	at := l.heardAt.Load()
+	if at == 0 {
+		at = l.Since.UnixNano()
+	}
+	return now.UnixNano()-at < int64(d)
 }
 
 // Alive reports whether the connection is still open.

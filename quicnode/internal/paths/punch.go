@@ -295,7 +295,7 @@ func (m *Manager) handleProbe(b []byte, from netip.AddrPort) {
 	m.g.Go(func() {
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HandshakeTimeout)
 		defer cancel()
-		conn, err := m.dialOne(ctx, m.tr, ps.key, from)
+		conn, err := m.dialOne(ctx, m.tr, ps.key, from, true)
 		if err != nil {
 			m.log.Debug("punched dial failed", "peer", ps.peerNode, "remote", from, "err", err)
 			return

@@ -1,0 +1,356 @@
+package quicnode
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentnet/agentnet/internal/vport"
+	"github.com/stretchr/testify/require"
+)
+
+// echoListener serves port on n: every stream gets back what it sent.
+func echoListener(t *testing.T, n *testNode, port uint16) net.Listener {
+	t.Helper()
+	ln, err := n.Listen(port)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln
+}
+
+// roundTrip writes msg on c, half-closes, and reads the answer to EOF.
+func roundTrip(c net.Conn, msg []byte) ([]byte, error) {
+	if _, err := c.Write(msg); err != nil {
+		return nil, fmt.Errorf("write: %w", err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		return nil, fmt.Errorf("close write: %w", err)
+	}
+	return io.ReadAll(c)
+}
+
+func pipelined(c net.Conn) bool { return c.(*streamConn).ports != nil }
+
+// alwaysFresh makes every link count as heard from a moment ago for the
+// test, so that whether a dial pipelines does not depend on the machine's
+// load (pipelineFresh has its own test).
+func alwaysFresh(t *testing.T) {
+	old := pipelineFreshMin.Swap(int64(time.Hour))
+	t.Cleanup(func() { pipelineFreshMin.Store(old) })
+}
+
+// TestPipelinedDial: the first dial to a port waits for its answer; later
+// ones pipeline and carry data byte-exact; a port closed between two dials
+// on the same link is ErrPortClosed on the first Read (and on the Write once
+// the refusal is there), after which the next dial waits again and fails
+// itself; DialStrict always waits.
+func TestPipelinedDial(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ln := echoListener(t, b, 9000)
+	ctx := ctxT(t, 20*time.Second)
+	target := b.Addr().String()
+
+	c, err := a.Dial(ctx, target, 9000)
+	require.NoError(t, err)
+	require.False(t, pipelined(c), "the first dial to a port must wait for its answer")
+	got, err := roundTrip(c, []byte("first"))
+	require.NoError(t, err)
+	require.Equal(t, "first", string(got))
+	c.Close()
+
+	for i := range 20 {
+		c, err := a.Dial(ctx, target, 9000)
+		require.NoError(t, err)
+		require.True(t, pipelined(c), "dial %d to an answered port did not pipeline", i)
+		msg := bytes.Repeat([]byte{byte(i)}, 1+i*700) // small and coalesced, and over maxCoalesce
+		got, err := roundTrip(c, msg)
+		require.NoError(t, err)
+		require.Equal(t, msg, got)
+		c.Close()
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB: header written alone
+	c, err = a.Dial(ctx, target, 9000)
+	require.NoError(t, err)
+	require.True(t, pipelined(c))
+	go func() { c.Write(big); c.(interface{ CloseWrite() error }).CloseWrite() }()
+	got, err = io.ReadAll(c)
+	require.NoError(t, err)
+	require.Equal(t, big, got)
+	c.Close()
+
+	// The port closes between two dials on the same link.
+	ln.Close()
+	c, err = a.Dial(ctx, target, 9000)
+	require.NoError(t, err, "a pipelined dial does not wait for the answer")
+	require.True(t, pipelined(c))
+	_, err = c.Write([]byte("anyone?"))
+	if err != nil {
+		require.ErrorIs(t, err, ErrPortClosed)
+	}
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, ErrPortClosed, "a closed port must be ErrPortClosed, never an EOF")
+	_, err = c.Write([]byte("again"))
+	require.ErrorIs(t, err, ErrPortClosed)
+	c.Close()
+	_, err = a.Dial(ctx, target, 9000)
+	require.ErrorIs(t, err, ErrPortClosed, "after a refusal the next dial must wait and fail itself")
+
+	// DialStrict waits even for a port that answered before.
+	echoListener(t, b, 9001)
+	c, err = a.Dial(ctx, target, 9001)
+	require.NoError(t, err)
+	c.Close()
+	c, err = a.DialStrict(ctx, mustTarget(target), 9001)
+	require.NoError(t, err)
+	require.False(t, pipelined(c))
+	got, err = roundTrip(c, []byte("strict"))
+	require.NoError(t, err)
+	require.Equal(t, "strict", string(got))
+	c.Close()
+}
+
+// TestPipelinedRefusalPaths: every way a caller can use a pipelined stream
+// to a port that has closed ends in ErrPortClosed: reading first, writing
+// then closing the write side, closing without writing.
+func TestPipelinedRefusalPaths(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ctx := ctxT(t, 20*time.Second)
+	target := b.Addr().String()
+	for _, how := range []string{"read-first", "write-closewrite-read", "closewrite-read"} {
+		t.Run(how, func(t *testing.T) {
+			ln := echoListener(t, b, 9100)
+			c, err := a.Dial(ctx, target, 9100)
+			require.NoError(t, err)
+			c.Close()
+			ln.Close()
+			c, err = a.Dial(ctx, target, 9100)
+			require.NoError(t, err)
+			require.True(t, pipelined(c))
+			defer c.Close()
+			switch how {
+			case "write-closewrite-read":
+				if _, err := c.Write([]byte("x")); err != nil {
+					require.ErrorIs(t, err, ErrPortClosed)
+				}
+				fallthrough
+			case "closewrite-read":
+				if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+					require.ErrorIs(t, err, ErrPortClosed)
+				}
+			}
+			_, err = io.ReadAll(c)
+			require.ErrorIs(t, err, ErrPortClosed)
+		})
+	}
+}
+
+// TestPipelinedServerSpeaksFirst: a pipelined stream whose dialer reads
+// before it writes still reaches the listener (the header goes out with the
+// Read), and an accepted version 1 stream's first write comes after the
+// status byte even when the application writes at once.
+func TestPipelinedServerSpeaksFirst(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ln, err := b.Listen(9200)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	defer wg.Wait()
+	defer ln.Close()
+	ctx := ctxT(t, 20*time.Second)
+	for i := range 50 {
+		c, err := a.Dial(ctx, b.Addr().String(), 9200)
+		require.NoError(t, err)
+		require.Equal(t, i > 0, pipelined(c))
+		got, err := io.ReadAll(c)
+		require.NoError(t, err)
+		require.Equal(t, "hello", string(got), "stream %d", i)
+		c.Close()
+	}
+}
+
+// TestPipelinedConcurrent: many goroutines opening pipelined streams on
+// one link at once, each with its own bytes.
+func TestPipelinedConcurrent(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	echoListener(t, b, 9300)
+	ctx := ctxT(t, 60*time.Second)
+	target := b.Addr().String()
+	c, err := a.Dial(ctx, target, 9300)
+	require.NoError(t, err)
+	c.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for g := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				c, err := a.Dial(ctx, target, 9300)
+				if err != nil {
+					errs <- err
+					return
+				}
+				msg := fmt.Appendf(nil, "g%d-i%d-%s", g, i, bytes.Repeat([]byte("z"), g*i))
+				got, err := roundTrip(c, msg)
+				c.Close()
+				if err != nil || !bytes.Equal(got, msg) {
+					errs <- fmt.Errorf("g%d i%d: %q, %v", g, i, got, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestLateStreamHeader: a stream whose header arrives in pieces, late, is
+// handed to a goroutine and still dispatched, and meanwhile the link's
+// other streams are served; a stream reset before its header is refused
+// without counting as a bad stream.
+func TestLateStreamHeader(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	echoListener(t, b, 9400)
+	ctx := ctxT(t, 20*time.Second)
+	c, err := a.Dial(ctx, b.Addr().String(), 9400)
+	require.NoError(t, err)
+	c.Close()
+	l := a.liveLink(b.PublicKey())
+	require.NotNil(t, l)
+
+	slow, err := l.Conn.OpenStreamSync(ctx)
+	require.NoError(t, err)
+	hdr := vport.AppendStreamHeader(nil, vport.StreamHeader{Dst: 9400, Src: 50000, Pipelined: true})
+	_, err = slow.Write(hdr[:2])
+	require.NoError(t, err)
+
+	// Another stream is served while the slow one's header is missing.
+	c, err = a.Dial(ctx, b.Addr().String(), 9400)
+	require.NoError(t, err)
+	got, err := roundTrip(c, []byte("meanwhile"))
+	require.NoError(t, err)
+	require.Equal(t, "meanwhile", string(got))
+	c.Close()
+
+	time.Sleep(20 * inlineHeaderWait)
+	_, err = slow.Write(append(hdr[2:], "late"...))
+	require.NoError(t, err)
+	require.NoError(t, slow.Close())
+	got, err = io.ReadAll(slow)
+	require.NoError(t, err)
+	require.Equal(t, "late", string(got))
+
+	before := b.Stats().BadStreams
+	reset, err := l.Conn.OpenStreamSync(ctx)
+	require.NoError(t, err)
+	reset.Write([]byte{vport.VersionPipelined})
+	reset.CancelWrite(StreamAborted)
+	_, err = io.ReadAll(reset)
+	var se interface{ Timeout() bool }
+	require.Error(t, err)
+	require.False(t, errors.As(err, &se) && se.Timeout())
+	require.Equal(t, before, b.Stats().BadStreams, "a stream its opener reset is not a bad stream")
+}
+
+// TestPipelineOnlyOnFreshLinks: a dial to an answered port pipelines only
+// on a link heard from within pipelineFresh; on a link quiet for longer it
+// waits for the answer (so a stale link is found out at the dial, and the
+// dial moves on to a fresh one).
+func TestPipelineOnlyOnFreshLinks(t *testing.T) {
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	echoListener(t, b, 9500)
+	ctx := ctxT(t, 20*time.Second)
+	target := b.Addr().String()
+	c, err := a.Dial(ctx, target, 9500)
+	require.NoError(t, err)
+	got, err := roundTrip(c, []byte("one"))
+	require.NoError(t, err)
+	require.Equal(t, "one", string(got))
+	c.Close()
+	l := a.liveLink(b.PublicKey())
+	require.NotNil(t, l)
+	require.True(t, l.HeardWithin(time.Now(), time.Second), "the answer marks the link heard")
+	old := pipelineFreshMin.Swap(int64(time.Nanosecond))
+	defer pipelineFreshMin.Store(old)
+	// Longer than three smoothed round trips on loopback, whatever the load.
+	for l.HeardWithin(time.Now(), pipelineFresh(l)) {
+		time.Sleep(time.Millisecond)
+	}
+	c, err = a.Dial(ctx, target, 9500)
+	require.NoError(t, err)
+	require.False(t, pipelined(c), "a dial on a quiet link must wait for the answer")
+	got, err = roundTrip(c, []byte("two"))
+	require.NoError(t, err)
+	require.Equal(t, "two", string(got))
+	c.Close()
+	pipelineFreshMin.Store(int64(time.Hour))
+	c, err = a.Dial(ctx, target, 9500)
+	require.NoError(t, err)
+	require.True(t, pipelined(c), "a dial on a link heard from a moment ago pipelines")
+	c.Close()
+}
