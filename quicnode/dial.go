@@ -102,6 +102,10 @@ func pipelineFresh(l *paths.Link) time.Duration {
 	return max(time.Duration(pipelineFreshMin.Load()), 3*l.Conn.ConnectionStats().SmoothedRTT)
 }
 
+// pipelineFlush is how long a pipelined stream's header waits for the
+// caller's first Write (to travel with it) before it is sent alone.
+const pipelineFlush = time.Millisecond
+
 // pipelineFreshMin is pipelineFresh's floor (tests that need every dial
 // to an answered port to pipeline raise it).
 var pipelineFreshMin atomic.Int64
@@ -128,6 +132,11 @@ func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16, stric
 		vport.AppendStreamHeader(c.hdr[:0], vport.StreamHeader{Dst: port, Src: src, Pipelined: true})
 		c.ports, c.key = &n.ports, l.Key
 		c.pending.Store(true)
+		// A caller that neither writes nor reads at once still reaches
+		// the acceptor (its Accept returns) within pipelineFlush.
+		c.hmu.Lock()
+		c.flushT = time.AfterFunc(pipelineFlush, func() { c.sendHeader() })
+		c.hmu.Unlock()
 		return c, nil
 	}
 	var hdr [vport.StreamHeaderLen]byte

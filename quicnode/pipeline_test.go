@@ -354,3 +354,45 @@ func TestPipelineOnlyOnFreshLinks(t *testing.T) {
 	require.True(t, pipelined(c), "a dial on a link heard from a moment ago pipelines")
 	c.Close()
 }
+
+// TestPipelinedDialReachesAcceptorWithoutWrite: a pipelined dial whose
+// caller waits for the acceptor before it writes (as with TCP, where the
+// connect alone makes Accept return) still reaches the listener.
+func TestPipelinedDialReachesAcceptorWithoutWrite(t *testing.T) {
+	checkNoLeaks(t)
+	alwaysFresh(t)
+	srv := startServer(t)
+	a := startNode(t, srv, "")
+	b := startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ln, err := b.Listen(9600)
+	require.NoError(t, err)
+	defer ln.Close()
+	ctx := ctxT(t, 20*time.Second)
+	for i := range 3 {
+		c, err := a.Dial(ctx, b.Addr().String(), 9600)
+		require.NoError(t, err)
+		require.Equal(t, i > 0, pipelined(c))
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			s, err := ln.Accept()
+			if err == nil {
+				accepted <- s
+			}
+		}()
+		var s net.Conn
+		select {
+		case s = <-accepted:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("dial %d never reached the listener without a write", i)
+		}
+		_, err = c.Write([]byte("late"))
+		require.NoError(t, err)
+		got := make([]byte, 4)
+		_, err = io.ReadFull(s, got)
+		require.NoError(t, err)
+		require.Equal(t, "late", string(got))
+		s.Close()
+		c.Close()
+	}
+}

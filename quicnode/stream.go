@@ -124,7 +124,8 @@ func (l *listener) Addr() net.Addr { return addressing.SockAddrFrom(l.n.addr, l.
 // A pipelined stream (see Node.DialTarget) starts with its port header
 // pending: the first Write sends it in one piece with the data, so that
 // request and header share a packet; a Read, Close or CloseWrite first
-// sends it alone. An accepted stream whose opener waits for the status
+// sends it alone, and so does a timer pipelineFlush after the dial, so the
+// acceptor sees the stream even if the caller waits for it before writing. An accepted stream whose opener waits for the status
 // byte has ready set: its writes wait until the byte is out.
 type streamConn struct {
 	s             *quic.Stream
@@ -137,6 +138,7 @@ type streamConn struct {
 	pending atomic.Bool // the header is not written yet
 	hmu     sync.Mutex  // serialises writing the header
 	hdr     [vport.StreamHeaderLen]byte
+	flushT  *time.Timer // sends the header alone if no Write came first (set and stopped under hmu)
 	ports   *openPorts // forgets the port when the peer refuses the stream
 	key     addressing.PublicKey
 }
@@ -171,6 +173,7 @@ func (c *streamConn) sendHeader() error {
 		return nil
 	}
 	c.pending.Store(false)
+	c.flushT.Stop()
 	if _, err := c.s.Write(c.hdr[:]); err != nil {
 		return c.fail(err)
 	}
@@ -191,6 +194,7 @@ func (c *streamConn) writeFirst(b []byte) (int, error) {
 		return c.write(b)
 	}
 	c.pending.Store(false)
+	c.flushT.Stop()
 	bp := coalescePool.Get().(*[]byte)
 	buf := append(append((*bp)[:0], c.hdr[:]...), b...)
 	n, err := c.s.Write(buf)
@@ -268,7 +272,12 @@ func (c *streamConn) CloseWrite() error {
 // ends what was written cleanly, the peer's reads and writes fail, so it
 // cannot take a cut for the end. Data not yet sent is dropped.
 func (c *streamConn) Abort() error {
-	c.pending.Store(false)
+	if c.pending.Load() {
+		c.hmu.Lock()
+		c.pending.Store(false)
+		c.flushT.Stop()
+		c.hmu.Unlock()
+	}
 	c.s.CancelWrite(StreamAborted)
 	c.s.CancelRead(StreamAborted)
 	return nil
