@@ -139,7 +139,7 @@ type streamConn struct {
 	hmu     sync.Mutex  // serialises writing the header
 	hdr     [vport.StreamHeaderLen]byte
 	flushT  *time.Timer // sends the header alone if no Write came first (set and stopped under hmu)
-	ports   *openPorts // forgets the port when the peer refuses the stream
+	ports   *openPorts  // forgets the port when the peer refuses the stream
 	key     addressing.PublicKey
 }
 
