@@ -43,8 +43,8 @@
 // Dial. Once a port has answered, the node remembers it (per peer, bounded,
 // kept across reconnects, forgotten when trust ends) and later dials to it
 // pipeline (version 2): Dial returns without a round trip, the header goes
-// out in one piece with the first Write, and the acceptor sends no status
-// byte; a port closed since is the same reset, which the stream's first Read
+// out in one piece with the first Write (alone with a Read, or after 1 ms
+// without either), and the acceptor sends no status byte; a port closed since is the same reset, which the stream's first Read
 // or Write returns as ErrPortClosed, and the next dial waits again. We chose
 // this over a header that always rides with the first write and a status
 // byte that rides with the acceptor's first write: that would make every
