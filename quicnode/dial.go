@@ -28,9 +28,10 @@ import (
 // once the port has answered, later dials to it pipeline (no round trip
 // before the first byte: the port header travels with the first Write) and
 // a port closed since is ErrPortClosed on the stream's first Read or Write
-// instead (from the Write only if the refusal has arrived by then, so a
-// caller that only writes should read or CloseWrite and check), after which
-// the next dial waits again. DialStrict always waits.
+// instead (from a Write only if the refusal has arrived by then, so a
+// caller that only writes learns of it from a Read, e.g. of the answer or
+// of EOF after CloseWrite), after which the next dial waits again.
+// DialStrict always waits.
 func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, error) {
 	t, err := addressing.ParseTarget(target)
 	if err != nil {

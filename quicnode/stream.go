@@ -125,8 +125,9 @@ func (l *listener) Addr() net.Addr { return addressing.SockAddrFrom(l.n.addr, l.
 // pending: the first Write sends it in one piece with the data, so that
 // request and header share a packet; a Read, Close or CloseWrite first
 // sends it alone, and so does a timer pipelineFlush after the dial, so the
-// acceptor sees the stream even if the caller waits for it before writing. An accepted stream whose opener waits for the status
-// byte has ready set: its writes wait until the byte is out.
+// acceptor sees the stream even if the caller waits for it before writing.
+// An accepted stream whose opener waits for the status byte has ready set:
+// its writes wait until the byte is out.
 type streamConn struct {
 	s             *quic.Stream
 	local, remote addressing.SockAddr
