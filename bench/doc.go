@@ -17,8 +17,8 @@
 //
 // Running it:
 //
-//	go run ./bench/cmd/agentnet-bench            # default, under 2 minutes
-//	go run ./bench/cmd/agentnet-bench -quick     # under 20 s (CI)
+//	go run ./bench/cmd/agentnet-bench            # default, several minutes (etcd and relay rows included)
+//	go run ./bench/cmd/agentnet-bench -quick     # about 1.5 min on 2 cores (CI)
 //	go run ./bench/cmd/agentnet-bench -json -only 'bulk|pingpong' -systems agentnet,quic-go
 //	go run ./bench/cmd/agentnet-bench -only bulk -systems agentnet -cpuprofile cpu.prof
 //	go test -run XXX -bench . ./bench/           # the testing.B benchmarks

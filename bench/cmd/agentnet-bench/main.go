@@ -27,7 +27,7 @@ func main() {
 }
 
 func run() int {
-	quick := flag.Bool("quick", false, "small sizes (under 20 s; what CI runs)")
+	quick := flag.Bool("quick", false, "small sizes (about 1.5 min on 2 cores; what CI runs)")
 	full := flag.Bool("full", false, "large sizes (100 000 rendezvous agents, more repetitions)")
 	tiny := flag.Bool("tiny", false, "the smallest sizes (a smoke test)")
 	asJSON := flag.Bool("json", false, "write one JSON object instead of the table")
