@@ -574,22 +574,18 @@ func Requests(ctx context.Context, r *Rig, peers, n int, maxDur time.Duration) (
 // counts too.
 func RequestDatagrams(ctx context.Context, r *Rig, n int) (float64, error) {
 	req, resp := make([]byte, 1+messageSize), make([]byte, messageSize)
-	c, err := r.Env.Dial(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if err := requestOnce(c, req, resp); err != nil {
-		return 0, err
-	}
-	time.Sleep(100 * time.Millisecond)
-	before := datagramsSent.Load()
-	for range n {
+	var before int64
+	for i := range n + 1 {
 		c, err := r.Env.Dial(ctx)
 		if err != nil {
 			return 0, err
 		}
 		if err := requestOnce(c, req, resp); err != nil {
 			return 0, err
+		}
+		if i == 0 { // the untimed one
+			time.Sleep(100 * time.Millisecond)
+			before = datagramsSent.Load()
 		}
 	}
 	time.Sleep(100 * time.Millisecond)

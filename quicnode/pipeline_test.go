@@ -40,6 +40,15 @@ func echoListener(t *testing.T, n *testNode, port uint16) net.Listener {
 	return ln
 }
 
+// trustedPair starts a rendezvous and two nodes that trust each other.
+func trustedPair(t *testing.T) (a, b *testNode) {
+	t.Helper()
+	srv := startServer(t)
+	a, b = startNode(t, srv, ""), startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	return a, b
+}
+
 // roundTrip writes msg on c, half-closes, and reads the answer to EOF.
 func roundTrip(c net.Conn, msg []byte) ([]byte, error) {
 	if _, err := c.Write(msg); err != nil {
@@ -69,10 +78,7 @@ func alwaysFresh(t *testing.T) {
 func TestPipelinedDial(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	ln := echoListener(t, b, 9000)
 	ctx := ctxT(t, 20*time.Second)
 	target := b.Addr().String()
@@ -142,10 +148,7 @@ func TestPipelinedDial(t *testing.T) {
 func TestPipelinedRefusalPaths(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	ctx := ctxT(t, 20*time.Second)
 	target := b.Addr().String()
 	for _, how := range []string{"read-first", "write-closewrite-read", "closewrite-read"} {
@@ -183,10 +186,7 @@ func TestPipelinedRefusalPaths(t *testing.T) {
 func TestPipelinedServerSpeaksFirst(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	ln, err := b.Listen(9200)
 	require.NoError(t, err)
 	var wg sync.WaitGroup
@@ -221,10 +221,7 @@ func TestPipelinedServerSpeaksFirst(t *testing.T) {
 func TestPipelinedConcurrent(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	echoListener(t, b, 9300)
 	ctx := ctxT(t, 60*time.Second)
 	target := b.Addr().String()
@@ -267,10 +264,7 @@ func TestPipelinedConcurrent(t *testing.T) {
 func TestLateStreamHeader(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	echoListener(t, b, 9400)
 	ctx := ctxT(t, 20*time.Second)
 	c, err := a.Dial(ctx, b.Addr().String(), 9400)
@@ -319,10 +313,7 @@ func TestLateStreamHeader(t *testing.T) {
 // dial moves on to a fresh one).
 func TestPipelineOnlyOnFreshLinks(t *testing.T) {
 	checkNoLeaks(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	echoListener(t, b, 9500)
 	ctx := ctxT(t, 20*time.Second)
 	target := b.Addr().String()
@@ -361,10 +352,7 @@ func TestPipelineOnlyOnFreshLinks(t *testing.T) {
 func TestPipelinedDialReachesAcceptorWithoutWrite(t *testing.T) {
 	checkNoLeaks(t)
 	alwaysFresh(t)
-	srv := startServer(t)
-	a := startNode(t, srv, "")
-	b := startNode(t, srv, "")
-	establishTrust(t, a, b, b.Addr().String())
+	a, b := trustedPair(t)
 	ln, err := b.Listen(9600)
 	require.NoError(t, err)
 	defer ln.Close()
