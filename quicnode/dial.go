@@ -95,13 +95,17 @@ func (n *Node) Resolve(ctx context.Context, t addressing.Target) (addressing.Pub
 
 // pipelineFresh is how recently a link must have carried data from the
 // peer for a dial on it to pipeline: three smoothed round trips, at least
-// 20 ms. A link heard from that recently is alive beyond reasonable doubt;
+// 20 ms and at most 50 ms (a round-trip estimate inflated by a loaded
+// machine must not stretch it past a quick restart of the peer). A link heard from that recently is alive beyond reasonable doubt;
 // on one that has been quiet longer (the peer may have restarted, its NAT
 // rebound) the dial waits for the port's answer, which also finds a dead
 // link out and dials afresh, as a first dial does.
 func pipelineFresh(l *paths.Link) time.Duration {
-	return max(time.Duration(pipelineFreshMin.Load()), 3*l.Conn.ConnectionStats().SmoothedRTT)
+	return max(time.Duration(pipelineFreshMin.Load()), min(3*l.Conn.ConnectionStats().SmoothedRTT, pipelineFreshMax))
 }
+
+// pipelineFreshMax caps pipelineFresh's round-trip part.
+const pipelineFreshMax = 50 * time.Millisecond
 
 // pipelineFlush is how long a pipelined stream's header waits for the
 // caller's first Write (to travel with it) before it is sent alone.
