@@ -31,7 +31,10 @@ import (
 // instead (from a Write only if the refusal has arrived by then, so a
 // caller that only writes learns of it from a Read, e.g. of the answer or
 // of EOF after CloseWrite), after which the next dial waits again.
-// DialStrict always waits.
+// DialStrict always waits. A pipelined stream goes only over a link heard
+// from in the last pipelineFresh (20–50 ms); if the peer restarted within
+// that window, the stream fails with the connection's error rather than
+// being moved to a fresh connection.
 func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, error) {
 	t, err := addressing.ParseTarget(target)
 	if err != nil {
