@@ -55,7 +55,7 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 
 	var token [proto.TokenSize]byte
 	rand.Read(token[:])
-	own := []netip.AddrPort{c.remote}
+	own := []netip.AddrPort{c.reflexive()}
 	if self != nil {
 		own = append(own, self.locators...)
 	}
@@ -69,7 +69,10 @@ func (s *Server) connect(c *serverConn, m *proto.Connect) proto.Message {
 	}
 	targetLocators, targetNAT := remote.Locators, remote.NAT
 	if target != nil {
-		targetLocators, targetNAT = target.locators, natOf(target)
+		// The target's address now first: after a NAT rebinding on its side
+		// its session follows it (see reflexive), its locators do not.
+		targetLocators = append([]netip.AddrPort{target.c.reflexive()}, target.locators...)
+		targetNAT = natOf(target)
 	}
 	answer := &proto.Introduce{
 		Peer:       peer,

@@ -202,6 +202,18 @@ type serverConn struct {
 	sessionOn  atomic.Bool // a Register stream was accepted (only one per connection)
 }
 
+// reflexive returns the address c's agent is reached at now. quic-go moves
+// a connection to a client's new address once it has validated it (the
+// client's NAT rebound, or its host changed networks), so this follows the
+// agent where c.remote stays where it first connected from.
+func (c *serverConn) reflexive() netip.AddrPort {
+	if ua, ok := c.qc.RemoteAddr().(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return c.remote
+}
+
 // session is an online agent: its registered connection and locators.
 type session struct {
 	c        *serverConn

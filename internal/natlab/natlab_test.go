@@ -145,6 +145,33 @@ func TestRebindChangesPort(t *testing.T) {
 	}
 }
 
+func TestRenumberChangesAddress(t *testing.T) {
+	natlab.Require(t)
+	for _, kind := range []natlab.Kind{natlab.KindHome, natlab.KindSymmetric, natlab.KindCone, natlab.KindDouble} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind)
+			c := listen(t, w.host)
+			m := mustObserve(t, c, w.r1)
+			first := w.site.PublicIP()
+			require.Equal(t, first, m.Addr())
+			next, err := w.site.Renumber()
+			require.NoError(t, err)
+			require.NotEqual(t, first, next)
+			require.Equal(t, next, w.site.PublicIP())
+			// The server still answers the old mapping's address: nothing
+			// may come back through it.
+			w.r1.poke(t, m, "to-the-old-address")
+			require.False(t, received(c, "to-the-old-address", within(false)), "the old address must be gone")
+			m2 := mustObserve(t, c, w.r1)
+			require.Equal(t, next, m2.Addr(), "flows leave from the new address")
+			t.Logf("%s: %v, then %v after renumbering", kind, m, m2)
+		})
+	}
+	_, err := natlab.New(t).AddSite("pub", natlab.KindNone).Renumber()
+	require.Error(t, err, "no NAT, nothing to renumber")
+}
+
 func TestLoss(t *testing.T) {
 	natlab.Require(t)
 	t.Parallel()

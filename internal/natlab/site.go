@@ -48,6 +48,7 @@ type router struct {
 	mapTimeout time.Duration
 	rate       int64 // bit/s, 0 = unlimited
 	hairpin    bool
+	pub        netip.Addr // the WAN address after Renumber; zero: host.ip
 }
 
 // Name returns the site's name.
@@ -71,7 +72,69 @@ func (s *Site) Gateway() *Host { return s.gw.host }
 // PublicIP returns the site's address on the internet: what a server there
 // sees as the source of the site's hosts. For KindNone the hosts keep their
 // own public addresses and this is the router's WAN address.
-func (s *Site) PublicIP() netip.Addr { return s.outer.host.ip }
+func (s *Site) PublicIP() netip.Addr {
+	r := s.outer
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.publicLocked()
+}
+
+func (r *router) publicLocked() netip.Addr {
+	if r.pub.IsValid() {
+		return r.pub
+	}
+	return r.host.ip
+}
+
+// Renumber gives the site's NAT a new public address, as an ISP renumbering
+// a line does: the next free public address is added to the WAN link, the
+// old one removed, and the conntrack table flushed, so every flow leaves
+// from the new address on its next packet and nothing reaches the old one.
+// It returns the new address (PublicIP from now on; Router().IP() stays
+// the first). It fails for KindNone and while hairpinning is on (its rules
+// name the address).
+func (s *Site) Renumber() (netip.Addr, error) {
+	r := s.outer
+	if r.kind == KindNone {
+		return netip.Addr{}, fmt.Errorf("natlab: site %s has no NAT to renumber", s.name)
+	}
+	s.lab.mu.Lock()
+	next, err := s.lab.allocWAN()
+	s.lab.mu.Unlock()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.hairpin {
+		return netip.Addr{}, fmt.Errorf("natlab: renumber %s: hairpinning names the old address", s.name)
+	}
+	old := r.publicLocked()
+	ctx := context.Background()
+	// Removing a subnet's primary address removes its secondaries too
+	// unless they are promoted.
+	if err := r.host.ns.sysctl([][2]string{{"net.ipv4.conf." + wanIf + ".promote_secondaries", "1"}}, false); err != nil {
+		return netip.Addr{}, err
+	}
+	err = runIP(ctx, r.host.ns.name, []string{
+		fmt.Sprintf("addr add %s/%d dev %s", next, internetBits, wanIf),
+		fmt.Sprintf("addr del %s/%d dev %s", old, internetBits, wanIf),
+		"route replace default via " + r.gw.String(),
+	})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("natlab: renumber %s: %w", s.name, err)
+	}
+	r.pub = next
+	if err := r.flush(); err != nil {
+		return netip.Addr{}, err
+	}
+	if r.kind == KindCone {
+		if _, err := r.host.ns.exec(ctx, "flush map "+nftTable+" cone\nflush map "+nftTable+" conesrc\n", "nft", "-f", "-"); err != nil {
+			return netip.Addr{}, err
+		}
+	}
+	return next, nil
+}
 
 func (s *Site) routers() []*router {
 	if s.gw == s.outer {
@@ -181,7 +244,7 @@ func (s *Site) EnableHairpin() error {
 		return nil
 	}
 	ctx := context.Background()
-	if _, err := r.host.ns.exec(ctx, hairpinRules(s.PublicIP(), s.lan), "nft", "-f", "-"); err != nil {
+	if _, err := r.host.ns.exec(ctx, hairpinRules(r.publicLocked(), s.lan), "nft", "-f", "-"); err != nil {
 		return err
 	}
 	// Packets a LAN host already sent to the public address made conntrack
@@ -190,7 +253,7 @@ func (s *Site) EnableHairpin() error {
 	lan := s.lan.Masked()
 	mask := net.IP(net.CIDRMask(lan.Bits(), 32)).String()
 	_, err := r.host.ns.exec(ctx, "", "conntrack", "-D", "-p", "udp",
-		"-s", lan.Addr().String(), "--mask-src", mask, "-d", s.PublicIP().String())
+		"-s", lan.Addr().String(), "--mask-src", mask, "-d", r.publicLocked().String())
 	if err != nil && !strings.Contains(err.Error(), "0 flow entries have been deleted") {
 		return err
 	}

@@ -33,9 +33,23 @@ const (
 // after the last packet heard.
 const PathDead = 5 * time.Second
 
+// RepairAfter is how long a direct link may go unanswered while we send on
+// it before its path is re-punched in place (repair): the connection and
+// its streams stay, and only if that fails too is the link closed at
+// PathDead. A peer's NAT rebinding to a new port or address, or its host
+// changing networks, costs a pause of about a second instead of the
+// connection.
+const RepairAfter = 500 * time.Millisecond
+
 const (
 	maintainPeriod = time.Second
 	livenessPeriod = 250 * time.Millisecond
+	repairEvery    = time.Second // re-punch a silent link at most this often
+	// busyPackets heard in one livenessPeriod make a link busy: if it then
+	// falls silent both ways (we only received: the peer's packets stopped
+	// coming), we ask it with one heartbeat, so the receiving side of a
+	// transfer notices a dead path as soon as the sending side.
+	busyPackets = 16
 )
 
 // HandleControl answers heartbeats and records their answers.
@@ -160,9 +174,17 @@ func (m *Manager) checkPaths() {
 		st := l.Conn.ConnectionStats()
 		switch {
 		case l.lastHeard.IsZero() || st.PacketsReceived != l.recvCount:
+			l.busy = !l.lastHeard.IsZero() && st.PacketsReceived-l.recvCount >= busyPackets
 			l.recvCount, l.sentAtHeard, l.lastHeard, l.sendingSince = st.PacketsReceived, st.PacketsSent, now, time.Time{}
+			m.repairHeard(l, now)
 		case st.PacketsSent == l.sentAtHeard:
-			// Idle both ways: nothing to judge.
+			// Idle both ways: nothing to judge, unless a busy link fell
+			// silent at once: then one heartbeat asks the peer.
+			if l.busy && l.Kind == KindDirect {
+				l.busy = false
+				l.sendingSince = now
+				m.host.SendControl(l, []byte{CtlPing})
+			}
 		case l.sendingSince.IsZero():
 			l.sendingSince = now
 		case now.Sub(l.lastHeard) >= PathDead:
@@ -180,6 +202,91 @@ func (m *Manager) checkPaths() {
 				})
 			}
 		}
+		// Unanswered for RepairAfter since we last heard, and for at least
+		// one whole check (and 3 RTTs) since the sends began: a link that
+		// was idle both ways and has just sent is not judged on its first
+		// packets.
+		if !l.sendingSince.IsZero() && l.Kind == KindDirect && now.Sub(l.repairAt) >= repairEvery &&
+			now.Sub(l.lastHeard) >= RepairAfter && now.Sub(l.lastHeard) < PathDead &&
+			now.Sub(l.sendingSince) >= max(livenessPeriod, 3*st.SmoothedRTT) {
+			l.repairAt = now
+			m.repair(l, st.PacketsReceived, now)
+		}
+	}
+}
+
+// repair re-punches the path of a direct link that went silent while we
+// send on it, keeping the connection: a fresh introduction (our reflexive
+// address checked first, since it may be what changed) makes both sides
+// probe each other's current addresses; a genuine probe from a new address
+// of the peer redirects the link's packets there (repairProbe), and the
+// peer's packets, now let through our NAT by our probes, move quic-go's
+// server side to the new address by itself.
+func (m *Manager) repair(l *Link, rx uint64, now time.Time) {
+	rdv := m.rendezvous()
+	if rdv == nil || !l.Alive() || !m.host.Admissible(l.Key) {
+		return
+	}
+	if l.repairSince.Load() == 0 {
+		l.repairRx.Store(rx)
+		l.repairSince.Store(now.UnixNano())
+	}
+	m.stats.repairs.Add(1)
+	m.log.Info("path silent: re-punching", "peer", l.Addr, "remote", l.Conn.RemoteAddr(),
+		"silent_for", now.Sub(l.lastHeard).Round(time.Millisecond))
+	key := l.Key
+	m.g.Go(func() {
+		ctx, cancel := context.WithTimeout(m.ctx, repairEvery)
+		defer cancel()
+		sctx, scancel := context.WithTimeout(ctx, RepairAfter)
+		m.CheckNAT(sctx)
+		scancel()
+		intro, err := rdv.Connect(ctx, l.Addr, m.ownCandidates(), false)
+		if err != nil || intro.Peer != key {
+			m.log.Debug("re-punch: no introduction", "peer", l.Addr, "err", err)
+			return
+		}
+		m.startPunch(intro, time.Now())
+	})
+}
+
+// repairHeard ends the repair of l, which was heard again.
+func (m *Manager) repairHeard(l *Link, now time.Time) {
+	since := l.repairSince.Swap(0)
+	if since == 0 {
+		return
+	}
+	m.stats.repaired.Add(1)
+	remote := l.Conn.RemoteAddr()
+	if ua, ok := remote.(*net.UDPAddr); ok {
+		to := m.redir.target(l, unmap(ua.AddrPort()))
+		remote = net.UDPAddrFromAddrPort(to)
+		m.setHint(l.Key, remote)
+	}
+	m.log.Info("path repaired", "peer", l.Addr, "remote", remote, "took", now.Sub(time.Unix(0, since)).Round(time.Millisecond))
+}
+
+// repairProbe handles a genuine probe from the peer of l, a link under
+// repair: a probe from the address the connection sends to means that
+// path works (any redirect of it is dropped); one from elsewhere, while the
+// link is still silent, means the peer moved there, and the link's packets
+// follow.
+func (m *Manager) repairProbe(l *Link, from netip.AddrPort) {
+	ua, ok := l.Conn.RemoteAddr().(*net.UDPAddr)
+	if !ok || !l.Alive() {
+		return
+	}
+	remote := unmap(ua.AddrPort())
+	if from == remote {
+		m.redir.drop(l, remote)
+		return
+	}
+	if !l.silentSinceRepair() {
+		return
+	}
+	if m.redir.set(l, remote, from) {
+		m.stats.redirected.Add(1)
+		m.log.Info("peer moved: redirecting the link", "peer", l.Addr, "from", remote, "to", from)
 	}
 }
 

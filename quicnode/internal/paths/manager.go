@@ -121,7 +121,8 @@ type Manager struct {
 	relayLn *quic.Listener
 
 	rdv   atomic.Pointer[rdvHolder]
-	reach reach // how the rendezvous is reached (reach.go)
+	reach reach     // how the rendezvous is reached (reach.go)
+	redir redirects // where the main socket's writes to moved peers go (redirect.go)
 
 	mu           sync.Mutex
 	closed       bool
@@ -145,7 +146,7 @@ type rdvHolder struct{ r Rendezvous }
 
 type counters struct {
 	nonQUIC, dials, dialFailures, punches, punchedLinks, birthdays, birthdayLinks atomic.Uint64
-	relayLinks, pathsDead, failovers                                              atomic.Uint64
+	relayLinks, pathsDead, failovers, repairs, repaired, redirected               atomic.Uint64
 }
 
 // Stats are the manager's counters.
@@ -160,6 +161,9 @@ type Stats struct {
 	RelayLinks     uint64 // relayed links we dialled
 	PathsDead      uint64 // links closed because the path went deaf
 	Failovers      uint64 // direct paths marked failed by heartbeats
+	Repairs        uint64 // re-punches of a silent direct link, keeping its connection
+	Repaired       uint64 // silent direct links heard again after a re-punch
+	Redirected     uint64 // links whose packets were sent to their peer's new address
 }
 
 type dialCall struct {
@@ -205,7 +209,7 @@ func New(cfg Config) (*Manager, error) {
 // Start opens the transports and starts accepting and maintaining paths.
 // On failure everything it opened is closed (Conn included).
 func (m *Manager) Start() (err error) {
-	m.conn = m.cfg.Conn
+	m.conn = withRedirects(m.cfg.Conn, &m.redir)
 	m.tr = m.transport(m.conn)
 	defer func() {
 		if err != nil {
@@ -502,6 +506,7 @@ func (m *Manager) remove(l *Link) {
 	if l.Kind == KindRelay && m.relay != nil {
 		m.relay.forget(l.Conn.RemoteAddr())
 	}
+	m.redir.drop(l, netip.AddrPort{})
 }
 
 // Forget closes l (it died under its user) and forgets it at once, so the
@@ -620,5 +625,6 @@ func (m *Manager) Stats() Stats {
 		Punches: c.punches.Load(), PunchedLinks: c.punchedLinks.Load(),
 		Birthdays: c.birthdays.Load(), BirthdayLinks: c.birthdayLinks.Load(),
 		RelayLinks: c.relayLinks.Load(), PathsDead: c.pathsDead.Load(), Failovers: c.failovers.Load(),
+		Repairs: c.repairs.Load(), Repaired: c.repaired.Load(), Redirected: c.redirected.Load(),
 	}
 }

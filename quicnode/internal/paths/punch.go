@@ -40,6 +40,11 @@ type punchSession struct {
 	deadline time.Time
 	start    time.Time  // when the dial (or the introduction) began
 	direct   chan *Link // the first direct link this session made
+	// repair is the direct link to the peer that existed when the session
+	// began: the session re-punches its path (see Manager.repair) instead
+	// of making a new link, and ends once the link is heard again.
+	repair *Link
+	rx0    uint64 // repair's PacketsReceived when the session began
 
 	mu     sync.Mutex
 	cands  []netip.AddrPort
@@ -193,7 +198,14 @@ func (m *Manager) startPunch(intro rendezvous.Introduce, start time.Time) *punch
 	for _, c := range intro.Candidates {
 		ps.addCandidate(c)
 	}
+	if l := m.directLink(intro.Peer); l != nil {
+		// A direct link stands: the introduction repairs its path.
+		ps.repair, ps.rx0 = l, l.Conn.ConnectionStats().PacketsReceived
+	}
 	role := m.birthdayRoleFor(intro.PeerNAT)
+	if ps.repair != nil {
+		role = birthdayNone
+	}
 	ps.dialer = intro.Initiator
 	switch role {
 	case birthdayHard:
@@ -214,6 +226,15 @@ func (m *Manager) startPunch(intro rendezvous.Introduce, start time.Time) *punch
 		m.startBirthday(ps, role)
 	}
 	return ps
+}
+
+// done reports whether the session has nothing left to do: a direct link
+// exists (for a repair: the link it repairs was heard again, or ended).
+func (ps *punchSession) done(m *Manager) bool {
+	if l := ps.repair; l != nil {
+		return !l.Alive() || l.Conn.ConnectionStats().PacketsReceived > ps.rx0
+	}
+	return m.hasDirect(ps.key)
 }
 
 func (ps *punchSession) addCandidate(c netip.AddrPort) bool {
@@ -240,7 +261,7 @@ func (m *Manager) punchLoop(ps *punchSession) {
 	t := time.NewTicker(probeEvery)
 	defer t.Stop()
 	for time.Now().Before(ps.deadline) {
-		if m.hasDirect(ps.key) {
+		if ps.done(m) {
 			return
 		}
 		ps.mu.Lock()
@@ -280,6 +301,10 @@ func (m *Manager) handleProbe(b []byte, from netip.AddrPort) {
 		m.tr.WriteTo(pong, net.UDPAddrFromAddrPort(from))
 	}
 	ps.addCandidate(from)
+	if ps.repair != nil {
+		m.repairProbe(ps.repair, from)
+		return
+	}
 	if !ps.dialer {
 		return
 	}

@@ -1,0 +1,185 @@
+package paths
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+)
+
+// redirects rewrites the destination of what the main socket sends: a link
+// whose peer moved (its NAT rebound to a new port or a new address, or its
+// host changed networks) keeps its QUIC connection, and its packets go to
+// where the peer's genuine probes now come from (see repair in health.go).
+//
+// quic-go cannot do this itself: a client connection sends to the address
+// it dialled for its whole life (Conn.AddPath keeps the remote address),
+// and a server connection follows a new client address only once a packet
+// from it gets through, which a NAT that filters by address and port drops
+// until we have sent there. quic-go accepts packets of a connection from
+// any address on the client side and validates new ones on the server
+// side, so rewriting the destination of the writes is all that is missing.
+//
+// Lookups are one atomic load while nothing is redirected (the common
+// case, so the bulk path is unchanged); the map is replaced, never
+// modified, under mu.
+type redirects struct {
+	mu  sync.Mutex
+	cur atomic.Pointer[map[netip.AddrPort]redirect]
+}
+
+type redirect struct {
+	to   *net.UDPAddr
+	link *Link // the link the redirect repairs: dropped when it ends
+}
+
+// lookup returns where packets for a should go instead, or nil.
+func (r *redirects) lookup(a *net.UDPAddr) *net.UDPAddr {
+	p := r.cur.Load()
+	if p == nil || a == nil {
+		return nil
+	}
+	return lookupIn(*p, a.AddrPort())
+}
+
+// lookupAP is lookup for a netip.AddrPort.
+func (r *redirects) lookupAP(a netip.AddrPort) *net.UDPAddr {
+	p := r.cur.Load()
+	if p == nil {
+		return nil
+	}
+	return lookupIn(*p, a)
+}
+
+func lookupIn(m map[netip.AddrPort]redirect, a netip.AddrPort) *net.UDPAddr {
+	if x, ok := m[unmap(a)]; ok {
+		return x.to
+	}
+	return nil
+}
+
+// set sends what l's connection writes to from to to instead. It reports
+// whether that changed anything.
+func (r *redirects) set(l *Link, from, to netip.AddrPort) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.load()
+	if x, ok := old[from]; ok && x.link == l && x.to.AddrPort() == to {
+		return false
+	}
+	next := make(map[netip.AddrPort]redirect, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[from] = redirect{to: net.UDPAddrFromAddrPort(to), link: l}
+	r.cur.Store(&next)
+	return true
+}
+
+// drop removes the redirect of from (if it belongs to l), or with from
+// invalid every redirect of l.
+func (r *redirects) drop(l *Link, from netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.load()
+	next := make(map[netip.AddrPort]redirect, len(old))
+	for k, v := range old {
+		if v.link == l && (!from.IsValid() || k == from) {
+			continue
+		}
+		next[k] = v
+	}
+	if len(next) == len(old) {
+		return
+	}
+	if len(next) == 0 {
+		r.cur.Store(nil)
+		return
+	}
+	r.cur.Store(&next)
+}
+
+// target returns where l's packets to from go now (from itself if not
+// redirected).
+func (r *redirects) target(l *Link, from netip.AddrPort) netip.AddrPort {
+	if x, ok := r.load()[from]; ok && x.link == l {
+		return x.to.AddrPort()
+	}
+	return from
+}
+
+func (r *redirects) load() map[netip.AddrPort]redirect {
+	if p := r.cur.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// redirUDP is the main socket as quic-go sees it when it is a
+// *net.UDPConn: every method is the socket's own (so quic-go keeps GSO,
+// ECN and batched reads through SyscallConn), except the writes, which
+// honour the redirects.
+type redirUDP struct {
+	*net.UDPConn
+	r *redirects
+}
+
+func (c *redirUDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if to := c.r.lookup(addr); to != nil {
+		addr = to
+	}
+	return c.UDPConn.WriteMsgUDP(b, oob, addr)
+}
+
+func (c *redirUDP) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		if to := c.r.lookup(ua); to != nil {
+			addr = to
+		}
+	}
+	return c.UDPConn.WriteTo(b, addr)
+}
+
+func (c *redirUDP) WriteToUDP(b []byte, addr *net.UDPAddr) (int, error) {
+	if to := c.r.lookup(addr); to != nil {
+		addr = to
+	}
+	return c.UDPConn.WriteToUDP(b, addr)
+}
+
+func (c *redirUDP) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if to := c.r.lookupAP(addr); to != nil {
+		addr = to.AddrPort()
+	}
+	return c.UDPConn.WriteToUDPAddrPort(b, addr)
+}
+
+func (c *redirUDP) WriteMsgUDPAddrPort(b, oob []byte, addr netip.AddrPort) (n, oobn int, err error) {
+	if to := c.r.lookupAP(addr); to != nil {
+		addr = to.AddrPort()
+	}
+	return c.UDPConn.WriteMsgUDPAddrPort(b, oob, addr)
+}
+
+// redirPacket is any other main socket (the in-memory network of tests).
+type redirPacket struct {
+	net.PacketConn
+	r *redirects
+}
+
+func (c *redirPacket) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		if to := c.r.lookup(ua); to != nil {
+			addr = to
+		}
+	}
+	return c.PacketConn.WriteTo(b, addr)
+}
+
+// withRedirects wraps the main socket so its writes honour r.
+func withRedirects(c net.PacketConn, r *redirects) net.PacketConn {
+	if uc, ok := c.(*net.UDPConn); ok {
+		return &redirUDP{UDPConn: uc, r: r}
+	}
+	return &redirPacket{PacketConn: c, r: r}
+}
