@@ -39,7 +39,32 @@
 // every upgradeEvery and re-checks the NAT every minute; every
 // livenessPeriod it closes links that sent but heard nothing for PathDead
 // (and re-dials the ones we had dialled), so a dead path fails streams in
-// seconds instead of QUIC's idle timeout. A peer that restarted is
+// seconds instead of QUIC's idle timeout.
+//
+// # Repair: a peer that moved
+//
+// Before that, a direct link unanswered for RepairAfter is repaired in
+// place (health.go): the peer's NAT may have rebound to a new port or
+// address, or its host changed networks, and a NAT that filters by address
+// and port needs a new punch, but the QUIC connection need not die. The
+// repair checks our reflexive address (ours may be what changed) and asks
+// the rendezvous for a fresh introduction (no relay), which reaches the
+// peer on its session (the rendezvous's quic-go follows a client's new
+// address, and it introduces agents at their session's live address); both
+// sides then probe each other's current candidates in a punch session tied
+// to the link (punchSession.repair: it never dials, and it ends when the link
+// is heard again). A genuine probe from a new address of the peer, while the
+// link is still silent, redirects the main socket's writes for the link's
+// remote address to it (redirect.go): quic-go's client side sends to the
+// address it dialled for ever (Conn.AddPath keeps the remote address), so
+// this is the only way a dialler follows an acceptor that moved; an
+// acceptor's quic-go follows a dialler that moved by itself (path
+// validation) once our probes have opened our NAT to the new address. The
+// receiving side of a busy link that falls silent both ways sends one
+// heartbeat, so it is "sending unanswered" and repairs as soon as the
+// sender. The redirect is a wrapper around the *net.UDPConn that overrides
+// only the writes (one atomic load while nothing is redirected), so quic-go
+// keeps GSO, ECN and batched reads through SyscallConn. A peer that restarted is
 // noticed sooner (stale.go): every transport has a stateless reset key
 // derived from the identity, a link reused after a short silence is first
 // poked with a heartbeat large enough to draw the restarted peer's reset,

@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +36,79 @@ type testNet struct {
 	mu     sync.Mutex
 	cut    map[[2]netip.AddrPort]bool
 	tap    func(simnet.Packet) // sees every packet sent, cut or not
+	nats   []*fakeNAT
+}
+
+// fakeNAT puts one host of a testNet behind a NAT with endpoint-independent
+// mapping and address-and-port-dependent filtering (a home router): what
+// the host sends leaves from pub; a packet to pub gets in only from an
+// address the host has sent to from that pub; the host's own address is
+// not reachable from outside. move gives it a new pub, as a rebinding (new
+// port) or a renumbering (new address) does: the old mapping and its
+// filter are gone.
+type fakeNAT struct {
+	inside netip.AddrPort
+	mu     sync.Mutex
+	pub    netip.AddrPort
+	open   map[netip.AddrPort]bool
+}
+
+func (f *fakeNAT) public() netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pub
+}
+
+func (f *fakeNAT) move(to netip.AddrPort) {
+	f.mu.Lock()
+	f.pub, f.open = to, make(map[netip.AddrPort]bool)
+	f.mu.Unlock()
+}
+
+// addNAT puts inside behind a NAT at pub whose filter already lets the
+// remotes in (as an earlier punch would have).
+func (n *testNet) addNAT(inside, pub string, remotes ...netip.AddrPort) *fakeNAT {
+	f := &fakeNAT{inside: netip.MustParseAddrPort(inside), pub: netip.MustParseAddrPort(pub), open: make(map[netip.AddrPort]bool)}
+	for _, r := range remotes {
+		f.open[r] = true
+	}
+	n.mu.Lock()
+	n.nats = append(n.nats, f)
+	n.mu.Unlock()
+	return f
+}
+
+// translate applies the NATs to p: it returns false if p is dropped.
+func (n *testNet) translate(p *simnet.Packet) bool {
+	n.mu.Lock()
+	nats := n.nats
+	n.mu.Unlock()
+	from, to := p.From.(*net.UDPAddr).AddrPort(), p.To.(*net.UDPAddr).AddrPort()
+	for _, f := range nats {
+		f.mu.Lock()
+		if from == f.inside {
+			f.open[to] = true
+			from = f.pub
+		}
+		f.mu.Unlock()
+	}
+	for _, f := range nats {
+		f.mu.Lock()
+		switch {
+		case to == f.pub:
+			if !f.open[from] {
+				f.mu.Unlock()
+				return false
+			}
+			to = f.inside
+		case to == f.inside:
+			f.mu.Unlock()
+			return false
+		}
+		f.mu.Unlock()
+	}
+	p.From, p.To = net.UDPAddrFromAddrPort(from), net.UDPAddrFromAddrPort(to)
+	return true
 }
 
 // setTap makes f see every packet sent from now on.
@@ -52,7 +128,7 @@ func (n *testNet) SendPacket(p simnet.Packet) error {
 	if tap != nil {
 		tap(p)
 	}
-	if drop {
+	if drop || !n.translate(&p) {
 		return nil
 	}
 	if n.Latency > 0 {
@@ -184,7 +260,11 @@ func newTestManager(t testing.TB, tn *testNet, addr string) (*Manager, *testHost
 func startTestManager(t testing.TB, tn *testNet, addr string, h *testHost) *Manager {
 	t.Helper()
 	key := quic.StatelessResetKey(sha256.Sum256(append([]byte("paths test reset\x00"), h.id.PrivateKey().Seed()...)))
-	m, err := New(Config{Self: h.id.PublicKey(), Host: h, Conn: tn.listen(addr), QUIC: testQUIC(), StatelessResetKey: &key})
+	var log *slog.Logger
+	if os.Getenv("PATHS_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", addr)
+	}
+	m, err := New(Config{Self: h.id.PublicKey(), Host: h, Conn: tn.listen(addr), QUIC: testQUIC(), StatelessResetKey: &key, Logger: log})
 	require.NoError(t, err)
 	h.mu.Lock()
 	h.m = m
@@ -192,6 +272,14 @@ func startTestManager(t testing.TB, tn *testNet, addr string, h *testHost) *Mana
 	require.NoError(t, m.Start())
 	t.Cleanup(func() { m.Close(CodeClosing, "test done") })
 	return m
+}
+
+// testWriter sends a test's manager logs to t.Log (PATHS_TEST_LOG=1).
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
 }
 
 // crash closes m as a killed process would: nothing it sends on the way

@@ -210,7 +210,7 @@ func (m *Manager) checkPaths() {
 			now.Sub(l.lastHeard) >= RepairAfter && now.Sub(l.lastHeard) < PathDead &&
 			now.Sub(l.sendingSince) >= max(livenessPeriod, 3*st.SmoothedRTT) {
 			l.repairAt = now
-			m.repair(l, st.PacketsReceived, now)
+			m.repair(l, now)
 		}
 	}
 }
@@ -222,15 +222,12 @@ func (m *Manager) checkPaths() {
 // of the peer redirects the link's packets there (repairProbe), and the
 // peer's packets, now let through our NAT by our probes, move quic-go's
 // server side to the new address by itself.
-func (m *Manager) repair(l *Link, rx uint64, now time.Time) {
+func (m *Manager) repair(l *Link, now time.Time) {
 	rdv := m.rendezvous()
 	if rdv == nil || !l.Alive() || !m.host.Admissible(l.Key) {
 		return
 	}
-	if l.repairSince.Load() == 0 {
-		l.repairRx.Store(rx)
-		l.repairSince.Store(now.UnixNano())
-	}
+	l.repairSince.CompareAndSwap(0, now.UnixNano())
 	m.stats.repairs.Add(1)
 	m.log.Info("path silent: re-punching", "peer", l.Addr, "remote", l.Conn.RemoteAddr(),
 		"silent_for", now.Sub(l.lastHeard).Round(time.Millisecond))
@@ -266,12 +263,17 @@ func (m *Manager) repairHeard(l *Link, now time.Time) {
 	m.log.Info("path repaired", "peer", l.Addr, "remote", remote, "took", now.Sub(time.Unix(0, since)).Round(time.Millisecond))
 }
 
-// repairProbe handles a genuine probe from the peer of l, a link under
-// repair: a probe from the address the connection sends to means that
-// path works (any redirect of it is dropped); one from elsewhere, while the
-// link is still silent, means the peer moved there, and the link's packets
-// follow.
-func (m *Manager) repairProbe(l *Link, from netip.AddrPort) {
+// repairProbe handles a genuine probe from the peer of ps.repair, the link
+// the punch session repairs (whichever side began it): a probe from the
+// address the connection sends to means that path works (any redirect of
+// it is dropped); one from elsewhere, while nothing has come in on the link
+// since the session began, means the peer moved there, and the link's
+// packets follow. Both sides redirect: whichever has something to send
+// first (data, or only an acknowledgement) gets a packet across, and the
+// connection recovers from there (a sender that is congestion-limited after
+// a second of silence would otherwise wait for its next probe timeout).
+func (m *Manager) repairProbe(ps *punchSession, from netip.AddrPort) {
+	l := ps.repair
 	ua, ok := l.Conn.RemoteAddr().(*net.UDPAddr)
 	if !ok || !l.Alive() {
 		return
@@ -281,8 +283,8 @@ func (m *Manager) repairProbe(l *Link, from netip.AddrPort) {
 		m.redir.drop(l, remote)
 		return
 	}
-	if !l.silentSinceRepair() {
-		return
+	if l.Conn.ConnectionStats().PacketsReceived > ps.rx0 {
+		return // heard since: the path it has works
 	}
 	if m.redir.set(l, remote, from) {
 		m.stats.redirected.Add(1)

@@ -75,16 +75,7 @@ type Link struct {
 	busy         bool      // the last check heard at least busyPackets
 	repairAt     time.Time // the last re-punch (repair)
 
-	// A repair under way (health.go): set by the maintenance loop, read by
-	// the probe handler.
-	repairSince atomic.Int64  // unix nanoseconds; 0: no repair
-	repairRx    atomic.Uint64 // PacketsReceived when it began
-}
-
-// silentSinceRepair reports whether a repair is under way and nothing
-// has come in on the link since it began.
-func (l *Link) silentSinceRepair() bool {
-	return l.repairSince.Load() != 0 && l.Conn.ConnectionStats().PacketsReceived <= l.repairRx.Load()
+	repairSince atomic.Int64 // unix nanoseconds: a repair began (health.go); 0: none
 }
 
 // MarkHeard records that data from the peer arrived on one of the link's

@@ -302,7 +302,7 @@ func (m *Manager) handleProbe(b []byte, from netip.AddrPort) {
 	}
 	ps.addCandidate(from)
 	if ps.repair != nil {
-		m.repairProbe(ps.repair, from)
+		m.repairProbe(ps, from)
 		return
 	}
 	if !ps.dialer {

@@ -118,17 +118,78 @@ func (r *redirects) load() map[netip.AddrPort]redirect {
 // redirUDP is the main socket as quic-go sees it when it is a
 // *net.UDPConn: every method is the socket's own (so quic-go keeps GSO,
 // ECN and batched reads through SyscallConn), except the writes, which
-// honour the redirects.
+// honour the redirects and survive the host changing address.
 type redirUDP struct {
 	*net.UDPConn
-	r *redirects
+	r    *redirects
+	gone goneSources
 }
 
 func (c *redirUDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
 	if to := c.r.lookup(addr); to != nil {
 		addr = to
 	}
-	return c.UDPConn.WriteMsgUDP(b, oob, addr)
+	if c.gone.any() {
+		if k := leadingPktinfo(oob); k > 0 && c.gone.has(oob[:k]) {
+			return c.UDPConn.WriteMsgUDP(b, oob[k:], addr)
+		}
+	}
+	n, oobn, err = c.UDPConn.WriteMsgUDP(b, oob, addr)
+	if err != nil && sourceGone(err) {
+		// The host moved to another network (see sourceGone): let the
+		// kernel pick the source address, as it does for the connections
+		// we dialled, and remember that this one is gone.
+		if k := leadingPktinfo(oob); k > 0 {
+			if n, oobn, err2 := c.UDPConn.WriteMsgUDP(b, oob[k:], addr); err2 == nil {
+				c.gone.add(oob[:k])
+				return n, oobn, nil
+			}
+		}
+	}
+	return n, oobn, err
+}
+
+// goneSources are the source-address control messages (IP_PKTINFO) that
+// failed because the address left the host; writes drop them. At most
+// maxGone are kept (the oldest go first); lookups are one atomic load
+// while there are none.
+type goneSources struct {
+	mu   sync.Mutex
+	list atomic.Pointer[[]string]
+}
+
+const maxGone = 8
+
+func (g *goneSources) any() bool { return g.list.Load() != nil }
+
+func (g *goneSources) has(msg []byte) bool {
+	p := g.list.Load()
+	if p == nil {
+		return false
+	}
+	for _, m := range *p {
+		if m == string(msg) {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *goneSources) add(msg []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.has(msg) {
+		return
+	}
+	var next []string
+	if p := g.list.Load(); p != nil {
+		next = append(next, *p...)
+	}
+	next = append(next, string(msg))
+	if len(next) > maxGone {
+		next = next[len(next)-maxGone:]
+	}
+	g.list.Store(&next)
 }
 
 func (c *redirUDP) WriteTo(b []byte, addr net.Addr) (int, error) {

@@ -1,0 +1,45 @@
+package paths
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// leadingPktinfo returns the length of oob's first control message if it
+// is an IP_PKTINFO or IPV6_PKTINFO (where quic-go puts the source address
+// it pins an accepted connection to), else 0. The messages after it start
+// at that offset, aligned, so oob[n:] is oob without it.
+func leadingPktinfo(oob []byte) int {
+	if len(oob) < unix.SizeofCmsghdr {
+		return 0
+	}
+	var msgLen int
+	if unix.SizeofCmsghdr == 16 {
+		msgLen = int(binary.NativeEndian.Uint64(oob))
+	} else {
+		msgLen = int(binary.NativeEndian.Uint32(oob))
+	}
+	off := unix.SizeofCmsghdr - 8
+	level := int32(binary.NativeEndian.Uint32(oob[off:]))
+	typ := int32(binary.NativeEndian.Uint32(oob[off+4:]))
+	if !((level == unix.IPPROTO_IP && typ == unix.IP_PKTINFO) || (level == unix.IPPROTO_IPV6 && typ == unix.IPV6_PKTINFO)) {
+		return 0
+	}
+	n := unix.CmsgSpace(msgLen - unix.CmsgLen(0))
+	if msgLen < unix.CmsgLen(0) || n > len(oob) {
+		return 0
+	}
+	return n
+}
+
+// sourceGone reports whether a write may have failed because of its source
+// address: quic-go pins an accepted connection's packets to the local
+// address its first packet arrived at (IP_PKTINFO, on a socket bound to
+// the unspecified address), and once the host has moved to another
+// network that address is gone.
+func sourceGone(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENETUNREACH)
+}

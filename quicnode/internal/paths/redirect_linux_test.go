@@ -1,0 +1,131 @@
+package paths
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+	"unsafe"
+)
+
+func listenLoopback(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func readOne(t *testing.T, c *net.UDPConn) (string, bool) {
+	t.Helper()
+	buf := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	n, _, err := c.ReadFromUDP(buf)
+	if err != nil {
+		return "", false
+	}
+	return string(buf[:n]), true
+}
+
+// TestRedirectedWrites: every write path of the wrapped socket honours a
+// redirect, and only the redirected destination.
+func TestRedirectedWrites(t *testing.T) {
+	var r redirects
+	raw := listenLoopback(t)
+	c := withRedirects(raw, &r).(*redirUDP)
+	old, moved, other := listenLoopback(t), listenLoopback(t), listenLoopback(t)
+	oldAP := old.LocalAddr().(*net.UDPAddr).AddrPort()
+	l := &Link{}
+	require.True(t, r.set(l, oldAP, moved.LocalAddr().(*net.UDPAddr).AddrPort()))
+	require.False(t, r.set(l, oldAP, moved.LocalAddr().(*net.UDPAddr).AddrPort()), "the same redirect again changes nothing")
+
+	writes := map[string]func(msg string, to *net.UDPAddr) error{
+		"WriteTo":     func(m string, to *net.UDPAddr) error { _, err := c.WriteTo([]byte(m), to); return err },
+		"WriteToUDP":  func(m string, to *net.UDPAddr) error { _, err := c.WriteToUDP([]byte(m), to); return err },
+		"WriteMsgUDP": func(m string, to *net.UDPAddr) error { _, _, err := c.WriteMsgUDP([]byte(m), nil, to); return err },
+		"WriteToUDPAddrPort": func(m string, to *net.UDPAddr) error {
+			_, err := c.WriteToUDPAddrPort([]byte(m), to.AddrPort())
+			return err
+		},
+		"WriteMsgUDPAddrPort": func(m string, to *net.UDPAddr) error {
+			_, _, err := c.WriteMsgUDPAddrPort([]byte(m), nil, to.AddrPort())
+			return err
+		},
+	}
+	for name, write := range writes {
+		require.NoError(t, write(name, old.LocalAddr().(*net.UDPAddr)))
+		got, ok := readOne(t, moved)
+		require.True(t, ok, "%s: the redirected packet did not arrive", name)
+		require.Equal(t, name, got)
+		_, ok = readOne(t, old)
+		require.False(t, ok, "%s: the old address must get nothing", name)
+		require.NoError(t, write(name+"-other", other.LocalAddr().(*net.UDPAddr)))
+		got, ok = readOne(t, other)
+		require.True(t, ok && got == name+"-other", "%s: other destinations are not redirected", name)
+	}
+	require.Equal(t, moved.LocalAddr().(*net.UDPAddr).AddrPort(), r.target(l, oldAP))
+	r.drop(&Link{}, netip.AddrPort{})
+	require.NotNil(t, r.lookupAP(oldAP), "another link's drop leaves the redirect")
+	r.drop(l, netip.AddrPort{})
+	require.Nil(t, r.cur.Load(), "dropping the last redirect clears the map")
+	_, err := c.WriteTo([]byte("back"), old.LocalAddr())
+	require.NoError(t, err)
+	got, ok := readOne(t, old)
+	require.True(t, ok && got == "back")
+}
+
+// TestWriteSurvivesSourceGone: a write pinned (IP_PKTINFO) to a source
+// address the host no longer has, as quic-go pins an accepted connection
+// on a socket bound to the unspecified address, goes out from the address
+// the kernel picks, once and then from the cache; the other control
+// messages stay.
+func TestWriteSurvivesSourceGone(t *testing.T) {
+	raw, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	require.NoError(t, err)
+	t.Cleanup(func() { raw.Close() })
+	var r redirects
+	c := withRedirects(raw, &r).(*redirUDP)
+	dst := listenLoopback(t)
+	to := dst.LocalAddr().(*net.UDPAddr)
+
+	gone := (&ipv4.ControlMessage{Src: net.IPv4(10, 99, 99, 99)}).Marshal()
+	_, _, err = raw.WriteMsgUDP([]byte("x"), gone, to)
+	require.Error(t, err, "the kernel refuses a source the host does not have")
+	require.True(t, sourceGone(err), "%v", err)
+
+	for i, msg := range []string{"first", "cached"} {
+		_, _, err := c.WriteMsgUDP([]byte(msg), gone, to)
+		require.NoError(t, err, "write %d", i)
+		got, ok := readOne(t, dst)
+		require.True(t, ok && got == msg, "write %d: got %q", i, got)
+		require.True(t, c.gone.any())
+	}
+	// A source the host has is left alone.
+	here := (&ipv4.ControlMessage{Src: net.IPv4(127, 0, 0, 1)}).Marshal()
+	_, _, err = c.WriteMsgUDP([]byte("here"), here, to)
+	require.NoError(t, err)
+	got, ok := readOne(t, dst)
+	require.True(t, ok && got == "here")
+	require.False(t, c.gone.has(here[:leadingPktinfo(here)]))
+}
+
+func TestLeadingPktinfo(t *testing.T) {
+	pk := (&ipv4.ControlMessage{Src: net.IPv4(10, 0, 0, 1)}).Marshal()
+	seg := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&seg[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	both := append(append([]byte(nil), pk...), seg...)
+	require.Equal(t, len(pk), leadingPktinfo(both))
+	require.Equal(t, seg, both[leadingPktinfo(both):], "what follows the pktinfo stays intact")
+	require.Zero(t, leadingPktinfo(seg), "not a pktinfo")
+	require.Zero(t, leadingPktinfo(nil))
+	require.Zero(t, leadingPktinfo(pk[:10]), "truncated")
+	bad := append([]byte(nil), pk...)
+	bad[0] = 0xff // a length beyond the buffer
+	require.Zero(t, leadingPktinfo(bad))
+}
