@@ -37,25 +37,57 @@ func TestNATMigration(t *testing.T) {
 		require.NoError(t, err)
 		size = int64(n) << 20
 	}
-	cases := []struct {
-		name  string
-		mover func(p *labPair) *natlab.Site // the site whose NAT changes
-		hit   func(s *natlab.Site) error
-	}{
-		{"rebind-dialer", func(p *labPair) *natlab.Site { return p.sa }, func(s *natlab.Site) error { return s.Rebind() }},
-		{"rebind-acceptor", func(p *labPair) *natlab.Site { return p.sb }, func(s *natlab.Site) error { return s.Rebind() }},
-		{"renumber-dialer", func(p *labPair) *natlab.Site { return p.sa }, func(s *natlab.Site) error { _, err := s.Renumber(); return err }},
-		{"renumber-acceptor", func(p *labPair) *natlab.Site { return p.sb }, func(s *natlab.Site) error { _, err := s.Renumber(); return err }},
+	type move struct {
+		name     string
+		wildcard bool                          // sockets bound to the unspecified address
+		prep     func(p *labPair) func() error // on the test goroutine; returns the move
+	}
+	site := func(p *labPair, a bool) *natlab.Site {
+		if a {
+			return p.sa
+		}
+		return p.sb
+	}
+	rebind := func(a bool) func(p *labPair) func() error {
+		return func(p *labPair) func() error { return site(p, a).Rebind }
+	}
+	renumber := func(a bool) func(p *labPair) func() error {
+		return func(p *labPair) func() error {
+			return func() error { _, err := site(p, a).Renumber(); return err }
+		}
+	}
+	// roam moves the host to a new site behind another home NAT (a new
+	// LAN address and a new public address: a laptop changing networks),
+	// rate-limited as its first site was.
+	roam := func(a bool) func(p *labPair) func() error {
+		return func(p *labPair) func() error {
+			to := ln.lab.AddSite(site(p, a).Name()+"-new", natlab.KindHome)
+			require.NoError(t, to.SetRate(80_000_000))
+			h := p.hb
+			if a {
+				h = p.ha
+			}
+			return func() error { _, err := h.MoveTo(to); return err }
+		}
+	}
+	cases := []move{
+		{"rebind-dialer", false, rebind(true)},
+		{"rebind-acceptor", false, rebind(false)},
+		{"renumber-dialer", false, renumber(true)},
+		{"renumber-acceptor", false, renumber(false)},
+		{"roam-dialer", true, roam(true)},
+		{"roam-acceptor", true, roam(false)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := ln.pair(t, natlab.KindHome, natlab.KindHome)
+			p := ln.pairWith(t, natlab.KindHome, natlab.KindHome, tc.wildcard)
 			require.NoError(t, p.sa.SetRate(80_000_000))
+			hit := tc.prep(p)
 			before := p.a.Stats().Paths.Repaired + p.b.Stats().Paths.Repaired
 			moved := make(chan time.Time, 1)
 			res := migrateTransfer(t, p, size, 3*time.Second, func() {
-				if err := tc.hit(tc.mover(p)); err != nil {
-					t.Errorf("moving %s: %v", tc.mover(p).Name(), err)
+				if err := hit(); err != nil {
+					t.Errorf("%s: %v", tc.name, err)
 				}
 				moved <- time.Now()
 			})

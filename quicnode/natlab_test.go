@@ -304,17 +304,40 @@ func TestNATMatrix(t *testing.T) {
 // labPair is two trusted agents on two sites of the lab.
 type labPair struct {
 	sa, sb *natlab.Site
+	ha, hb *natlab.Host
 	a, b   *Node
 }
 
 func (ln *labNet) pair(t *testing.T, ka, kb natlab.Kind) *labPair {
 	t.Helper()
+	return ln.pairWith(t, ka, kb, false)
+}
+
+// pairWith is pair; with wildcard, the nodes' sockets are bound to the
+// unspecified address (as the daemon's are by default) instead of the
+// host's address, so they keep working when the host moves.
+func (ln *labNet) pairWith(t *testing.T, ka, kb natlab.Kind, wildcard bool) *labPair {
+	t.Helper()
 	ln.pairs++
 	sa := ln.lab.AddSite(fmt.Sprintf("p%da", ln.pairs), ka)
 	sb := ln.lab.AddSite(fmt.Sprintf("p%db", ln.pairs), kb)
 	p := &labPair{sa: sa, sb: sb}
-	p.a = ln.startLabNode(sa.AddHost(fmt.Sprintf("p%dha", ln.pairs)), "")
-	p.b = ln.startLabNode(sb.AddHost(fmt.Sprintf("p%dhb", ln.pairs)), "")
+	p.ha, p.hb = sa.AddHost(fmt.Sprintf("p%dha", ln.pairs)), sb.AddHost(fmt.Sprintf("p%dhb", ln.pairs))
+	start := func(h *natlab.Host) *Node {
+		if !wildcard {
+			return ln.startLabNode(h, "")
+		}
+		return ln.startLabNodeWith(t, h, "", func(c *Config) {
+			c.Conn.Close()
+			c.RelayConn.Close()
+			main, err := h.ListenUDP("0.0.0.0:0")
+			require.NoError(t, err)
+			relay, err := h.ListenUDP("0.0.0.0:0")
+			require.NoError(t, err)
+			c.Conn, c.RelayConn = main, relay
+		}, true)
+	}
+	p.a, p.b = start(p.ha), start(p.hb)
 	trustNodes(t, p.a, p.b)
 	waitNAT(t, p.a)
 	waitNAT(t, p.b)

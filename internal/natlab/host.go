@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"sync"
 )
 
 // Host is one network namespace of a lab: a public host, a host on a site's
@@ -16,7 +17,11 @@ type Host struct {
 	lab  *Lab
 	name string
 	ns   *netns
+
+	mu   sync.Mutex
 	ip   netip.Addr
+	site *Site  // the site whose LAN the host is on (nil: a public host or a router)
+	port string // the host's port on its site's bridge
 }
 
 // Name returns the name the host was given (a router has its site's name, a
@@ -29,7 +34,11 @@ func (h *Host) Namespace() string { return h.ns.name }
 
 // IP returns the host's address: its LAN address for a host in a site
 // (public for KindNone), its WAN address for a router.
-func (h *Host) IP() netip.Addr { return h.ip }
+func (h *Host) IP() netip.Addr {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ip
+}
 
 // ListenUDP opens an IPv4 UDP socket inside the host's namespace, for
 // example ListenUDP(":0") or ListenUDP("0.0.0.0:3478"). The returned

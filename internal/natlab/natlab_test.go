@@ -172,6 +172,27 @@ func TestRenumberChangesAddress(t *testing.T) {
 	require.Error(t, err, "no NAT, nothing to renumber")
 }
 
+func TestMoveToAnotherSite(t *testing.T) {
+	natlab.Require(t)
+	t.Parallel()
+	w := newWorld(t, natlab.KindHome)
+	c := listen(t, w.host) // bound to the unspecified address, as agents are
+	first := mustObserve(t, c, w.r1)
+	require.Equal(t, w.site.PublicIP(), first.Addr())
+	other := w.lab.AddSite("other", natlab.KindHome)
+	ip, err := w.host.MoveTo(other)
+	require.NoError(t, err)
+	require.Equal(t, ip, w.host.IP())
+	require.True(t, other.LAN().Contains(ip), "a new address on the new LAN")
+	w.r1.poke(t, first, "to-the-old-network")
+	require.False(t, received(c, "to-the-old-network", within(false)), "nothing reaches the old network's mapping")
+	second := mustObserve(t, c, w.r1)
+	require.Equal(t, other.PublicIP(), second.Addr(), "the same socket sends from the new network")
+	t.Logf("%v, then %v after moving to %v", first, second, ip)
+	_, err = w.r1host.MoveTo(other)
+	require.Error(t, err, "a public host is on no site's LAN")
+}
+
 func TestLoss(t *testing.T) {
 	natlab.Require(t)
 	t.Parallel()

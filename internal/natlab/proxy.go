@@ -25,7 +25,7 @@ func (h *Host) StartHTTPProxy(tb testing.TB, port uint16, user, pass string) net
 	dir := tb.TempDir()
 	conf := filepath.Join(dir, "tinyproxy.conf")
 	lines := []string{
-		fmt.Sprintf("Port %d", port), "Listen " + h.ip.String(), "Timeout 120", "MaxClients 100",
+		fmt.Sprintf("Port %d", port), "Listen " + h.IP().String(), "Timeout 120", "MaxClients 100",
 		fmt.Sprintf("BasicAuth %s %s", user, pass), "LogLevel Warning",
 		// No Allow and no ConnectPort lines: every client, CONNECT to any port.
 	}
@@ -41,7 +41,7 @@ func (h *Host) StartHTTPProxy(tb testing.TB, port uint16, user, pass string) net
 		tb.Fatalf("natlab: start tinyproxy on %s: %v", h.name, err)
 	}
 	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ap := netip.AddrPortFrom(h.ip, port)
+	ap := netip.AddrPortFrom(h.IP(), port)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

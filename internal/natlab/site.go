@@ -185,6 +185,7 @@ func (s *Site) addHost(name string) (*Host, error) {
 		return nil, err
 	}
 	s.ports = append(s.ports, port)
+	h.site, h.port = s, port
 	err = parallel(
 		func() error { return attachPort(gw, port, s.isolated) },
 		func() error {
@@ -198,6 +199,58 @@ func (s *Site) addHost(name string) (*Host, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// MoveTo moves a LAN host to site s's LAN, as a laptop changing networks
+// does: its link to the old LAN is deleted (with its address and routes),
+// a new one to s's LAN comes up with the next free address there, and the
+// default route points at s's gateway. A socket bound to the unspecified
+// address stays open and sends from the new address; one bound to the old
+// address can no longer send. It returns the new address.
+func (h *Host) MoveTo(s *Site) (netip.Addr, error) {
+	l := h.lab
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h.mu.Lock()
+	from, oldPort := h.site, h.port
+	h.mu.Unlock()
+	if from == nil {
+		return netip.Addr{}, fmt.Errorf("natlab: %s is not on a site's LAN", h.name)
+	}
+	if s.lab != l {
+		return netip.Addr{}, fmt.Errorf("natlab: site %s is in another lab", s.name)
+	}
+	if s.hosts >= maxHostsPerSite {
+		return netip.Addr{}, fmt.Errorf("natlab: site %s is full", s.name)
+	}
+	a := s.lan.Addr().As4()
+	a[3] = byte(10 + s.hosts)
+	s.hosts++
+	ip := netip.AddrFrom4(a)
+	port := l.port()
+	gw := s.gw.host
+	ctx := context.Background()
+	if err := runIP(ctx, h.ns.name, []string{"link del eth0"}); err != nil {
+		return netip.Addr{}, fmt.Errorf("natlab: move %s: %w", h.name, err)
+	}
+	from.ports = slices.DeleteFunc(from.ports, func(p string) bool { return p == oldPort })
+	if err := runIP(ctx, "", []string{fmt.Sprintf("link add %s netns %s type veth peer name eth0 netns %s", port, gw.ns.name, h.ns.name)}); err != nil {
+		return netip.Addr{}, fmt.Errorf("natlab: move %s: %w", h.name, err)
+	}
+	s.ports = append(s.ports, port)
+	if err := attachPort(gw, port, s.isolated); err != nil {
+		return netip.Addr{}, err
+	}
+	if err := h.ns.baseSysctls(false); err != nil {
+		return netip.Addr{}, err
+	}
+	if err := runIP(ctx, h.ns.name, hostLines("eth0", netip.PrefixFrom(ip, s.lan.Bits()), s.gw.lanAddr)); err != nil {
+		return netip.Addr{}, fmt.Errorf("natlab: move %s: %w", h.name, err)
+	}
+	h.mu.Lock()
+	h.ip, h.site, h.port = ip, s, port
+	h.mu.Unlock()
+	return ip, nil
 }
 
 // IsolateLAN cuts the site's hosts off from each other at layer 2, as
