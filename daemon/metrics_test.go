@@ -46,6 +46,9 @@ func TestMetrics(t *testing.T) {
 	}
 	require.Contains(t, body, "agentnet_node_rendezvous_registered 1")
 	require.Contains(t, body, "agentnet_node_trusted_peers 1")
+	for _, kind := range []string{"dead_path", "failover", "repair", "repaired", "redirect"} {
+		require.Contains(t, body, `agentnet_node_path_changes_total{kind="`+kind+`"} 0`)
+	}
 
 	addr := b.MetricsAddr()
 	require.NotEmpty(t, addr)

@@ -84,9 +84,12 @@ func Node(n *quicnode.Node, src NodeSource) *prometheus.Registry {
 	b.counter("birthday_attempts_total", "Birthday-punching attempts (a hard NAT meeting an easy one).", u(&st.Paths.Birthdays))
 	b.counter("birthday_successes_total", "Direct links a birthday attempt made.", u(&st.Paths.BirthdayLinks))
 	b.counter("relay_links_total", "Relayed links dialled.", u(&st.Paths.RelayLinks))
-	b.counterVec("path_changes_total", "Path changes, by kind: a link closed because its path went deaf, a direct path failed over to the relay.", "kind", []labelled{
+	b.counterVec("path_changes_total", "Path changes, by kind: a link closed because its path went deaf, a direct path failed over to the relay, a silent direct link re-punched in place, one heard again after that, one whose packets now go to its peer's new address.", "kind", []labelled{
 		{"dead_path", u(&st.Paths.PathsDead)},
 		{"failover", u(&st.Paths.Failovers)},
+		{"repair", u(&st.Paths.Repairs)},
+		{"repaired", u(&st.Paths.Repaired)},
+		{"redirect", u(&st.Paths.Redirected)},
 	})
 	b.counterVec("refused_total", "Handshakes and documents refused, by reason.", "reason", []labelled{
 		{"knock", u(&st.KnocksRefused)},
