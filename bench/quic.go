@@ -299,6 +299,8 @@ type quicPeer struct {
 	ln      *quic.Listener
 	tlsConf *tls.Config
 
+	to net.Addr // where to dial the server (nil: its socket; see RelayPaths' forwarder)
+
 	mu   sync.Mutex // held while dialling: concurrent Dials share one connection
 	conn *quic.Conn
 }
@@ -309,7 +311,11 @@ func (p *quicPeer) connection(ctx context.Context) (*quic.Conn, error) {
 	if p.conn != nil && p.conn.Context().Err() == nil {
 		return p.conn, nil
 	}
-	c, err := p.tr.Dial(ctx, p.env.udp.LocalAddr(), p.tlsConf, QUICConfig())
+	to := p.to
+	if to == nil {
+		to = p.env.udp.LocalAddr()
+	}
+	c, err := p.tr.Dial(ctx, to, p.tlsConf, QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("bench: quic dial: %w", err)
 	}

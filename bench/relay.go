@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -73,7 +74,67 @@ func relayMetrics() []metricDef {
 		{"over TCP: bulk / UDP relay", higher},
 		{"over TCP: p50 / direct", lower},
 		{"default " + byteSize(rendezvous.DefaultRelayRate) + "/s budget: UDP relay MB/s", higher},
+		{"floor: quic-go direct p50 µs", lower},
+		{"floor: quic-go via bare forwarder p50 µs", lower},
+		{"floor: forwarder p50 / direct", lower},
+		{"UDP relay: p50 / floor", lower},
+		{"over TCP: p50 / floor", lower},
 	}
+}
+
+// The floor rows put raw quic-go's ping-pong beside itself through a bare
+// UDP forwarder in the relay's child process (forwarder: a read and a
+// write per packet, no header, no lookup, no limiter): what any relay in
+// another process costs a round trip on this machine, before agentnet's.
+// The forwarder learns its target from a one-byte datagram (QUIC never
+// sends one) and forwards everything else from anyone to it, and the
+// target's packets to the last sender.
+
+// bareForwarder runs the floor rows' forwarder on a loopback socket.
+type bareForwarder struct {
+	c         *net.UDPConn
+	done      chan struct{}
+	forwarded atomic.Int64 // packets
+}
+
+func startBareForwarder() (*bareForwarder, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	f := &bareForwarder{c: c, done: make(chan struct{})}
+	go f.run()
+	return f, nil
+}
+
+func (f *bareForwarder) run() {
+	defer close(f.done)
+	buf := make([]byte, 64<<10)
+	var target, last netip.AddrPort
+	for {
+		n, from, err := f.c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		switch {
+		case n == 1:
+			target = from
+		case from == target:
+			if last.IsValid() {
+				f.c.WriteToUDPAddrPort(buf[:n], last)
+				f.forwarded.Add(1)
+			}
+		case target.IsValid():
+			last = from
+			f.c.WriteToUDPAddrPort(buf[:n], target)
+			f.forwarded.Add(1)
+		}
+	}
+}
+
+func (f *bareForwarder) close() {
+	f.c.Close()
+	<-f.done
 }
 
 func relayScenario() scenario {
@@ -104,10 +165,16 @@ func relayRendezvousChild() (childServer, error) {
 	lifted := benchLimits()
 	lifted.RelayRate, lifted.RelayBurst = liftedRelayRate, liftedRelayBurst
 	var srvs []*rendezvous.Server
+	fwd, err := startBareForwarder()
+	if err != nil {
+		os.RemoveAll(dir)
+		return childServer{}, err
+	}
 	closeAll := func() {
 		for _, s := range srvs {
 			s.Close()
 		}
+		fwd.close()
 		os.RemoveAll(dir)
 	}
 	for i, cfg := range []rendezvous.ServerConfig{
@@ -134,6 +201,7 @@ func relayRendezvousChild() (childServer, error) {
 		}
 		ready = append(ready, s.Addr().String(), s.PublicKey().String(), tcp, s.STUNAddr().String(), s.RelayAddr().String())
 	}
+	ready = append(ready, fwd.c.LocalAddr().String())
 	return childServer{
 		ready: ready,
 		stats: func() map[string]int64 {
@@ -143,23 +211,30 @@ func relayRendezvousChild() (childServer, error) {
 				m[fmt.Sprintf("relay%d_bytes", i)] = int64(rs.ForwardedBytes)
 				m[fmt.Sprintf("relay%d_over_limit", i)] = int64(rs.DroppedOverLimit)
 			}
+			m["fwd_packets"] = fwd.forwarded.Load()
 			return m
 		},
 		close: closeAll,
 	}, nil
 }
 
-// parseRelayReady reads the servers of relayRendezvousChild's ready line.
-func parseRelayReady(f []string) ([]rdvAt, error) {
+// parseRelayReady reads the servers of relayRendezvousChild's ready line
+// and the bare forwarder's address.
+func parseRelayReady(f []string) ([]rdvAt, netip.AddrPort, error) {
 	const per = 5
-	if len(f) != 2*per {
-		return nil, fmt.Errorf("bench: relay rendezvous child: ready line %q", f)
+	if len(f) != 2*per+1 {
+		return nil, netip.AddrPort{}, fmt.Errorf("bench: relay rendezvous child: ready line %q", f)
 	}
+	fwd, err := netip.ParseAddrPort(f[2*per])
+	if err != nil {
+		return nil, netip.AddrPort{}, fmt.Errorf("bench: relay rendezvous child: %w", err)
+	}
+	f = f[:2*per]
 	var out []rdvAt
 	for i := 0; i < len(f); i += per {
 		key, err := addressing.ParsePublicKey(f[i+1])
 		if err != nil {
-			return nil, err
+			return nil, netip.AddrPort{}, err
 		}
 		at := rdvAt{addr: f[i], key: key}
 		if f[i+2] != "-" {
@@ -168,13 +243,13 @@ func parseRelayReady(f []string) ([]rdvAt, error) {
 		for _, s := range []string{f[i], f[i+3], f[i+4]} {
 			ap, err := netip.ParseAddrPort(s)
 			if err != nil {
-				return nil, fmt.Errorf("bench: relay rendezvous child: %w", err)
+				return nil, netip.AddrPort{}, fmt.Errorf("bench: relay rendezvous child: %w", err)
 			}
 			at.udp = append(at.udp, ap)
 		}
 		out = append(out, at)
 	}
-	return out, nil
+	return out, fwd, nil
 }
 
 // relayPath is one client of the relay scenario and the path it must be on.
@@ -228,10 +303,28 @@ func RelayPaths(ctx context.Context, sz Sizes) ([]float64, error) {
 		return nil, err
 	}
 	defer ch.close()
-	ats, err := parseRelayReady(ch.ready)
+	ats, fwdAddr, err := parseRelayReady(ch.ready)
 	if err != nil {
 		return nil, err
 	}
+	// The floor: raw quic-go, its server registered at the forwarder.
+	qe, err := NewQUICEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	qrig := NewRig(qe)
+	defer qrig.Close()
+	qenv := qe.(*quicEnv)
+	if _, err := qenv.udp.WriteToUDPAddrPort([]byte{0}, fwdAddr); err != nil {
+		return nil, err
+	}
+	viaFwd, err := qenv.newPeer()
+	if err != nil {
+		return nil, err
+	}
+	defer viaFwd.Close()
+	viaFwd.to = net.UDPAddrFromAddrPort(fwdAddr)
+	var floorDirect, floorFwd []float64
 	env, err := newAgentnetEnv(ctx, &ats[0])
 	if err != nil {
 		return nil, err
@@ -324,6 +417,33 @@ func RelayPaths(ctx context.Context, sz Sizes) ([]float64, error) {
 				return nil, err
 			}
 		}
+		for j := range 2 {
+			dial, into, via := qenv.Dial, &floorDirect, false
+			if (i+j)%2 == 1 {
+				dial, into, via = viaFwd.Dial, &floorFwd, true
+			}
+			s0, err := ch.stats(ctx, false)
+			if err != nil {
+				return nil, err
+			}
+			lat, err := pingPongOn(ctx, dial, sz.RelayPingPongs)
+			if err != nil {
+				return nil, fmt.Errorf("bench: floor: ping-pong: %w", err)
+			}
+			s1, err := ch.stats(ctx, false)
+			if err != nil {
+				return nil, err
+			}
+			// Each round trip is two packets at least (one each way); the
+			// forwarded connection's last ACKs may cross the direct run.
+			switch n := s1["fwd_packets"] - s0["fwd_packets"]; {
+			case via && n < 2*int64(sz.RelayPingPongs):
+				return nil, fmt.Errorf("bench: floor: the forwarder forwarded %d packets of %d round trips", n, sz.RelayPingPongs)
+			case !via && n > int64(sz.RelayPingPongs)/10:
+				return nil, fmt.Errorf("bench: floor: the forwarder forwarded %d packets of the direct ping-pong", n)
+			}
+			*into = append(*into, micros(lat.P50()))
+		}
 	}
 
 	// Bulk under the default budget: past the burst first.
@@ -352,5 +472,7 @@ func RelayPaths(ctx context.Context, sz Sizes) ([]float64, error) {
 		m(tcp.mbps), m(tcp.p50), m(tcp.p99), m(tcp.cpuGiB),
 		ratio(m(tcp.mbps), m(udp.mbps)), ratio(m(tcp.p50), m(direct.p50)),
 		bt.MBps(),
+		m(floorDirect), m(floorFwd), ratio(m(floorFwd), m(floorDirect)),
+		ratio(m(udp.p50), m(floorFwd)), ratio(m(tcp.p50), m(floorFwd)),
 	}, nil
 }

@@ -483,3 +483,9 @@ func (q *clientPacketConn) LocalAddr() net.Addr {
 func (q *clientPacketConn) SetDeadline(t time.Time) error     { q.readDL.set(t); return nil }
 func (q *clientPacketConn) SetReadDeadline(t time.Time) error { q.readDL.set(t); return nil }
 func (q *clientPacketConn) SetWriteDeadline(time.Time) error  { return nil }
+
+// SetReadBuffer and SetWriteBuffer do nothing: the packets wait in the
+// conn's bounded queue and the tunnel's, there is no socket buffer to
+// size. They spare the log quic-go writes for a conn without them.
+func (q *clientPacketConn) SetReadBuffer(int) error  { return nil }
+func (q *clientPacketConn) SetWriteBuffer(int) error { return nil }

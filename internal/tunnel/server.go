@@ -435,3 +435,9 @@ func (c *serverPacketConn) LocalAddr() net.Addr {
 func (c *serverPacketConn) SetDeadline(t time.Time) error     { c.readDL.set(t); return nil }
 func (c *serverPacketConn) SetReadDeadline(t time.Time) error { c.readDL.set(t); return nil }
 func (c *serverPacketConn) SetWriteDeadline(time.Time) error  { return nil }
+
+// SetReadBuffer and SetWriteBuffer do nothing: the packets wait in the
+// conn's bounded queue and the tunnel's, there is no socket buffer to
+// size. They spare the log quic-go writes for a conn without them.
+func (c *serverPacketConn) SetReadBuffer(int) error  { return nil }
+func (c *serverPacketConn) SetWriteBuffer(int) error { return nil }

@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -235,6 +236,22 @@ func (c *redirPacket) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 	}
 	return c.PacketConn.WriteTo(b, addr)
+}
+
+// SetReadBuffer and SetWriteBuffer pass quic-go's buffer sizing through to
+// the socket, as if it were not wrapped.
+func (c *redirPacket) SetReadBuffer(n int) error {
+	if s, ok := c.PacketConn.(interface{ SetReadBuffer(int) error }); ok {
+		return s.SetReadBuffer(n)
+	}
+	return errors.ErrUnsupported
+}
+
+func (c *redirPacket) SetWriteBuffer(n int) error {
+	if s, ok := c.PacketConn.(interface{ SetWriteBuffer(int) error }); ok {
+		return s.SetWriteBuffer(n)
+	}
+	return errors.ErrUnsupported
 }
 
 // withRedirects wraps the main socket so its writes honour r.

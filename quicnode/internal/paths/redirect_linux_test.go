@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -129,3 +130,51 @@ func TestLeadingPktinfo(t *testing.T) {
 	bad[0] = 0xff // a length beyond the buffer
 	require.Zero(t, leadingPktinfo(bad))
 }
+
+// bufferless is a PacketConn with no buffer sizing.
+type bufferless struct{ net.PacketConn }
+
+// TestRedirectKeepsBufferSizing: a main socket that is not a *net.UDPConn
+// (a firewall shim, a test network) keeps the buffer sizing quic-go asks
+// for through the redirect wrapper, and one that cannot size says so.
+func TestRedirectKeepsBufferSizing(t *testing.T) {
+	type sizer interface {
+		SetReadBuffer(int) error
+		SetWriteBuffer(int) error
+	}
+	var r redirects
+	raw := listenLoopback(t)
+	rcvbuf := func() int {
+		fd, err := raw.SyscallConn()
+		require.NoError(t, err)
+		var n int
+		require.NoError(t, fd.Control(func(f uintptr) { n, _ = unix.GetsockoptInt(int(f), unix.SOL_SOCKET, unix.SO_RCVBUF) }))
+		return n
+	}
+	require.NoError(t, raw.SetReadBuffer(8<<10))
+	small := rcvbuf()
+	s, ok := withRedirects(sizerPacketConn{raw}, &r).(sizer)
+	require.True(t, ok, "the wrapper has the sizing methods")
+	// 64 KiB: under the default net.core.rmem_max, so this holds off root.
+	require.NoError(t, s.SetReadBuffer(64<<10))
+	require.NoError(t, s.SetWriteBuffer(64<<10))
+	require.Greater(t, rcvbuf(), small, "the socket's receive buffer was sized through the wrapper")
+
+	none := withRedirects(bufferless{raw}, &r).(sizer)
+	require.ErrorIs(t, none.SetReadBuffer(1<<20), errors.ErrUnsupported)
+	require.ErrorIs(t, none.SetWriteBuffer(1<<20), errors.ErrUnsupported)
+}
+
+// sizerPacketConn is a PacketConn that is not a *net.UDPConn but sizes its
+// socket's buffers, as the bench's firewall shim does.
+type sizerPacketConn struct{ c *net.UDPConn }
+
+func (s sizerPacketConn) ReadFrom(b []byte) (int, net.Addr, error)  { return s.c.ReadFrom(b) }
+func (s sizerPacketConn) WriteTo(b []byte, a net.Addr) (int, error) { return s.c.WriteTo(b, a) }
+func (s sizerPacketConn) Close() error                              { return s.c.Close() }
+func (s sizerPacketConn) LocalAddr() net.Addr                       { return s.c.LocalAddr() }
+func (s sizerPacketConn) SetDeadline(t time.Time) error             { return s.c.SetDeadline(t) }
+func (s sizerPacketConn) SetReadDeadline(t time.Time) error         { return s.c.SetReadDeadline(t) }
+func (s sizerPacketConn) SetWriteDeadline(t time.Time) error        { return s.c.SetWriteDeadline(t) }
+func (s sizerPacketConn) SetReadBuffer(n int) error                 { return s.c.SetReadBuffer(n) }
+func (s sizerPacketConn) SetWriteBuffer(n int) error                { return s.c.SetWriteBuffer(n) }
