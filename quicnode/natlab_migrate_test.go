@@ -97,9 +97,9 @@ func TestNATMigration(t *testing.T) {
 			repaired := p.a.Stats().Paths.Repaired + p.b.Stats().Paths.Repaired - before
 			require.GreaterOrEqual(t, repaired, uint64(1), "the path must have been repaired in place")
 			at := <-moved
-			t.Logf("%s: %d MiB byte-exact over one connection; longest pause %v at %v after the move; repairs %d (redirects a %d, b %d)",
+			t.Logf("%s: %d MiB byte-exact over one connection; longest pause %v at %v after the move; repairs %d (redirects a %d, b %d; unroutable writes a %d, b %d)",
 				tc.name, size>>20, res.gap.Round(time.Millisecond), res.gapAt.Sub(at).Round(time.Millisecond), repaired,
-				p.a.Stats().Paths.Redirected, p.b.Stats().Paths.Redirected)
+				p.a.Stats().Paths.Redirected, p.b.Stats().Paths.Redirected, p.a.Stats().Paths.Unroutable, p.b.Stats().Paths.Unroutable)
 			require.LessOrEqual(t, res.gap, 2*time.Second, "longest pause in the transfer")
 		})
 	}

@@ -266,7 +266,9 @@ func (m *Manager) repairHeard(l *Link, now time.Time) {
 // repairProbe handles a genuine probe from the peer of ps.repair, the link
 // the punch session repairs (whichever side began it): a probe from the
 // address the connection sends to means that path works (any redirect of
-// it is dropped); one from elsewhere, while nothing has come in on the link
+// it is dropped, and the session ends a probe round later: a re-punch of
+// a path that was only slow, not moved, costs a few probes, not a whole
+// punch window); one from elsewhere, while nothing has come in on the link
 // since the session began, means the peer moved there, and the link's
 // packets follow. Both sides redirect: whichever has something to send
 // first (data, or only an acknowledgement) gets a packet across, and the
@@ -281,6 +283,7 @@ func (m *Manager) repairProbe(ps *punchSession, from netip.AddrPort) {
 	remote := unmap(ua.AddrPort())
 	if from == remote {
 		m.redir.drop(l, remote)
+		ps.pathOK.CompareAndSwap(0, time.Now().UnixNano())
 		return
 	}
 	if l.Conn.ConnectionStats().PacketsReceived > ps.rx0 {

@@ -164,6 +164,7 @@ type Stats struct {
 	Repairs        uint64 // re-punches of a silent direct link, keeping its connection
 	Repaired       uint64 // silent direct links heard again after a re-punch
 	Redirected     uint64 // links whose packets were sent to their peer's new address
+	Unroutable     uint64 // datagrams lost because the host had no route or no source address for them (a network change under way)
 }
 
 type dialCall struct {
@@ -626,5 +627,6 @@ func (m *Manager) Stats() Stats {
 		Birthdays: c.birthdays.Load(), BirthdayLinks: c.birthdayLinks.Load(),
 		RelayLinks: c.relayLinks.Load(), PathsDead: c.pathsDead.Load(), Failovers: c.failovers.Load(),
 		Repairs: c.repairs.Load(), Repaired: c.repaired.Load(), Redirected: c.redirected.Load(),
+		Unroutable: m.redir.unroutable.Load(),
 	}
 }

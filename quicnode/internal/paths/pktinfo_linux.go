@@ -43,3 +43,13 @@ func leadingPktinfo(oob []byte) int {
 func sourceGone(err error) bool {
 	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENETUNREACH)
 }
+
+// unroutable reports whether a write failed because the host has, for the
+// moment, no way to send it: no route (a network change under way, an
+// interface down), or a source address it no longer has. Such a datagram
+// is lost, as one dropped on the way would be; quic-go would otherwise
+// close the connection at the first such error.
+func unroutable(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETDOWN) || errors.Is(err, syscall.EADDRNOTAVAIL)
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentnet/agentnet/addressing"
@@ -45,6 +46,12 @@ type punchSession struct {
 	// of making a new link, and ends once the link is heard again.
 	repair *Link
 	rx0    uint64 // repair's PacketsReceived when the session began
+	// pathOK is when a genuine probe first came from the address repair
+	// sends to (unix ns; 0: none yet): that path works (the peer did not
+	// move; our own new mapping, if it changed, passes its NAT now). The
+	// session ends one probe round later: the pong, and that round's pings
+	// from our current address, reach a peer that must learn it.
+	pathOK atomic.Int64
 
 	mu     sync.Mutex
 	cands  []netip.AddrPort
@@ -232,6 +239,9 @@ func (m *Manager) startPunch(intro rendezvous.Introduce, start time.Time) *punch
 // exists (for a repair: the link it repairs was heard again, or ended).
 func (ps *punchSession) done(m *Manager) bool {
 	if l := ps.repair; l != nil {
+		if at := ps.pathOK.Load(); at != 0 && time.Since(time.Unix(0, at)) >= probeEvery {
+			return true
+		}
 		return !l.Alive() || l.Conn.ConnectionStats().PacketsReceived > ps.rx0
 	}
 	return m.hasDirect(ps.key)

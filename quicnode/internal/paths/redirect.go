@@ -25,8 +25,9 @@ import (
 // case, so the bulk path is unchanged); the map is replaced, never
 // modified, under mu.
 type redirects struct {
-	mu  sync.Mutex
-	cur atomic.Pointer[map[netip.AddrPort]redirect]
+	unroutable atomic.Uint64 // writes lost for want of a route or a source address (see unroutable)
+	mu         sync.Mutex
+	cur        atomic.Pointer[map[netip.AddrPort]redirect]
 }
 
 type redirect struct {
@@ -100,6 +101,16 @@ func (r *redirects) drop(l *Link, from netip.AddrPort) {
 	r.cur.Store(&next)
 }
 
+// lost reports whether a write's error means the datagram is simply lost
+// (see unroutable), and counts it.
+func (r *redirects) lost(err error) bool {
+	if err == nil || !unroutable(err) {
+		return false
+	}
+	r.unroutable.Add(1)
+	return true
+}
+
 // target returns where l's packets to from go now (from itself if not
 // redirected).
 func (r *redirects) target(l *Link, from netip.AddrPort) netip.AddrPort {
@@ -119,7 +130,9 @@ func (r *redirects) load() map[netip.AddrPort]redirect {
 // redirUDP is the main socket as quic-go sees it when it is a
 // *net.UDPConn: every method is the socket's own (so quic-go keeps GSO,
 // ECN and batched reads through SyscallConn), except the writes, which
-// honour the redirects and survive the host changing address.
+// honour the redirects and survive the host changing address: a datagram
+// the host has no route or source address for is reported sent and lost
+// (see unroutable), not as the error that would end quic-go's connection.
 type redirUDP struct {
 	*net.UDPConn
 	r    *redirects
@@ -146,6 +159,9 @@ func (c *redirUDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 				return n, oobn, nil
 			}
 		}
+	}
+	if c.r.lost(err) {
+		return len(b), len(oob), nil
 	}
 	return n, oobn, err
 }
@@ -199,28 +215,44 @@ func (c *redirUDP) WriteTo(b []byte, addr net.Addr) (int, error) {
 			addr = to
 		}
 	}
-	return c.UDPConn.WriteTo(b, addr)
+	n, err := c.UDPConn.WriteTo(b, addr)
+	if c.r.lost(err) {
+		return len(b), nil
+	}
+	return n, err
 }
 
 func (c *redirUDP) WriteToUDP(b []byte, addr *net.UDPAddr) (int, error) {
 	if to := c.r.lookup(addr); to != nil {
 		addr = to
 	}
-	return c.UDPConn.WriteToUDP(b, addr)
+	n, err := c.UDPConn.WriteToUDP(b, addr)
+	if c.r.lost(err) {
+		return len(b), nil
+	}
+	return n, err
 }
 
 func (c *redirUDP) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
 	if to := c.r.lookupAP(addr); to != nil {
 		addr = to.AddrPort()
 	}
-	return c.UDPConn.WriteToUDPAddrPort(b, addr)
+	n, err := c.UDPConn.WriteToUDPAddrPort(b, addr)
+	if c.r.lost(err) {
+		return len(b), nil
+	}
+	return n, err
 }
 
 func (c *redirUDP) WriteMsgUDPAddrPort(b, oob []byte, addr netip.AddrPort) (n, oobn int, err error) {
 	if to := c.r.lookupAP(addr); to != nil {
 		addr = to.AddrPort()
 	}
-	return c.UDPConn.WriteMsgUDPAddrPort(b, oob, addr)
+	n, oobn, err = c.UDPConn.WriteMsgUDPAddrPort(b, oob, addr)
+	if c.r.lost(err) {
+		return len(b), len(oob), nil
+	}
+	return n, oobn, err
 }
 
 // redirPacket is any other main socket (the in-memory network of tests).
@@ -235,7 +267,11 @@ func (c *redirPacket) WriteTo(b []byte, addr net.Addr) (int, error) {
 			addr = to
 		}
 	}
-	return c.PacketConn.WriteTo(b, addr)
+	n, err := c.PacketConn.WriteTo(b, addr)
+	if c.r.lost(err) {
+		return len(b), nil
+	}
+	return n, err
 }
 
 // SetReadBuffer and SetWriteBuffer pass quic-go's buffer sizing through to

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,3 +180,36 @@ func (s sizerPacketConn) SetReadDeadline(t time.Time) error         { return s.c
 func (s sizerPacketConn) SetWriteDeadline(t time.Time) error        { return s.c.SetWriteDeadline(t) }
 func (s sizerPacketConn) SetReadBuffer(n int) error                 { return s.c.SetReadBuffer(n) }
 func (s sizerPacketConn) SetWriteBuffer(n int) error                { return s.c.SetWriteBuffer(n) }
+
+// failingConn fails every write with err.
+type failingConn struct {
+	net.PacketConn
+	err error
+}
+
+func (c failingConn) WriteTo([]byte, net.Addr) (int, error) { return 0, c.err }
+
+// TestUnroutableWriteIsALoss: a write the host has no route or source
+// address for (a laptop between two networks) is a lost datagram, counted,
+// not the error that makes quic-go close the connection; other errors
+// still are errors.
+func TestUnroutableWriteIsALoss(t *testing.T) {
+	raw := listenLoopback(t)
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	for _, errno := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL} {
+		var r redirects
+		c := withRedirects(failingConn{raw, &net.OpError{Op: "write", Net: "udp", Err: os.NewSyscallError("sendmsg", errno)}}, &r)
+		n, err := c.WriteTo([]byte("lost"), to)
+		require.NoError(t, err, "%v", errno)
+		require.Equal(t, 4, n)
+		require.Equal(t, uint64(1), r.unroutable.Load())
+	}
+	var r redirects
+	c := withRedirects(failingConn{raw, net.ErrClosed}, &r)
+	_, err := c.WriteTo([]byte("x"), to)
+	require.ErrorIs(t, err, net.ErrClosed, "a closed socket is still an error")
+	c = withRedirects(failingConn{raw, os.NewSyscallError("sendmsg", syscall.EMSGSIZE)}, &r)
+	_, err = c.WriteTo([]byte("x"), to)
+	require.ErrorIs(t, err, syscall.EMSGSIZE, "quic-go's path MTU discovery needs EMSGSIZE")
+	require.Zero(t, r.unroutable.Load())
+}

@@ -204,3 +204,65 @@ func TestRepairKeepsTheConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestRepairOfAStalledPathEndsAtOnce: a path that only stalls (both ways
+// cut for longer than RepairAfter, then back, nobody moved) is re-punched
+// like a moved one, but its punch sessions end a probe round after the
+// peer's probes come from the address the link already uses, not when the
+// link is next heard (an idle link may not be for a while) or after the
+// whole punch window; nothing is redirected or closed.
+func TestRepairOfAStalledPathEndsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tn := &testNet{Latency: 5 * time.Millisecond}
+		a, ha := newTestManager(t, tn, "10.0.0.1:1000")
+		b, hb := newTestManager(t, tn, "10.0.1.1:2000")
+		trustPair(ha, hb)
+		aAddr, bAddr := netip.MustParseAddrPort("10.0.0.1:1000"), netip.MustParseAddrPort("10.0.1.1:2000")
+		var rdv fakeRendezvous
+		rdv.add(ha.id.PublicKey(), a, func() netip.AddrPort { return aAddr })
+		rdv.add(hb.id.PublicKey(), b, func() netip.AddrPort { return bAddr })
+		a.setHint(hb.id.PublicKey(), net.UDPAddrFromAddrPort(bAddr))
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := a.Link(ctx, hb.id.PublicKey())
+		require.NoError(t, err)
+		require.NoError(t, echo(ctx, l, "before the stall"))
+		punches := func(m *Manager) int {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return len(m.punches)
+		}
+
+		time.Sleep(time.Second)
+		ua, ub := net.UDPAddrFromAddrPort(aAddr), net.UDPAddrFromAddrPort(bAddr)
+		tn.setCut(ua, ub, true)
+		// A message sent into the stall: quic-go retransmits it, with
+		// backoff, while nothing comes back.
+		s, err := l.Conn.OpenStreamSync(ctx)
+		require.NoError(t, err)
+		_, err = s.Write([]byte("into the stall"))
+		require.NoError(t, err)
+		time.Sleep(RepairAfter + 3*livenessPeriod) // noticed, re-punch under way
+		require.GreaterOrEqual(t, a.Stats().Repairs, uint64(1), "the stall must start a repair")
+		require.Positive(t, punches(a), "a repair's punch session probes")
+		rx := l.Conn.ConnectionStats().PacketsReceived
+		tn.setCut(ua, ub, false)
+		restored := time.Now()
+		for punches(a)+punches(b) > 0 && time.Since(restored) < punchWindow {
+			time.Sleep(5 * time.Millisecond)
+		}
+		ended := time.Since(restored)
+		heard := l.Conn.ConnectionStats().PacketsReceived > rx
+		t.Logf("punch sessions ended %v after the path came back (link heard by then: %v)", ended, heard)
+		require.Zero(t, punches(a)+punches(b))
+		require.LessOrEqual(t, ended, 4*probeEvery, "a probe round after the peer's probes, not the %v window", punchWindow)
+		s.Close()
+
+		require.True(t, l.Alive())
+		require.Same(t, l, a.Best(hb.id.PublicKey()))
+		require.Zero(t, a.Stats().Redirected+b.Stats().Redirected, "nobody moved: nothing redirected")
+		require.Zero(t, a.Stats().PathsDead+b.Stats().PathsDead)
+		require.NoError(t, echo(ctx, l, "after the stall"))
+	})
+}
