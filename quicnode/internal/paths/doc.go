@@ -64,7 +64,13 @@
 // heartbeat, so it is "sending unanswered" and repairs as soon as the
 // sender. The redirect is a wrapper around the *net.UDPConn that overrides
 // only the writes (one atomic load while nothing is redirected), so quic-go
-// keeps GSO, ECN and batched reads through SyscallConn. A peer that restarted is
+// keeps GSO, ECN and batched reads through SyscallConn. The same wrapper
+// reports a write the host has no route or source address for (between two
+// networks) as sent and lost: quic-go ends a connection at any send error
+// but EMSGSIZE. A path that only stalled (nobody moved) is re-punched like
+// a moved one, and its punch sessions end a probe round after the peer's
+// probes come from the link's own address, so a false alarm costs a few
+// probes and one introduction. A peer that restarted is
 // noticed sooner (stale.go): every transport has a stateless reset key
 // derived from the identity, a link reused after a short silence is first
 // poked with a heartbeat large enough to draw the restarted peer's reset,
