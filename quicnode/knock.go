@@ -189,10 +189,21 @@ func knockBlock(b cipher.Block, nonce *[knockNonceLen]byte, pad string) [aes.Blo
 
 // knockGroup returns G's block for knocks to listener.
 func knockGroup(listener addressing.PublicKey) cipher.Block {
+	g := knockGroupKey(listener)
+	return newKnockBlock(g[:])
+}
+
+// knockGroupKey returns G's AES key for knocks to listener.
+func knockGroupKey(listener addressing.PublicKey) (g [16]byte) {
 	h := sha256.New()
 	h.Write([]byte("agentnet knock group v2\x00"))
 	h.Write(listener[:])
-	b, err := aes.NewCipher(h.Sum(nil)[:16])
+	copy(g[:], h.Sum(nil))
+	return g
+}
+
+func newKnockBlock(key []byte) cipher.Block {
+	b, err := aes.NewCipher(key)
 	if err != nil {
 		panic(err) // a 16-byte key is always valid
 	}
@@ -231,10 +242,12 @@ type knocker struct {
 	replays atomic.Uint64 // valid knocks refused: replayed, or over the peer's quota
 }
 
-// dialKey is what knocking to one peer in one epoch takes.
+// dialKey is what knocking to one peer in one epoch takes: the raw AES
+// keys (32 bytes, where the expanded blocks take ~1 KB per peer; a dial
+// expands them, which costs far less than its handshake).
 type dialKey struct {
-	knockKey
-	group cipher.Block // the peer's G
+	k, group [16]byte // K, and the peer's G
+	id       knockID
 }
 
 func newKnocker(self addressing.PublicKey, priv ed25519.PrivateKey) (*knocker, error) {
@@ -285,6 +298,12 @@ func (kn *knocker) secretLocked(peer addressing.PublicKey) ([32]byte, error) {
 // knockKeyFor derives K and the id for knocks from dialer to listener in
 // epoch.
 func knockKeyFor(secret [32]byte, dialer, listener addressing.PublicKey, epoch int64) knockKey {
+	k, id := knockKeyBytes(secret, dialer, listener, epoch)
+	return knockKey{k: newKnockBlock(k[:]), id: id}
+}
+
+// knockKeyBytes is knockKeyFor's K as a raw AES key, and the id.
+func knockKeyBytes(secret [32]byte, dialer, listener addressing.PublicKey, epoch int64) (k [16]byte, id knockID) {
 	m := hmac.New(sha256.New, secret[:])
 	m.Write([]byte("agentnet knock v2\x00"))
 	m.Write(dialer[:])
@@ -293,13 +312,9 @@ func knockKeyFor(secret [32]byte, dialer, listener addressing.PublicKey, epoch i
 	binary.BigEndian.PutUint64(e[:], uint64(epoch))
 	m.Write(e[:])
 	sum := m.Sum(nil)
-	b, err := aes.NewCipher(sum[:16])
-	if err != nil {
-		panic(err) // a 16-byte key is always valid
-	}
-	kk := knockKey{k: b}
-	copy(kk.id[:], sum[16:])
-	return kk
+	copy(k[:], sum[:16])
+	copy(id[:], sum[16:])
+	return k, id
 }
 
 // name returns a fresh server name to dial peer with now.
@@ -319,8 +334,8 @@ func (kn *knocker) name(peer addressing.PublicKey) (string, error) {
 				delete(kn.dialK, sl) // one epoch per peer is enough to dial
 			}
 		}
-		dk = dialKey{knockKeyFor(s, kn.self, peer, epoch), knockGroup(peer)}
-		dk.peer = peer
+		dk.k, dk.id = knockKeyBytes(s, kn.self, peer, epoch)
+		dk.group = knockGroupKey(peer)
 		kn.dialK[slot] = dk
 	}
 	kn.mu.Unlock()
@@ -328,11 +343,11 @@ func (kn *knocker) name(peer addressing.PublicKey) (string, error) {
 	if _, err := rand.Read(k.nonce[:]); err != nil {
 		return "", err
 	}
-	g := knockBlock(dk.group, &k.nonce, knockHintPad)
+	g := knockBlock(newKnockBlock(dk.group[:]), &k.nonce, knockHintPad)
 	for i := range k.hint {
 		k.hint[i] = g[i] ^ dk.id[i]
 	}
-	t := knockBlock(dk.k, &k.nonce, knockTagPad)
+	t := knockBlock(newKnockBlock(dk.k[:]), &k.nonce, knockTagPad)
 	copy(k.tag[:], t[:])
 	return string(appendKnockName(nil, k)), nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -98,6 +99,9 @@ func (ln *labNet) startLabNodeWith(t *testing.T, h *natlab.Host, hostname string
 		RendezvousAddr: ln.rdvAddr(), RendezvousKey: ln.srv.PublicKey(),
 		ListenUDP: func(network, laddr string) (net.PacketConn, error) { return h.ListenUDP(laddr) },
 		DialTCP:   h.DialContext,
+	}
+	if os.Getenv("AGENTNET_LAB_LOG") != "" { // the nodes' logs, for a failing lab test
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("host", h.Name())
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -364,6 +364,10 @@ func (m *Manager) dialOne(ctx context.Context, tr *quic.Transport, key addressin
 		return nil, Classify(err)
 	}
 	if !welcome {
+		// The first stream's answer proves admission; the welcome is
+		// still read (and so freed: an unread stream keeps its state,
+		// ~1 KB, for the connection's life), off the dial's path.
+		m.g.Go(func() { m.drainWelcome(conn) })
 		return conn, nil
 	}
 	if err := AwaitWelcome(ctx, conn); err != nil {
@@ -395,6 +399,22 @@ func AwaitWelcome(ctx context.Context, conn *quic.Conn) error {
 		return fmt.Errorf("paths: bad welcome %x", b)
 	}
 	return nil
+}
+
+// drainWelcome reads and drops the welcome of a connection whose dial did
+// not wait for it, within the handshake timeout.
+func (m *Manager) drainWelcome(conn *quic.Conn) {
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.HandshakeTimeout)
+	defer cancel()
+	s, err := conn.AcceptUniStream(ctx)
+	if err != nil {
+		return
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		s.SetReadDeadline(dl)
+	}
+	io.Copy(io.Discard, io.LimitReader(s, int64(len(Welcome))+1))
+	s.CancelRead(0)
 }
 
 // isPathDead reports whether err is a connection we closed because its

@@ -174,14 +174,18 @@ func (m *Manager) checkPaths() {
 		st := l.Conn.ConnectionStats()
 		switch {
 		case l.lastHeard.IsZero() || st.PacketsReceived != l.recvCount:
-			l.busy = !l.lastHeard.IsZero() && st.PacketsReceived-l.recvCount >= busyPackets
+			// A check that heard only a few packets right after a busy one
+			// is busy too: a path cut just after a check leaves one.
+			got := st.PacketsReceived - l.recvCount
+			l.busy = !l.lastHeard.IsZero() && (got >= busyPackets || l.lastGot >= busyPackets)
+			l.lastGot = got
 			l.recvCount, l.sentAtHeard, l.lastHeard, l.sendingSince = st.PacketsReceived, st.PacketsSent, now, time.Time{}
 			m.repairHeard(l, now)
 		case st.PacketsSent == l.sentAtHeard:
 			// Idle both ways: nothing to judge, unless a busy link fell
 			// silent at once: then one heartbeat asks the peer.
-			if l.busy && l.Kind == KindDirect {
-				l.busy = false
+			// (A sender whose congestion window filled is idle too.)
+			if l.busy && l.Kind == KindDirect && l.sendingSince.IsZero() {
 				l.sendingSince = now
 				m.host.SendControl(l, []byte{CtlPing})
 			}
@@ -203,14 +207,17 @@ func (m *Manager) checkPaths() {
 			}
 		}
 		// Unanswered for RepairAfter since we last heard, and for at least
-		// one whole check (and 3 RTTs) since the sends began: a link that
-		// was idle both ways and has just sent is not judged on its first
-		// packets.
+		// one whole check since the sends began, and 3 RTTs unless the link
+		// was busy: a link that was idle both ways and has just sent is not
+		// judged on its first packets, but one that carried a stream until
+		// a moment ago is not given the round-trip time a queue inflated
+		// (the sender of a rate-limited transfer may be the one that moved,
+		// and only its own repair carries its new address).
 		if !l.sendingSince.IsZero() && l.Kind == KindDirect && now.Sub(l.repairAt) >= repairEvery &&
 			now.Sub(l.lastHeard) >= RepairAfter && now.Sub(l.lastHeard) < PathDead &&
-			now.Sub(l.sendingSince) >= max(livenessPeriod, 3*st.SmoothedRTT) {
+			now.Sub(l.sendingSince) >= livenessPeriod/2 && (l.busy || now.Sub(l.sendingSince) >= 3*st.SmoothedRTT) {
 			l.repairAt = now
-			m.repair(l, now)
+			m.repair(l, now, "silent_for", now.Sub(l.lastHeard).Round(time.Millisecond))
 		}
 	}
 }
@@ -222,15 +229,18 @@ func (m *Manager) checkPaths() {
 // of the peer redirects the link's packets there (repairProbe), and the
 // peer's packets, now let through our NAT by our probes, move quic-go's
 // server side to the new address by itself.
-func (m *Manager) repair(l *Link, now time.Time) {
+//
+// Either side may notice first, but only the one that moved can make the
+// repair work: the rendezvous reaches it (and knows its new address) only
+// once it has sent from there, so each side repairs on its own silence.
+func (m *Manager) repair(l *Link, now time.Time, why ...any) {
 	rdv := m.rendezvous()
 	if rdv == nil || !l.Alive() || !m.host.Admissible(l.Key) {
 		return
 	}
 	l.repairSince.CompareAndSwap(0, now.UnixNano())
 	m.stats.repairs.Add(1)
-	m.log.Info("path silent: re-punching", "peer", l.Addr, "remote", l.Conn.RemoteAddr(),
-		"silent_for", now.Sub(l.lastHeard).Round(time.Millisecond))
+	m.log.Info("path silent: re-punching", append([]any{"peer", l.Addr, "remote", l.Conn.RemoteAddr()}, why...)...)
 	key := l.Key
 	m.g.Go(func() {
 		ctx, cancel := context.WithTimeout(m.ctx, repairEvery)

@@ -72,7 +72,8 @@ type Link struct {
 	sentAtHeard  uint64    // PacketsSent when we last heard the peer
 	lastHeard    time.Time // when PacketsReceived last grew
 	sendingSince time.Time // first check that saw sends unanswered since lastHeard
-	busy         bool      // the last check heard at least busyPackets
+	busy         bool      // the last check, or the one before it, heard at least busyPackets
+	lastGot      uint64    // packets the last check that heard any heard
 	repairAt     time.Time // the last re-punch (repair)
 
 	repairSince atomic.Int64 // unix nanoseconds: a repair began (health.go); 0: none
