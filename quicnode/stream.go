@@ -142,6 +142,10 @@ type streamConn struct {
 	flushT  *time.Timer // sends the header alone if no Write came first (set and stopped under hmu)
 	ports   *openPorts  // forgets the port when the peer refuses the stream
 	key     addressing.PublicKey
+	// refused is the peer's refusal once a Read or Write has seen it: the
+	// other direction reports it too, though its own half of the reset
+	// (STOP_SENDING) may not have arrived yet.
+	refused atomic.Pointer[error]
 }
 
 // answer writes the status byte of an accepted version 1 stream.
@@ -213,8 +217,11 @@ func (c *streamConn) writeFirst(b []byte) (int, error) {
 // its port makes the next dial to that port wait for the answer again.
 func (c *streamConn) fail(err error) error {
 	err = translate(err)
-	if c.ports != nil && errors.Is(err, ErrPortClosed) {
-		c.ports.remove(c.key, c.remote.Port())
+	if errors.Is(err, ErrPortClosed) {
+		if c.ports != nil {
+			c.ports.remove(c.key, c.remote.Port())
+		}
+		c.refused.CompareAndSwap(nil, &err)
 	}
 	return err
 }
@@ -244,6 +251,9 @@ func (c *streamConn) Write(b []byte) (int, error) {
 
 func (c *streamConn) write(b []byte) (int, error) {
 	c.waitReady()
+	if err := c.refused.Load(); err != nil {
+		return 0, *err
+	}
 	n, err := c.s.Write(b)
 	if err != nil {
 		err = c.fail(err)
