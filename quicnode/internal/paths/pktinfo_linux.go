@@ -37,11 +37,15 @@ func leadingPktinfo(oob []byte) int {
 
 // sourceGone reports whether a write may have failed because of its source
 // address: quic-go pins an accepted connection's packets to the local
-// address its first packet arrived at (IP_PKTINFO, on a socket bound to
-// the unspecified address), and once the host has moved to another
-// network that address is gone.
+// address and interface its first packet arrived at (IP_PKTINFO, on a
+// socket bound to the unspecified address), and once the host has moved to
+// another network that address is gone (EINVAL, EADDRNOTAVAIL,
+// ENETUNREACH) or its interface is (ENODEV: the interface index in the pin
+// names a link that was deleted, as when a laptop's Wi-Fi or a VM's
+// virtual interface goes away).
 func sourceGone(err error) bool {
-	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.ENETUNREACH)
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.ENODEV)
 }
 
 // unroutable reports whether a write failed because the host has, for the
@@ -51,5 +55,6 @@ func sourceGone(err error) bool {
 // close the connection at the first such error.
 func unroutable(err error) bool {
 	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) ||
-		errors.Is(err, syscall.ENETDOWN) || errors.Is(err, syscall.EADDRNOTAVAIL)
+		errors.Is(err, syscall.ENETDOWN) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
+		errors.Is(err, syscall.ENODEV)
 }

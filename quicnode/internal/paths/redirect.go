@@ -154,10 +154,15 @@ func (c *redirUDP) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 		// kernel pick the source address, as it does for the connections
 		// we dialled, and remember that this one is gone.
 		if k := leadingPktinfo(oob); k > 0 {
-			if n, oobn, err2 := c.UDPConn.WriteMsgUDP(b, oob[k:], addr); err2 == nil {
+			var err2 error
+			if n, oobn, err2 = c.UDPConn.WriteMsgUDP(b, oob[k:], addr); err2 == nil {
 				c.gone.add(oob[:k])
 				return n, oobn, nil
 			}
+			// Still refused without the pin: that error is the one that
+			// says whether the datagram is simply lost (the host between
+			// two networks has no route at all).
+			err = err2
 		}
 	}
 	if c.r.lost(err) {

@@ -107,11 +107,22 @@ func TestWriteSurvivesSourceGone(t *testing.T) {
 		require.True(t, ok && got == msg, "write %d: got %q", i, got)
 		require.True(t, c.gone.any())
 	}
+	// A pin whose interface was deleted (the host's LAN link went away
+	// with the network it moved off: what TestNATMigration/roam-acceptor
+	// hit, "sendmsg: no such device") goes out unpinned too.
+	noDev := (&ipv4.ControlMessage{IfIndex: 1 << 30, Src: net.IPv4(127, 0, 0, 1)}).Marshal()
+	_, _, err = raw.WriteMsgUDP([]byte("x"), noDev, to)
+	require.ErrorIs(t, err, syscall.ENODEV, "the kernel refuses an interface the host does not have")
+	_, _, err = c.WriteMsgUDP([]byte("nodev"), noDev, to)
+	require.NoError(t, err)
+	got, ok := readOne(t, dst)
+	require.True(t, ok && got == "nodev", "got %q", got)
+	require.True(t, c.gone.has(noDev[:leadingPktinfo(noDev)]))
 	// A source the host has is left alone.
 	here := (&ipv4.ControlMessage{Src: net.IPv4(127, 0, 0, 1)}).Marshal()
 	_, _, err = c.WriteMsgUDP([]byte("here"), here, to)
 	require.NoError(t, err)
-	got, ok := readOne(t, dst)
+	got, ok = readOne(t, dst)
 	require.True(t, ok && got == "here")
 	require.False(t, c.gone.has(here[:leadingPktinfo(here)]))
 }
@@ -196,7 +207,7 @@ func (c failingConn) WriteTo([]byte, net.Addr) (int, error) { return 0, c.err }
 func TestUnroutableWriteIsALoss(t *testing.T) {
 	raw := listenLoopback(t)
 	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
-	for _, errno := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL} {
+	for _, errno := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL, syscall.ENODEV} {
 		var r redirects
 		c := withRedirects(failingConn{raw, &net.OpError{Op: "write", Net: "udp", Err: os.NewSyscallError("sendmsg", errno)}}, &r)
 		n, err := c.WriteTo([]byte("lost"), to)
