@@ -65,9 +65,11 @@
 // sender. The redirect is a wrapper around the *net.UDPConn that overrides
 // only the writes (one atomic load while nothing is redirected), so quic-go
 // keeps GSO, ECN and batched reads through SyscallConn. The same wrapper
-// reports a write the host has no route or source address for (between two
-// networks) as sent and lost: quic-go ends a connection at any send error
-// but EMSGSIZE. A path that only stalled (nobody moved) is re-punched like
+// retries without its IP_PKTINFO pin a write whose pinned source address or
+// interface the host no longer has (quic-go pins an accepted connection's
+// replies to where its packets arrived), and reports a write the host has
+// no route, source address or device for (between two networks) as sent
+// and lost: quic-go ends a connection at any send error but EMSGSIZE. A path that only stalled (nobody moved) is re-punched like
 // a moved one, and its punch sessions end a probe round after the peer's
 // probes come from the link's own address, so a false alarm costs a few
 // probes and one introduction. A peer that restarted is
