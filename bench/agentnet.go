@@ -361,11 +361,14 @@ func (e *agentnetEnv) newPeer(ctx context.Context, how nodeNet) (*agentnetPeer, 
 	return p, nil
 }
 
-// release returns a trusted store to the pool.
+// release returns a trusted store to the pool, without the hub's address
+// its node kept: the next NewPeer on it must be a first contact, not a
+// repeat one.
 func (e *agentnetEnv) release(st *trustdb.Store) {
+	err := quicnode.ForgetPeerAddress(st, e.hub.node.PublicKey())
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
+	if e.closed || err != nil {
 		st.Close()
 		return
 	}

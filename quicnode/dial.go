@@ -23,18 +23,21 @@ import (
 // a QUIC stream on the connection shared with every other stream and
 // datagram to that peer.
 //
-// A closed port is ErrPortClosed. The first dial to a port of a peer waits
-// one round trip for the acceptor's answer, so then it is an error of Dial;
-// once the port has answered, later dials to it pipeline (no round trip
-// before the first byte: the port header travels with the first Write) and
-// a port closed since is ErrPortClosed on the stream's first Read or Write
-// instead (from a Write only if the refusal has arrived by then, so a
-// caller that only writes learns of it from a Read, e.g. of the answer or
-// of EOF after CloseWrite), after which the next dial waits again.
-// DialStrict always waits. A pipelined stream goes only over a link heard
-// from in the last pipelineFresh (20–50 ms); if the peer restarted within
-// that window, the stream fails with the connection's error rather than
-// being moved to a fresh connection.
+// A closed port is ErrPortClosed. A dial on a link heard from in the last
+// pipelineFresh (20–50 ms), as a connection the dial has just made always
+// is, pipelines: it returns without a round trip, the port header travels
+// with the first Write, and a closed port is ErrPortClosed on the stream's
+// first Read or Write (from a Write only if the refusal has arrived by
+// then, so a caller that only writes learns of it from a Read, e.g. of the
+// answer or of EOF after CloseWrite). A peer whose gate refuses us after
+// our side of the handshake finished is likewise ErrNotTrusted there. Once
+// a port has refused, dials to it wait one round trip for the acceptor's
+// answer, so a port still closed is an error of Dial, until it answers
+// again; so does a dial on a link quiet for longer (the answer also finds
+// a dead link out, and the dial moves on to a fresh one). DialStrict
+// always waits, as TCP's connect does. If the peer restarted within
+// pipelineFresh, a pipelined stream fails with the connection's error
+// rather than being moved to a fresh connection.
 func (n *Node) Dial(ctx context.Context, target string, port uint16) (net.Conn, error) {
 	t, err := addressing.ParseTarget(target)
 	if err != nil {
@@ -120,11 +123,12 @@ var pipelineFreshMin atomic.Int64
 
 func init() { pipelineFreshMin.Store(int64(20 * time.Millisecond)) }
 
-// openStream opens a stream to port on l. Unless strict, a port that
-// answered before is pipelined on a link heard from a moment ago: the
-// header waits for the first Write and no answer is awaited.
+// openStream opens a stream to port on l. Unless strict, or the port
+// refused since it last answered, a stream on a link heard from a moment
+// ago is pipelined: the header waits for the first Write and no answer is
+// awaited.
 func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16, strict bool) (*streamConn, error) {
-	pipelined := !strict && n.ports.has(l.Key, port) && l.Alive() && l.HeardWithin(time.Now(), pipelineFresh(l))
+	pipelined := !strict && !n.ports.has(l.Key, port) && l.Alive() && l.HeardWithin(time.Now(), pipelineFresh(l))
 	s, err := l.Conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, classify(err)
@@ -168,7 +172,7 @@ func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16, stric
 		}
 		err = classify(err)
 		if errors.Is(err, ErrPortClosed) {
-			n.ports.remove(l.Key, port)
+			n.ports.add(l.Key, port)
 		}
 		return nil, err
 	}
@@ -178,7 +182,7 @@ func (n *Node) openStream(ctx context.Context, l *paths.Link, port uint16, stric
 		return nil, fmt.Errorf("quicnode: unknown stream status %d", status[0])
 	}
 	l.MarkHeard(time.Now())
-	n.ports.add(l.Key, port)
+	n.ports.remove(l.Key, port)
 	return c, nil
 }
 

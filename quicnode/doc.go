@@ -36,24 +36,29 @@
 // the retry. Documents pushed or fetched reach the gate before the call that
 // applies them returns.
 //
-// Streams begin with a virtual-port header (see internal/vport). The first
-// stream a node opens to a port of a peer asks for an answer (header version
-// 1): the acceptor writes one status byte, or resets the stream with
-// StreamPortClosed, and Dial waits for it, so a closed port is an error of
-// Dial. Once a port has answered, the node remembers it (per peer, bounded,
-// kept across reconnects, forgotten when trust ends) and later dials to it
-// pipeline (version 2): Dial returns without a round trip, the header goes
-// out in one piece with the first Write (alone with a Read, or after 1 ms
-// without either), and the acceptor sends no status byte; a port closed since is the same reset, which the stream's first Read
-// or Write returns as ErrPortClosed, and the next dial waits again. We chose
-// this over a header that always rides with the first write and a status
-// byte that rides with the acceptor's first write: that would make every
-// closed port a Read error (never Dial's), and would hold the status byte of
-// a server that only reads. DialStrict always waits. The acceptor reads
-// each header in the link's stream loop when it is there at once (it nearly
-// always is, since it travels in the stream's first frame) and gives a
-// goroutine only to streams whose header is late or whose listener's queue
-// is full.
+// Streams begin with a virtual-port header (see internal/vport). A dial on
+// a link heard from a moment ago (pipelineFresh; a connection just made
+// counts) pipelines (header version 2): Dial returns without a round trip,
+// the header goes out in one piece with the first Write (alone with a Read,
+// or after 1 ms without either), and the acceptor sends no status byte; a
+// closed port resets the stream with StreamPortClosed, which the stream's
+// first Read or Write returns as ErrPortClosed. A port that refused is
+// remembered (per peer, bounded, kept across reconnects, forgotten when
+// trust ends or when it answers again), and a dial to it asks for an answer
+// (version 1): the acceptor writes one status byte or resets the stream,
+// and Dial waits for it, so a port still closed is an error of Dial; so
+// does a dial on a quiet link, whose answer also proves the link alive.
+// DialStrict always waits (the daemon's connect and forward use it, so
+// their errors stay the dial's). Until issue 10 the first dial to each
+// port of a peer waited too, so that a closed port on first contact was an
+// error of Dial; that cost every first contact one round trip, and the
+// typed error on the first Read is the guarantee pipelined dials already
+// gave. We chose a status byte that is sent only when asked for over one
+// that rides with the acceptor's first write: that would hold the answer
+// of a server that only reads. The acceptor reads each header in the
+// link's stream loop when it is there at once (it nearly always is, since
+// it travels in the stream's first frame) and gives a goroutine only to
+// streams whose header is late or whose listener's queue is full.
 // Datagrams carry a 4-byte port header and at most vport.MaxPayload bytes.
 //
 // When both sides dial each other at once, the connection dialled by the

@@ -63,7 +63,7 @@ type Node struct {
 	byNode      map[addressing.NodeID]addressing.PublicKey // trusted peers
 	byHostname  map[string]addressing.PublicKey            // trusted peers with a known hostname
 
-	ports openPorts // virtual ports found open, per peer (pipelined dials)
+	ports refusedPorts // virtual ports that refused a stream, per peer (their dials wait)
 
 	stats      nodeStats
 	netStats   netCounters  // network.go
@@ -532,6 +532,19 @@ func (n *Node) datagramLoop(l *paths.Link) {
 // rendezvous.
 type storeHints struct{ s *trustdb.Store }
 
+// ForgetPeerAddress deletes the address st keeps for peer (where a node on
+// st last reached it), so that the next node on st reaches peer as a first
+// contact does, through the rendezvous. For tools and benchmarks that reuse
+// a store; st must not be in use by a running node.
+func ForgetPeerAddress(st *trustdb.Store, peer addressing.PublicKey) error {
+	return storeHints{st}.saveHintBytes(peer, nil)
+}
+
+// saveHintBytes stores b (nil deletes) as peer's hint.
+func (h storeHints) saveHintBytes(k addressing.PublicKey, b []byte) error {
+	return h.s.SetMeta("peer-addr:"+k.String(), b)
+}
+
 func (h storeHints) LoadHint(k addressing.PublicKey) (netip.AddrPort, bool) {
 	b, ok := h.s.Meta("peer-addr:" + k.String())
 	if !ok {
@@ -549,7 +562,7 @@ func (h storeHints) SaveHint(k addressing.PublicKey, ap netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	return h.s.SetMeta("peer-addr:"+k.String(), b)
+	return h.saveHintBytes(k, b)
 }
 
 // pinnedRendezvousKey returns the rendezvous key the node pins: the

@@ -2,6 +2,7 @@ package quicnode
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,14 @@ func roundTrip(c net.Conn, msg []byte) ([]byte, error) {
 
 func pipelined(c net.Conn) bool { return c.(*streamConn).ports != nil }
 
+// dialMaybeStrict dials port of b from a, with DialStrict if strict.
+func dialMaybeStrict(ctx context.Context, a, b *testNode, port uint16, strict bool) (net.Conn, error) {
+	if strict {
+		return a.DialStrict(ctx, mustTarget(b.Addr().String()), port)
+	}
+	return a.Dial(ctx, b.Addr().String(), port)
+}
+
 // alwaysFresh makes every link count as heard from a moment ago for the
 // test, so that whether a dial pipelines does not depend on the machine's
 // load (pipelineFresh has its own test).
@@ -70,11 +79,12 @@ func alwaysFresh(t *testing.T) {
 	t.Cleanup(func() { pipelineFreshMin.Store(old) })
 }
 
-// TestPipelinedDial: the first dial to a port waits for its answer; later
-// ones pipeline and carry data byte-exact; a port closed between two dials
-// on the same link is ErrPortClosed on the first Read (and on the Write once
-// the refusal is there), after which the next dial waits again and fails
-// itself; DialStrict always waits.
+// TestPipelinedDial: dials on a fresh link pipeline, the first one to a
+// port included, and carry data byte-exact; a port closed between two
+// dials on the same link is ErrPortClosed on the first Read (and on the
+// Write once the refusal is there), after which the next dial waits and
+// fails itself, and once the port is open again a dial waits, succeeds,
+// and the next pipelines; DialStrict always waits.
 func TestPipelinedDial(t *testing.T) {
 	alwaysFresh(t)
 	checkNoLeaks(t)
@@ -85,7 +95,7 @@ func TestPipelinedDial(t *testing.T) {
 
 	c, err := a.Dial(ctx, target, 9000)
 	require.NoError(t, err)
-	require.False(t, pipelined(c), "the first dial to a port must wait for its answer")
+	require.True(t, pipelined(c), "the first dial to a port pipelines on a fresh link")
 	got, err := roundTrip(c, []byte("first"))
 	require.NoError(t, err)
 	require.Equal(t, "first", string(got))
@@ -127,6 +137,21 @@ func TestPipelinedDial(t *testing.T) {
 	c.Close()
 	_, err = a.Dial(ctx, target, 9000)
 	require.ErrorIs(t, err, ErrPortClosed, "after a refusal the next dial must wait and fail itself")
+	_, err = a.Dial(ctx, target, 9000)
+	require.ErrorIs(t, err, ErrPortClosed, "and so must the one after it")
+
+	// The port opens again: the next dial waits and gets through, and the
+	// one after it pipelines.
+	echoListener(t, b, 9000)
+	for i, want := range []bool{false, true} {
+		c, err = a.Dial(ctx, target, 9000)
+		require.NoError(t, err)
+		require.Equal(t, want, pipelined(c), "dial %d after the port reopened", i)
+		got, err = roundTrip(c, []byte("reopened"))
+		require.NoError(t, err)
+		require.Equal(t, "reopened", string(got))
+		c.Close()
+	}
 
 	// DialStrict waits even for a port that answered before.
 	echoListener(t, b, 9001)
@@ -206,9 +231,11 @@ func TestPipelinedServerSpeaksFirst(t *testing.T) {
 	defer ln.Close()
 	ctx := ctxT(t, 20*time.Second)
 	for i := range 50 {
-		c, err := a.Dial(ctx, b.Addr().String(), 9200)
+		// The first waits for the status byte (version 1), the others
+		// pipeline.
+		c, err := dialMaybeStrict(ctx, a, b, 9200, i == 0)
 		require.NoError(t, err)
-		require.Equal(t, i > 0, pipelined(c))
+		require.Equal(t, i > 0, pipelined(c), "dial %d", i)
 		got, err := io.ReadAll(c)
 		require.NoError(t, err)
 		require.Equal(t, "hello", string(got), "stream %d", i)
@@ -358,9 +385,9 @@ func TestPipelinedDialReachesAcceptorWithoutWrite(t *testing.T) {
 	defer ln.Close()
 	ctx := ctxT(t, 20*time.Second)
 	for i := range 3 {
-		c, err := a.Dial(ctx, b.Addr().String(), 9600)
+		c, err := dialMaybeStrict(ctx, a, b, 9600, i == 0)
 		require.NoError(t, err)
-		require.Equal(t, i > 0, pipelined(c))
+		require.Equal(t, i > 0, pipelined(c), "dial %d", i)
 		accepted := make(chan net.Conn, 1)
 		go func() {
 			s, err := ln.Accept()
@@ -383,4 +410,83 @@ func TestPipelinedDialReachesAcceptorWithoutWrite(t *testing.T) {
 		s.Close()
 		c.Close()
 	}
+}
+
+// TestFirstContactPipelines: the first dial to a peer pipelines on the new
+// connection, and keeps the typed errors: a closed port is ErrPortClosed on
+// the first Read (then the next dial waits and fails itself), and a peer
+// whose gate refuses us after our side of the handshake finished is
+// ErrNotTrusted on the first Read, after a Write or without one, never an
+// EOF or a generic reset.
+func TestFirstContactPipelines(t *testing.T) {
+	alwaysFresh(t)
+	checkNoLeaks(t)
+	srv := startServer(t)
+	a, b := startNode(t, srv, ""), startNode(t, srv, "")
+	establishTrust(t, a, b, b.Addr().String())
+	ctx := ctxT(t, 20*time.Second)
+	target := b.Addr().String()
+
+	require.Nil(t, a.liveLink(b.PublicKey()), "no connection before the first dial")
+	c, err := a.Dial(ctx, target, 9700)
+	require.NoError(t, err, "a first contact does not wait for the port's answer")
+	require.True(t, pipelined(c))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, ErrPortClosed, "a closed port on first contact")
+	c.Close()
+	_, err = a.Dial(ctx, target, 9700)
+	require.ErrorIs(t, err, ErrPortClosed, "the next dial waits and fails itself")
+
+	echoListener(t, b, 9701)
+	require.NoError(t, a.Disconnect(target))
+	require.Eventually(t, func() bool { return a.liveLink(b.PublicKey()) == nil }, 5*time.Second, 5*time.Millisecond)
+	c, err = a.Dial(ctx, target, 9701)
+	require.NoError(t, err)
+	require.True(t, pipelined(c))
+	got, err := roundTrip(c, []byte("first contact"))
+	require.NoError(t, err)
+	require.Equal(t, "first contact", string(got))
+	c.Close()
+
+	// b stops admitting a, but its knock table still has a's keys (the
+	// moment between a revocation and the knock table's rebuild), so a's
+	// handshake finishes on a's side and b's gate refuses it after. The
+	// rendezvous is down so that a keeps trusting b and dials the address
+	// that worked.
+	require.NoError(t, srv.srv.Close())
+	// With the rendezvous down the revocation is applied at b and queued
+	// for a (RevokeTrust says so once its context ends).
+	err = b.RevokeTrust(ctxT(t, 200*time.Millisecond), a.Addr().String())
+	require.ErrorContains(t, err, "queued")
+	require.False(t, b.store.IsTrusted(a.PublicKey()))
+	require.Eventually(t, func() bool { return a.liveLink(b.PublicKey()) == nil }, 5*time.Second, 5*time.Millisecond)
+	require.True(t, a.store.IsTrusted(b.PublicKey()), "a must not have heard of the revocation")
+	b.knock.rebuild(append(b.admissibleKeys(), a.PublicKey()))
+	// Now and then the dial itself fails: the refusal arrived before the
+	// stream was opened (and dials get it again from the refused
+	// connection until it is gone), or a late trust event at b rebuilt
+	// its knock table without a. Dial until both ways of using a stream
+	// have met the refusal after the dial (rarely more than two dials).
+	streams := 0
+	for i := 0; i < 20 && streams < 2; i++ {
+		how := []string{"read", "write-read"}[streams]
+		c, err := a.Dial(ctx, target, 9701)
+		if err != nil {
+			require.ErrorIs(t, err, ErrNotTrusted, how)
+			require.Eventually(t, func() bool { return a.liveLink(b.PublicKey()) == nil }, 5*time.Second, time.Millisecond)
+			b.knock.rebuild(append(b.admissibleKeys(), a.PublicKey()))
+			continue
+		}
+		streams++
+		require.True(t, pipelined(c), how)
+		if how == "write-read" {
+			if _, err := c.Write([]byte("let me in")); err != nil {
+				require.ErrorIs(t, err, ErrNotTrusted, how)
+			}
+		}
+		_, err = c.Read(make([]byte, 1))
+		require.ErrorIs(t, err, ErrNotTrusted, how)
+		c.Close()
+	}
+	require.Equal(t, 2, streams, "too few dials got as far as a pipelined stream: the refusal after the handshake went untested")
 }

@@ -139,8 +139,8 @@ type streamConn struct {
 	pending atomic.Bool // the header is not written yet
 	hmu     sync.Mutex  // serialises writing the header
 	hdr     [vport.StreamHeaderLen]byte
-	flushT  *time.Timer // sends the header alone if no Write came first (set and stopped under hmu)
-	ports   *openPorts  // forgets the port when the peer refuses the stream
+	flushT  *time.Timer   // sends the header alone if no Write came first (set and stopped under hmu)
+	ports   *refusedPorts // remembers the port when the peer refuses the stream
 	key     addressing.PublicKey
 	// refused is the peer's refusal once a Read or Write has seen it: the
 	// other direction reports it too, though its own half of the reset
@@ -214,12 +214,12 @@ func (c *streamConn) writeFirst(b []byte) (int, error) {
 }
 
 // fail translates a stream error; a pipelined stream the peer refused for
-// its port makes the next dial to that port wait for the answer again.
+// its port makes the next dial to that port wait for the answer.
 func (c *streamConn) fail(err error) error {
 	err = translate(err)
 	if errors.Is(err, ErrPortClosed) {
 		if c.ports != nil {
-			c.ports.remove(c.key, c.remote.Port())
+			c.ports.add(c.key, c.remote.Port())
 		}
 		c.refused.CompareAndSwap(nil, &err)
 	}
