@@ -23,6 +23,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/smallmap"
 )
 
 // The knock lets the listener refuse a stranger's handshake before doing
@@ -232,7 +233,7 @@ type knocker struct {
 
 	mu      sync.Mutex
 	secrets map[addressing.PublicKey][32]byte              // pair secrets, by peer
-	dialK   map[knockSlot]dialKey                          // our knocks to peers (self → peer)
+	dialK   smallmap.Map[addressing.PublicKey, dialKey]    // our knocks to peers (self → peer), one epoch each
 	acceptK map[knockSlot]knockKey                         // peers' knocks to us (peer → self)
 	table   map[int64]map[knockID]knockKey                 // acceptK by epoch and id, epochs e-1..e+1
 	seen    map[knockSlot]map[[knockNonceLen]byte]struct{} // nonces accepted, by peer and epoch
@@ -248,6 +249,7 @@ type knocker struct {
 type dialKey struct {
 	k, group [16]byte // K, and the peer's G
 	id       knockID
+	epoch    int64 // the epoch k and id are for
 }
 
 func newKnocker(self addressing.PublicKey, priv ed25519.PrivateKey) (*knocker, error) {
@@ -258,7 +260,6 @@ func newKnocker(self addressing.PublicKey, priv ed25519.PrivateKey) (*knocker, e
 	return &knocker{
 		self: self, priv: x, group: knockGroup(self), now: time.Now,
 		secrets: map[addressing.PublicKey][32]byte{},
-		dialK:   map[knockSlot]dialKey{},
 		acceptK: map[knockSlot]knockKey{},
 		table:   map[int64]map[knockID]knockKey{},
 		seen:    map[knockSlot]map[[knockNonceLen]byte]struct{}{},
@@ -321,22 +322,17 @@ func knockKeyBytes(secret [32]byte, dialer, listener addressing.PublicKey, epoch
 func (kn *knocker) name(peer addressing.PublicKey) (string, error) {
 	epoch := knockEpochAt(kn.now())
 	kn.mu.Lock()
-	slot := knockSlot{peer, epoch}
-	dk, ok := kn.dialK[slot]
-	if !ok {
+	dk, ok := kn.dialK.Get(peer)
+	if !ok || dk.epoch != epoch { // one epoch per peer is enough to dial
 		s, err := kn.secretLocked(peer)
 		if err != nil {
 			kn.mu.Unlock()
 			return "", err
 		}
-		for sl := range kn.dialK {
-			if sl.peer == peer {
-				delete(kn.dialK, sl) // one epoch per peer is enough to dial
-			}
-		}
 		dk.k, dk.id = knockKeyBytes(s, kn.self, peer, epoch)
 		dk.group = knockGroupKey(peer)
-		kn.dialK[slot] = dk
+		dk.epoch = epoch
+		kn.dialK.Set(peer, dk)
 	}
 	kn.mu.Unlock()
 	k := knock{v: byte(epoch)}
@@ -397,9 +393,9 @@ func (kn *knocker) rebuild(keys []addressing.PublicKey) {
 			delete(kn.seen, sl)
 		}
 	}
-	for sl := range kn.dialK {
-		if sl.epoch < epoch-1 {
-			delete(kn.dialK, sl)
+	for p, dk := range kn.dialK.All() {
+		if dk.epoch < epoch-1 {
+			kn.dialK.Delete(p)
 		}
 	}
 	kn.table, kn.epoch, kn.keys = table, epoch, keys

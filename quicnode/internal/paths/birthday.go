@@ -341,7 +341,7 @@ func (m *Manager) birthdayLink(ps *punchSession, udp net.PacketConn, to netip.Ad
 func (m *Manager) directOn(key addressing.PublicKey, local string) *Link {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peers[key]
+	p, _ := m.peers.Get(key)
 	if p == nil {
 		return nil
 	}

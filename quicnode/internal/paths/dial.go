@@ -25,7 +25,7 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 			m.mu.Unlock()
 			return nil, net.ErrClosed
 		}
-		if p := m.peers[key]; p != nil {
+		if p, _ := m.peers.Get(key); p != nil {
 			if l := p.best(); l != nil {
 				m.mu.Unlock()
 				m.pokeIfQuiet(l)
@@ -33,7 +33,7 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 			}
 		}
 		changed := m.peersChanged
-		if d := m.dialing[key]; d != nil {
+		if d, _ := m.dialing.Get(key); d != nil {
 			m.mu.Unlock()
 			select {
 			case <-d.done:
@@ -55,12 +55,12 @@ func (m *Manager) Link(ctx context.Context, key addressing.PublicKey) (*Link, er
 			continue
 		}
 		d := &dialCall{done: make(chan struct{})}
-		m.dialing[key] = d
+		m.dialing.Set(key, d)
 		m.mu.Unlock()
 
 		d.l, d.err = m.dial(ctx, key)
 		m.mu.Lock()
-		delete(m.dialing, key)
+		m.dialing.Delete(key)
 		m.mu.Unlock()
 		close(d.done)
 		if d.err == nil {

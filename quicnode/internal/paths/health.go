@@ -133,7 +133,7 @@ func (m *Manager) heartbeat() {
 	now := time.Now()
 	m.mu.Lock()
 	var ping []*Link
-	for _, p := range m.peers {
+	for _, p := range m.peers.All() {
 		d, r := p.links[KindDirect], p.links[KindRelay]
 		if d == nil || r == nil || !r.Alive() {
 			continue
@@ -165,7 +165,7 @@ func (m *Manager) checkPaths() {
 	now := time.Now()
 	m.mu.Lock()
 	var links []*Link
-	for _, p := range m.peers {
+	for _, p := range m.peers.All() {
 		links = append(links, p.all()...)
 	}
 	m.mu.Unlock()

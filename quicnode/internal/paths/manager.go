@@ -15,6 +15,7 @@ import (
 
 	"github.com/agentnet/agentnet/addressing"
 	"github.com/agentnet/agentnet/internal/certs"
+	"github.com/agentnet/agentnet/internal/smallmap"
 	"github.com/agentnet/agentnet/rendezvous"
 	"github.com/quic-go/quic-go"
 )
@@ -126,10 +127,10 @@ type Manager struct {
 
 	mu           sync.Mutex
 	closed       bool
-	peers        map[addressing.PublicKey]*peer // peers with at least one live link
-	dialing      map[addressing.PublicKey]*dialCall
+	peers        smallmap.Map[addressing.PublicKey, *peer] // peers with at least one live link
+	dialing      smallmap.Map[addressing.PublicKey, *dialCall]
 	peersChanged chan struct{} // closed and replaced on every change of peers
-	hints        map[addressing.PublicKey]netip.AddrPort
+	hints        smallmap.Map[addressing.PublicKey, netip.AddrPort]
 	punches      map[[8]byte]*punchSession // by the session ID of the peer's probes
 	birthdays    map[addressing.PublicKey]birthdayRole
 
@@ -198,10 +199,7 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{
 		cfg: cfg, host: cfg.Host, log: log, self: cfg.Self.NodeID(), relayQconf: rq,
 		ctx: ctx, cancel: cancel,
-		peers:        make(map[addressing.PublicKey]*peer),
-		dialing:      make(map[addressing.PublicKey]*dialCall),
 		peersChanged: make(chan struct{}),
-		hints:        make(map[addressing.PublicKey]netip.AddrPort),
 		punches:      make(map[[8]byte]*punchSession),
 		birthdays:    make(map[addressing.PublicKey]birthdayRole),
 	}, nil
@@ -287,7 +285,7 @@ func (m *Manager) Close(code quic.ApplicationErrorCode, reason string) {
 	}
 	m.closed = true
 	var links []*Link
-	for _, p := range m.peers {
+	for _, p := range m.peers.All() {
 		links = append(links, p.all()...)
 	}
 	m.mu.Unlock()
@@ -366,8 +364,8 @@ func (m *Manager) setHint(key addressing.PublicKey, at net.Addr) {
 	}
 	ap := unmap(ua.AddrPort())
 	m.mu.Lock()
-	old := m.hints[key]
-	m.hints[key] = ap
+	old, _ := m.hints.Get(key)
+	m.hints.Set(key, ap)
 	m.mu.Unlock()
 	if old == ap || m.cfg.Hints == nil {
 		return
@@ -382,15 +380,15 @@ func (m *Manager) setHint(key addressing.PublicKey, at net.Addr) {
 // hint returns the address key was last reached at.
 func (m *Manager) hint(key addressing.PublicKey) (netip.AddrPort, bool) {
 	m.mu.Lock()
-	ap, ok := m.hints[key]
+	ap, ok := m.hints.Get(key)
 	m.mu.Unlock()
 	if ok || m.cfg.Hints == nil {
 		return ap, ok
 	}
 	if ap, ok = m.cfg.Hints.LoadHint(key); ok {
 		m.mu.Lock()
-		if _, had := m.hints[key]; !had {
-			m.hints[key] = ap
+		if _, had := m.hints.Get(key); !had {
+			m.hints.Set(key, ap)
 		}
 		m.mu.Unlock()
 	}
@@ -413,10 +411,10 @@ func (m *Manager) addLink(conn *quic.Conn, key addressing.PublicKey, kind Kind, 
 		conn.CloseWithError(CodeClosing, "node closing")
 		return nil, net.ErrClosed
 	}
-	p := m.peers[key]
+	p, _ := m.peers.Get(key)
 	if p == nil {
 		p = &peer{}
-		m.peers[key] = p
+		m.peers.Set(key, p)
 	}
 	var loser *quic.Conn
 	if old := p.links[kind]; old != nil && old.Alive() {
@@ -480,7 +478,7 @@ func (m *Manager) notifyLocked() {
 // remove forgets a link whose connection has ended.
 func (m *Manager) remove(l *Link) {
 	m.mu.Lock()
-	if p := m.peers[l.Key]; p != nil {
+	if p, _ := m.peers.Get(l.Key); p != nil {
 		live := p.spares[:0]
 		for _, s := range p.spares {
 			if s != l && s.Alive() {
@@ -498,7 +496,7 @@ func (m *Manager) remove(l *Link) {
 				}
 			}
 			if p.links[KindDirect] == nil && p.links[KindRelay] == nil && len(p.spares) == 0 {
-				delete(m.peers, l.Key)
+				m.peers.Delete(l.Key)
 			}
 			m.notifyLocked()
 		}
@@ -520,8 +518,8 @@ func (m *Manager) Forget(l *Link) {
 // ClosePeer closes every live link to key with code.
 func (m *Manager) ClosePeer(key addressing.PublicKey, code quic.ApplicationErrorCode, reason string) {
 	m.mu.Lock()
-	p := m.peers[key]
-	delete(m.peers, key)
+	p, _ := m.peers.Get(key)
+	m.peers.Delete(key)
 	if p != nil {
 		m.notifyLocked()
 	}
@@ -539,7 +537,7 @@ func (m *Manager) ClosePeer(key addressing.PublicKey, code quic.ApplicationError
 func (m *Manager) Best(key addressing.PublicKey) *Link {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if p := m.peers[key]; p != nil {
+	if p, _ := m.peers.Get(key); p != nil {
 		return p.best()
 	}
 	return nil
@@ -548,7 +546,7 @@ func (m *Manager) Best(key addressing.PublicKey) *Link {
 func (m *Manager) directLink(key addressing.PublicKey) *Link {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if p := m.peers[key]; p != nil {
+	if p, _ := m.peers.Get(key); p != nil {
 		return p.direct()
 	}
 	return nil
@@ -560,8 +558,8 @@ func (m *Manager) hasDirect(key addressing.PublicKey) bool { return m.directLink
 func (m *Manager) Connected() []addressing.PublicKey {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]addressing.PublicKey, 0, len(m.peers))
-	for k := range m.peers {
+	out := make([]addressing.PublicKey, 0, m.peers.Len())
+	for k := range m.peers.All() {
 		out = append(out, k)
 	}
 	return out
@@ -588,9 +586,9 @@ type LinkStatus struct {
 // then kind.
 func (m *Manager) Links() []LinkStatus {
 	m.mu.Lock()
-	ls := make([]*Link, 0, len(m.peers))
+	ls := make([]*Link, 0, m.peers.Len())
 	standby := make(map[*Link]bool)
-	for _, p := range m.peers {
+	for _, p := range m.peers.All() {
 		best := p.best()
 		for _, l := range p.links {
 			if l != nil {

@@ -383,7 +383,7 @@ func (m *Manager) upgradeRelayed() {
 	}
 	m.mu.Lock()
 	var keys []addressing.PublicKey
-	for k, p := range m.peers {
+	for k, p := range m.peers.All() {
 		if r := p.links[KindRelay]; r != nil && r.Outgoing && p.links[KindDirect] == nil {
 			keys = append(keys, k)
 		}

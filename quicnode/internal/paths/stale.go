@@ -100,7 +100,7 @@ func staleWait(c *quic.Conn) time.Duration {
 func (m *Manager) settleStale(key addressing.PublicKey, kind Kind) {
 	m.mu.Lock()
 	var old *Link
-	if p := m.peers[key]; p != nil {
+	if p, _ := m.peers.Get(key); p != nil {
 		old = p.links[kind]
 	}
 	m.mu.Unlock()
